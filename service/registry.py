@@ -76,7 +76,9 @@ class ModelRegistry:
                 digest=checkpoint_digest(weights),
                 device=device,
             )
-            log.info("loaded model %s (%s head) on %s", weights.stem, meta.architecture.head, device)
+            log.info(
+                "loaded model %s (%s head) on %s", weights.stem, meta.architecture.head, device
+            )
         if not models:
             raise CheckpointError(f"{folder}: no *.safetensors checkpoints to serve")
         return cls(models)

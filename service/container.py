@@ -1,0 +1,37 @@
+"""The objects a running service holds, created in the lifespan and handed to routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.engine import InferenceEngine
+from service.jobs import CalibrationJobs
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ServedModel
+from service.settings import Settings
+from service.store import ActiveThreshold, ThresholdStore
+
+
+@dataclass
+class Services:
+    """Everything a request handler may need, in one place on `app.state`."""
+
+    settings: Settings
+    registry: ModelRegistry
+    store: ThresholdStore
+    engine: InferenceEngine
+    jobs: CalibrationJobs
+    metrics: Metrics
+
+    def active_threshold(self, served: ServedModel) -> ActiveThreshold:
+        """The threshold in force: stored for this exact checkpoint, else the checkpoint default."""
+        stored = self.store.active_threshold(served.name, served.digest)
+        if stored is not None:
+            return stored
+        return ActiveThreshold(
+            value=served.default_threshold,
+            source="default",
+            calibration_id=None,
+            digest=served.digest,
+            updated=None,
+        )

@@ -1,0 +1,220 @@
+"""Request and response shapes of HTTP API v1, with examples for the OpenAPI docs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ThresholdSource = Literal["default", "calibration", "manual"]
+CalibrationStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class Architecture(BaseModel):
+    """How the network is built."""
+
+    head: str = Field(description="Output head: sigmoid, relu, identity, hard_sigmoid, softmax.")
+    activation: str = Field(description="Hidden-layer activation.")
+    depth: int = Field(description="Number of down-sampling levels.")
+    base_channels: int = Field(description="Channels of the first level; doubled per level.")
+    in_channels: int
+    out_channels: int
+    norm: str
+
+
+class Threshold(BaseModel):
+    """The threshold in force for a model and where it came from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "value": 0.41,
+                    "source": "calibration",
+                    "calibration_id": "0193a1c2e4f5",
+                    "updated": "2026-11-22T09:30:00Z",
+                }
+            ]
+        }
+    )
+
+    value: float = Field(description="Pixels with score >= value are foreground.")
+    source: ThresholdSource = Field(description="default, calibration or manual.")
+    calibration_id: str | None = Field(None, description="The calibration it came from, if any.")
+    updated: datetime | None = Field(None, description="When it took effect (null for default).")
+
+
+class ThresholdUpdate(BaseModel):
+    """A manual override of a model's threshold."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"value": 0.35}]})
+
+    value: float = Field(description="New threshold, inside the head's output range.")
+
+
+class ModelInfo(BaseModel):
+    """A served model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "unet-sigmoid",
+                    "architecture": {
+                        "head": "sigmoid",
+                        "activation": "relu",
+                        "depth": 3,
+                        "base_channels": 16,
+                        "in_channels": 1,
+                        "out_channels": 1,
+                        "norm": "batch",
+                    },
+                    "outputs_probabilities": True,
+                    "output_range": [0.0, 1.0],
+                    "threshold": {"value": 0.41, "source": "default", "calibration_id": None},
+                    "default_threshold": 0.41,
+                    "digest": "5f0c…",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(description="The checkpoint's file stem; use it in URLs.")
+    architecture: Architecture
+    outputs_probabilities: bool = Field(description="Whether the head's output lies in [0, 1].")
+    output_range: tuple[float | None, float | None] = Field(
+        description="The head's output interval; null for an unbounded side."
+    )
+    threshold: Threshold = Field(description="The active threshold.")
+    default_threshold: float = Field(description="The checkpoint's own threshold (0.5 if none).")
+    digest: str = Field(description="SHA-256 of the checkpoint; thresholds are tied to it.")
+
+
+class ModelList(BaseModel):
+    """All served models."""
+
+    models: list[ModelInfo]
+
+
+class MaskJson(BaseModel):
+    """A mask as COCO uncompressed run-length encoding."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "width": 4,
+                    "height": 3,
+                    "threshold": 0.41,
+                    "threshold_source": "calibration",
+                    "foreground_fraction": 0.25,
+                    "rle": {"size": [3, 4], "counts": [4, 3, 5]},
+                }
+            ]
+        }
+    )
+
+    width: int
+    height: int
+    threshold: float = Field(description="The threshold used: foreground where score >= it.")
+    threshold_source: Literal["default", "calibration", "manual", "request"]
+    foreground_fraction: float
+    rle: dict[str, Any] = Field(
+        description="COCO uncompressed RLE: size [height, width], column-major counts that "
+        "start with a background run."
+    )
+
+
+class CalibrationSummary(BaseModel):
+    """One calibration job as the list shows it: what was asked and what came out."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0193a1c2e4f57a1b2c3d4e5f6a7b8c9d",
+                    "status": "succeeded",
+                    "progress": 1.0,
+                    "strategy": "target_tpr",
+                    "target": 0.95,
+                    "threshold": 0.3871,
+                    "auc": 0.9874,
+                    "error": None,
+                    "activate": True,
+                    "active": True,
+                    "params": {
+                        "cost_fp": 1.0,
+                        "cost_fn": 1.0,
+                        "dataset": "calibration.zip",
+                        "n_images": 48,
+                    },
+                    "created": "2026-11-22T09:29:41.120Z",
+                    "started": "2026-11-22T09:29:41.131Z",
+                    "finished": "2026-11-22T09:30:00.004Z",
+                }
+            ]
+        }
+    )
+
+    id: str = Field(description="The calibration's id; ids sort by creation time.")
+    status: CalibrationStatus = Field(description="queued, running, succeeded or failed.")
+    progress: float = Field(description="Share of the work done, 0 to 1.")
+    strategy: str = Field(description="How the threshold is chosen from the ROC curve.")
+    target: float | None = Field(None, description="The target of a target_* strategy.")
+    threshold: float | None = Field(None, description="The chosen threshold, once succeeded.")
+    auc: float | None = Field(None, description="Pixel ROC AUC, once succeeded.")
+    error: str | None = Field(None, description="Why it failed, for a person to act on.")
+    activate: bool = Field(description="Whether it was to become the active threshold.")
+    active: bool = Field(description="Whether its threshold is the one in force now.")
+    params: dict[str, Any] = Field(
+        description="Costs (cost_fp, cost_fn), the uploaded file's name and the image count."
+    )
+    created: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+
+
+class Calibration(CalibrationSummary):
+    """One calibration job with its report once it has succeeded."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0193a1c2e4f57a1b2c3d4e5f6a7b8c9d",
+                    "status": "running",
+                    "progress": 0.42,
+                    "strategy": "youden",
+                    "target": None,
+                    "threshold": None,
+                    "auc": None,
+                    "error": None,
+                    "activate": True,
+                    "active": False,
+                    "params": {
+                        "cost_fp": 1.0,
+                        "cost_fn": 1.0,
+                        "dataset": "calibration.zip",
+                        "n_images": 48,
+                    },
+                    "created": "2026-11-22T09:29:41.120Z",
+                    "started": "2026-11-22T09:29:41.131Z",
+                    "finished": None,
+                    "report": None,
+                }
+            ]
+        }
+    )
+
+    report: dict[str, Any] | None = Field(
+        None,
+        description="The calibration report (threshold, auc, roc, operating_points, confusion, "
+        "threshold_ci, ...; see DESIGN.md), once succeeded.",
+    )
+
+
+class CalibrationList(BaseModel):
+    """A model's calibrations, newest first."""
+
+    calibrations: list[CalibrationSummary]
