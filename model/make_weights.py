@@ -26,9 +26,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("runs/weights"), help="scratch folder")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
-    parser.add_argument("--n-train", type=int, default=512)
+    parser.add_argument("--n-train", type=int, default=384)
     parser.add_argument("--n-val", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--heads", nargs="+", default=["sigmoid", "relu"])
     args = parser.parse_args()
 

@@ -1,0 +1,82 @@
+"""Calibrating a model: run it over a data set and read its threshold off the ROC curve."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from model.calibration import CalibrationError, ScoreHistogram, build_report, check_strategy
+from model.checkpoint import load_checkpoint
+from model.data import find_pairs, load_pair
+from model.heads import is_probability
+from model.predict import Prediction, predict
+from model.unet import UNet
+
+# Heads whose output is exactly sigmoid(logit): binning the logit keeps the order of pixels
+# that a float32 sigmoid rounds to 1.0. A hard sigmoid is not, so its output is binned.
+_LOGIT_HEADS = ("sigmoid", "softmax")
+
+
+def add_to_histogram(
+    hist: ScoreHistogram, head: str, prediction: Prediction, mask: np.ndarray, name: str
+) -> None:
+    """Count one image's prediction against its mask."""
+    if prediction.output.shape != mask.shape:
+        raise CalibrationError(
+            f"{name}: image is {prediction.output.shape[::-1]} px but its mask is "
+            f"{mask.shape[::-1]} px (width, height); give them the same size"
+        )
+    if head in _LOGIT_HEADS:
+        hist.update(prediction.logits, mask, logits=True)
+    else:
+        hist.update(prediction.output, mask)
+
+
+def calibrate_model(
+    network: UNet,
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    strategy: str = "youden",
+    target: float | None = None,
+    cost_fp: float = 1.0,
+    cost_fn: float = 1.0,
+    on_image: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The calibration report of `network` on (name, image, mask) triples, in one pass."""
+    check_strategy(strategy, target, cost_fp, cost_fn)  # fail before the long pass
+    hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+    for done, (name, image, mask) in enumerate(pairs, start=1):
+        add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
+        if on_image is not None:
+            on_image(done)
+    return build_report(hist, strategy, target, cost_fp, cost_fn)
+
+
+def iter_dataset(
+    data: Path, channels: int, progress: bool = False, desc: str = "images"
+) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, image, mask) for every pair of the data set at `data`, one at a time."""
+    pairs = find_pairs(data)
+    for image_path, mask_path in tqdm(pairs, desc=desc, disable=not progress, file=sys.stderr):
+        image, mask = load_pair(image_path, mask_path, channels)
+        yield image_path.name, image, mask
+
+
+def calibrate_checkpoint(
+    checkpoint: Path,
+    data: Path,
+    strategy: str = "youden",
+    target: float | None = None,
+    cost_fp: float = 1.0,
+    cost_fn: float = 1.0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
+    check_strategy(strategy, target, cost_fp, cost_fn)
+    network, _ = load_checkpoint(checkpoint)
+    pairs = iter_dataset(data, network.config.in_channels, progress, desc="calibrate")
+    return calibrate_model(network, pairs, strategy, target, cost_fp, cost_fn)
