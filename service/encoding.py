@@ -1,0 +1,107 @@
+"""Response encodings of masks and score maps: PNG, COCO RLE, .npy, overlays."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+# zlib levels, measured on 2048 x 2048 maps: a binary mask halves in size from level 1 to 6 for
+# +40% time (60 ms), but noisy content (16-bit scores, photos) shrinks by 2% for +70% time.
+MASK_LEVEL = 6
+NOISY_LEVEL = 1
+
+
+def _png(pixels: np.ndarray, level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def _plane(array: np.ndarray, what: str) -> np.ndarray:
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D (H, W) array, not shape {array.shape}")
+    return array
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """An 8-bit greyscale PNG: 255 where `mask` is true, 0 elsewhere."""
+    return _png(_plane(mask, "mask").astype(bool).astype(np.uint8) * np.uint8(255), MASK_LEVEL)
+
+
+def coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed RLE: column-major runs, the first a (maybe empty) background run."""
+    height, width = _plane(mask, "mask").shape
+    flat = np.asarray(mask, dtype=bool).ravel(order="F")
+    if flat.size == 0:
+        return {"size": [height, width], "counts": []}
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate(([0], changes, [flat.size])))
+    if flat[0]:
+        counts = np.concatenate(([0], counts))
+    return {"size": [height, width], "counts": counts.tolist()}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    """The boolean (H, W) mask that a COCO uncompressed RLE describes."""
+    height, width = (int(n) for n in rle["size"])
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    if (counts < 0).any() or counts.sum() != height * width:
+        raise ValueError(f"RLE counts must be >= 0 and sum to {height} x {width}")
+    values = np.arange(counts.size) % 2 == 1  # runs alternate, background first
+    return np.repeat(values, counts).reshape((height, width), order="F")
+
+
+def probabilities_npy(scores: np.ndarray) -> bytes:
+    """The score map as a float32 .npy file (no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(_plane(scores, "scores"), dtype=np.float32))
+    return buffer.getvalue()
+
+
+def probabilities_png16(probabilities: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of probabilities in [0, 1]: value = round(p * 65535)."""
+    p = np.asarray(_plane(probabilities, "probabilities"), dtype=np.float64)
+    if not np.isfinite(p).all():
+        raise ValueError("probabilities must be finite to be written as a 16-bit PNG")
+    return _png(np.rint(np.clip(p, 0.0, 1.0) * 65535).astype(np.uint16), NOISY_LEVEL)
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of `mask` within `width` pixels of its border (mask XOR its erosion)."""
+    inner = np.asarray(mask, dtype=bool)
+    for _ in range(width):
+        # Edge padding: an object cut by the image frame gets no line along the frame.
+        p = np.pad(inner, 1, mode="edge")
+        inner = inner & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return np.asarray(mask, dtype=bool) & ~inner
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) values in [0, 1] as an (H, W, 3) float image."""
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise ValueError(f"image must be (C, H, W) or (H, W), not shape {image.shape}")
+    planes = image[:3] if image.shape[0] >= 3 else image[:1].repeat(3, axis=0)
+    return np.clip(np.moveaxis(planes, 0, -1).astype(np.float32), 0.0, 1.0)
+
+
+def overlay_png(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (255, 64, 0),
+    alpha: float = 0.45,
+) -> bytes:
+    """An RGB PNG of `image` with `mask` tinted by `color` and outlined in it."""
+    rgb = _rgb(image)
+    mask = np.asarray(_plane(mask, "mask"), dtype=bool)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"mask {mask.shape} and image {rgb.shape[:2]} differ in size")
+    tint = np.asarray(color, dtype=np.float32) / 255
+    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * tint
+    # A line about 1/512 of the short side stays visible when a large image is viewed scaled down.
+    rgb[outline(mask, max(1, min(mask.shape) // 512))] = tint
+    return _png(np.rint(rgb * 255).astype(np.uint8), NOISY_LEVEL)

@@ -1,0 +1,171 @@
+"""The service's settings: environment variables with the `UNET_` prefix."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "UNET_"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def shipped_weights() -> Path:
+    """The `weights` folder inside the installed `model` package."""
+    # find_spec locates the package without importing it, so reading settings never loads torch.
+    spec = importlib.util.find_spec("model")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the `model` package is not installed; set UNET_MODEL_DIR")
+    return Path(spec.origin).parent / "weights"
+
+
+def _shown_as(text: str) -> dict[str, Any]:
+    """How the settings table shows a default that is computed or unwieldy as a bare number."""
+    return {"default_display": text}
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field reads the environment variable UNET_<FIELD>."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, protected_namespaces=())
+
+    model_dir: Path = Field(
+        default_factory=shipped_weights,
+        description="Folder of checkpoints to serve; each `NAME.safetensors` + `NAME.json` pair "
+        "is served as model `NAME`.",
+        json_schema_extra=_shown_as("the shipped `model/weights`"),
+    )
+    state_dir: Path = Field(
+        default=Path("state"),
+        description="Folder of the SQLite threshold store (active thresholds, calibrations).",
+    )
+    device: str = Field(
+        default="auto",
+        description="`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, mutating endpoints need `Authorization: Bearer <key>`; "
+        "unset or empty: no authentication.",
+    )
+    host: str = Field(
+        default="127.0.0.1", description="Interface to listen on (`0.0.0.0` for all)."
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    max_upload_bytes: int = Field(
+        default=32 * MiB,
+        gt=0,
+        description="Largest accepted upload (image or calibration zip); larger ones get 413.",
+        json_schema_extra=_shown_as("33554432 (32 MiB)"),
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        gt=0,
+        description="Largest accepted image, width x height; larger ones get 413.",
+        json_schema_extra=_shown_as("16777216 (4096 x 4096)"),
+    )
+    max_zip_entries: int = Field(
+        default=10_000, gt=0, description="Most files a calibration zip may hold."
+    )
+    max_zip_uncompressed_bytes: int = Field(
+        default=GiB,
+        gt=0,
+        description="Most bytes a calibration zip may expand to (guards against zip bombs).",
+        json_schema_extra=_shown_as("1073741824 (1 GiB)"),
+    )
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most images per forward pass; unset: chosen per device (1 on CPU, "
+        "larger on a GPU).",
+        json_schema_extra=_shown_as("per device"),
+    )
+    batch_wait_ms: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long a request may wait for others to fill a batch; unset: chosen "
+        "per device (0 on CPU).",
+        json_schema_extra=_shown_as("per device"),
+    )
+    queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="Requests waiting for the model beyond which new ones get 503.",
+    )
+    request_timeout_s: float = Field(
+        default=60, gt=0, description="Seconds an inference request may take before it gets 503."
+    )
+    tile_size: int = Field(
+        default=512,
+        ge=16,
+        description="Side of the square tiles large images are cut into, in pixels.",
+    )
+    tile_overlap: float = Field(
+        default=0.25, ge=0, lt=1, description="Fraction of a tile shared with its neighbour."
+    )
+    tile_threshold_pixels: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Images with more pixels than this are processed in tiles.",
+        json_schema_extra=_shown_as("1048576 (1024 x 1024)"),
+    )
+    autocast: Literal["off", "bf16", "fp16"] = Field(
+        default="off", description="Mixed precision for inference: `off`, `bf16` or `fp16`."
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads per forward pass; unset: chosen from the cores available.",
+        json_schema_extra=_shown_as("per machine"),
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Least severe log level written."
+    )
+    log_json: bool = Field(default=False, description="Write logs as one JSON object per line.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @field_validator("autocast", "log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would let `Authorization: Bearer ` through; treat it as "no key".
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+
+def settings_table_markdown() -> str:
+    """Every setting as a Markdown table: environment variable, default, description."""
+    rows = ["| variable | default | description |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "default_display" in extra:
+            default = str(extra["default_display"])
+        elif field.default is None:
+            default = "unset"
+        else:
+            value = field.default
+            default = f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table_markdown(), end="")
