@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from anyio import to_thread
 from fastapi import UploadFile
-from model.data import DatasetError, ImageTooLargeError, image_from_bytes
 
+from model.data import DatasetError, ImageTooLargeError, image_from_bytes
 from service.problems import ProblemError
 from service.registry import ServedModel
 from service.settings import Settings

@@ -1,0 +1,45 @@
+"""Shared fixtures of the service tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import UNet, UNetConfig, save
+from model.losses import head_loss
+from model.synth import generate_pair, pair_rng
+
+TINY_MODEL = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A model folder serving `tiny`: a small U-Net trained briefly, so its outputs mean something.
+
+    The shipped checkpoints may not exist while they are being trained; this one takes seconds.
+    """
+    folder = tmp_path_factory.mktemp("tiny-model")
+    threads = torch.get_num_threads()
+    # One thread: on a small, busy machine intra-op threads spin against each other.
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        pairs = [generate_pair(pair_rng(0, i), 64) for i in range(6)]
+        images = torch.from_numpy(np.stack([image for image, _ in pairs])[:, None] / 255.0)
+        masks = torch.from_numpy(np.stack([mask for _, mask in pairs])[:, None])
+        images, masks = images.float(), masks.float()
+        network = UNet(UNetConfig(depth=2, base_channels=8))
+        optimiser = torch.optim.Adam(network.parameters(), lr=1e-2)
+        for _ in range(30):
+            loss = head_loss("sigmoid", network.logits(images), masks)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        save(network.eval(), folder / f"{TINY_MODEL}.safetensors")
+    finally:
+        torch.set_num_threads(threads)
+    yield folder
