@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from model.calibration import CalibrationError, ScoreHistogram, build_report, check_strategy
 from model.checkpoint import load_checkpoint
-from model.data import find_pairs, load_pair
+from model.data import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
 from model.unet import UNet
@@ -56,16 +54,6 @@ def calibrate_model(
     return build_report(hist, strategy, target, cost_fp, cost_fn)
 
 
-def iter_dataset(
-    data: Path, channels: int, progress: bool = False, desc: str = "images"
-) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, image, mask) for every pair of the data set at `data`, one at a time."""
-    pairs = find_pairs(data)
-    for image_path, mask_path in tqdm(pairs, desc=desc, disable=not progress, file=sys.stderr):
-        image, mask = load_pair(image_path, mask_path, channels)
-        yield image_path.name, image, mask
-
-
 def calibrate_checkpoint(
     checkpoint: Path,
     data: Path,
@@ -78,5 +66,5 @@ def calibrate_checkpoint(
     """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
     check_strategy(strategy, target, cost_fp, cost_fn)
     network, _ = load_checkpoint(checkpoint)
-    pairs = iter_dataset(data, network.config.in_channels, progress, desc="calibrate")
+    pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
     return calibrate_model(network, pairs, strategy, target, cost_fp, cost_fn)

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from model.activation_stats import HeadStats, HiddenActivationStats
-from model.calibrate import add_to_histogram, iter_dataset
+from model.calibrate import add_to_histogram
 from model.calibration import ScoreHistogram, build_report
 from model.checkpoint import load_checkpoint
+from model.data import iter_pairs
 from model.heads import is_probability
 from model.predict import predict
 from model.unet import UNet
@@ -72,5 +73,5 @@ def evaluate_checkpoint(
         threshold, source = float(meta.default_threshold["value"]), "checkpoint default"
     else:
         threshold, source = 0.5, "conventional 0.5"
-    pairs = iter_dataset(data, network.config.in_channels, progress, desc="evaluate")
+    pairs = iter_pairs(data, network.config.in_channels, progress, desc="evaluate")
     return evaluate_model(network, pairs, threshold, source)

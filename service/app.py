@@ -13,6 +13,7 @@ from model.train import pick_device
 from service.container import Services
 from service.engine import InferenceEngine
 from service.jobs import CalibrationJobs
+from service.limits import BodySizeLimit
 from service.logs import configure_logging
 from service.metrics import Metrics, install_metrics
 from service.problems import install_problem_handlers
@@ -72,7 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
     install_metrics(app, metrics)
     for router in (health, models, inference, calibrations, thresholds):
         app.include_router(router.router)
     return app
+
+
+def _body_limit(settings: Settings, path: str) -> int:
+    """Calibration zips may be larger than single images."""
+    return (
+        settings.max_dataset_bytes if path.endswith("/calibrations") else settings.max_upload_bytes
+    )

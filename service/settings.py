@@ -60,8 +60,14 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=32 * MiB,
         gt=0,
-        description="Largest accepted upload (image or calibration zip); larger ones get 413.",
+        description="Largest accepted image upload; larger ones get 413.",
         json_schema_extra=_shown_as("33554432 (32 MiB)"),
+    )
+    max_dataset_bytes: int = Field(
+        default=512 * MiB,
+        gt=0,
+        description="Largest accepted calibration zip upload; larger ones get 413.",
+        json_schema_extra=_shown_as("536870912 (512 MiB)"),
     )
     max_image_pixels: int = Field(
         default=4096 * 4096,

@@ -14,8 +14,10 @@ from service.settings import Settings
 CHUNK = 1 << 20
 
 
-async def read_upload(upload: UploadFile, limit: int, what: str = "upload") -> bytes:
-    """The uploaded bytes, or 413 past `limit` and 422 when empty."""
+async def read_upload(
+    upload: UploadFile, limit: int, what: str, setting: str = "UNET_MAX_UPLOAD_BYTES"
+) -> bytes:
+    """The uploaded bytes, or 413 past `limit` (named by `setting`) and 422 when empty."""
     chunks, size = [], 0
     while chunk := await upload.read(CHUNK):
         size += len(chunk)
@@ -24,7 +26,7 @@ async def read_upload(upload: UploadFile, limit: int, what: str = "upload") -> b
                 413,
                 "Upload too large",
                 f"{what} {upload.filename!r} is larger than the {limit} byte limit "
-                "(UNET_MAX_UPLOAD_BYTES); send a smaller file",
+                f"({setting}); send a smaller file",
                 slug="upload-too-large",
             )
         chunks.append(chunk)

@@ -122,7 +122,9 @@ async def start_calibration(
         raise ProblemError(
             422, "Invalid calibration parameters", str(error), slug="invalid-calibration"
         ) from None
-    data = await read_upload(dataset, services.settings.max_upload_bytes, "dataset")
+    data = await read_upload(
+        dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
+    )
     calibration_id = await services.jobs.start(served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (

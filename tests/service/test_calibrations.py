@@ -53,7 +53,7 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
         state_dir=tmp_path / "state",
         api_key=None,
         tile_size=64,
-        max_upload_bytes=2 * MiB,
+        max_dataset_bytes=2 * MiB,
         max_zip_entries=50,
         max_zip_uncompressed_bytes=4 * MiB,
         max_image_pixels=128 * 128,
@@ -258,7 +258,7 @@ def test_broken_and_hostile_zips(client: TestClient, settings: Settings, name: s
 
 def test_upload_limits_and_missing_parts(client: TestClient) -> None:
     too_big = assert_problem(start(client, bytes(2 * MiB + 1)), 413)
-    assert "UNET_MAX_UPLOAD_BYTES" in too_big["detail"]
+    assert "UNET_MAX_DATASET_BYTES" in too_big["detail"]
     missing = assert_problem(client.post(f"{BASE}/calibrations", data={"strategy": "f1"}), 422)
     assert "dataset" in missing["detail"]
     text = client.post(f"{BASE}/calibrations", data={"dataset": "not a file"})

@@ -1,0 +1,87 @@
+"""Request body limits enforced while the body streams in, before anything is parsed or spooled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.problems import MEDIA_TYPE
+
+# Multipart framing (boundaries, part headers, other form fields) on top of the file itself.
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    """The request body grew past its limit while streaming."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed.
+
+    Starlette spools a multipart upload to disk before any route code runs, so a limit checked
+    in the route would still let a client fill the disk; this one stops reading at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, refusing it once its body exceeds the limit."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"]) + MULTIPART_ALLOWANCE
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _refuse(send, limit)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {
+            "type": "https://unet-service.dev/problems/upload-too-large",
+            "title": "Upload too large",
+            "status": 413,
+            "detail": f"the request body is larger than the {limit} byte limit for this "
+            "endpoint (UNET_MAX_UPLOAD_BYTES for images, UNET_MAX_DATASET_BYTES for "
+            "calibration zips); send a smaller file",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
