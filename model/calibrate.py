@@ -43,12 +43,17 @@ def calibrate_model(
     cost_fp: float = 1.0,
     cost_fn: float = 1.0,
     on_image: Callable[[int], None] | None = None,
+    predict_fn: Callable[[UNet, np.ndarray], Prediction] = predict,
 ) -> dict[str, Any]:
-    """The calibration report of `network` on (name, image, mask) triples, in one pass."""
+    """The calibration report of `network` on (name, image, mask) triples, in one pass.
+
+    `on_image(n)` is called after the n-th image (progress; raising there stops the pass);
+    `predict_fn` lets a caller run large images the way it serves them, in tiles.
+    """
     check_strategy(strategy, target, cost_fp, cost_fn)  # fail before the long pass
     hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
     for done, (name, image, mask) in enumerate(pairs, start=1):
-        add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
+        add_to_histogram(hist, network.config.head, predict_fn(network, image), mask, name)
         if on_image is not None:
             on_image(done)
     return build_report(hist, strategy, target, cost_fp, cost_fn)

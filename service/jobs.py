@@ -14,6 +14,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from model.calibrate import add_to_histogram
-from model.calibration import CalibrationError, ScoreHistogram, build_report, check_strategy
+from model.calibrate import calibrate_model
+from model.calibration import CalibrationError, check_strategy
 from model.data import DatasetError, read_image, read_mask
 from model.predict import Prediction, predict
 from model.tiling import predict_tiled
@@ -260,31 +261,42 @@ class CalibrationJobs:
         finally:
             self._forget(job)
 
-    @torch.inference_mode()
     def _calibrate(self, job: _Job) -> dict[str, Any]:
         """The report of one job: the model over every pair, counted into one histogram."""
-        # Not `calibrate_model`: large images go through tiles here, as the engine serves them,
-        # so memory stays bounded and the threshold fits the outputs that clients will get.
         served, params, folder = job.served, job.params, job.workdir / "data"
         params.check()
-        hist = ScoreHistogram("probability" if served.is_probability else "unbounded")
         progress = _Progress(self.store, job.id, len(job.dataset.pairs))
-        for done, (image_path, mask_path) in enumerate(job.dataset.pairs, start=1):
+
+        def pairs() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            for image_path, mask_path in job.dataset.pairs:
+                image = read_image(image_path, served.in_channels, self.settings.max_image_pixels)
+                mask = read_mask(mask_path)
+                if image.shape[1:] != mask.shape:
+                    (height, width), (mask_h, mask_w) = image.shape[1:], mask.shape
+                    raise DatasetError(
+                        f"{relative(str(image_path), folder)} is {width} x {height} px but its "
+                        f"mask {relative(str(mask_path), folder)} is {mask_w} x {mask_h} px; "
+                        "give them the same size"
+                    )
+                yield image_path.name, image, mask
+
+        def on_image(done: int) -> None:
+            progress(done)
             if self._stopping.is_set():
                 raise _Stopped
-            image = read_image(image_path, served.in_channels, self.settings.max_image_pixels)
-            mask = read_mask(mask_path)
-            if image.shape[1:] != mask.shape:
-                (height, width), (mask_h, mask_w) = image.shape[1:], mask.shape
-                raise DatasetError(
-                    f"{relative(str(image_path), folder)} is {width} x {height} px but its mask "
-                    f"{relative(str(mask_path), folder)} is {mask_w} x {mask_h} px; "
-                    "give them the same size"
-                )
-            prediction = self._predict(served, image)
-            add_to_histogram(hist, served.head, prediction, mask, image_path.name)
-            progress(done)
-        return build_report(hist, params.strategy, params.target, params.cost_fp, params.cost_fn)
+
+        # Large images go through tiles, as the engine serves them, so memory stays bounded
+        # and the threshold fits the outputs that clients will get.
+        return calibrate_model(
+            served.network,
+            pairs(),
+            params.strategy,
+            params.target,
+            params.cost_fp,
+            params.cost_fn,
+            on_image=on_image,
+            predict_fn=lambda _network, image: self._predict(served, image),
+        )
 
     def _predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
         """Whole images as they are, large ones in tiles: the engine's rule."""
