@@ -1,8 +1,8 @@
 """The shipped sigmoid model against Otsu on unseen synthetic data; prints one JSON object.
 
 A threshold is calibrated (by default with `f1`: pixel F1 is Dice) on one unseen set and applied
-to another unseen set; Otsu thresholds each image of the second set on its own. Seeds 1 and 2 trained and validated the
-shipped models (model/make_weights.py), so the defaults here never overlap them.
+to another unseen set; Otsu thresholds each image of the second set on its own. Seeds 1 and 2
+trained and validated the shipped models (model/make_weights.py); the defaults here are unseen.
 """
 
 from __future__ import annotations
