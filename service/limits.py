@@ -13,10 +13,6 @@ from service.problems import MEDIA_TYPE
 MULTIPART_ALLOWANCE = 64 * 1024
 
 
-class BodyTooLarge(Exception):
-    """The request body grew past its limit while streaming."""
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed.
 
@@ -39,27 +35,33 @@ class BodySizeLimit:
             await _refuse(send, limit)
             return
         received = 0
-        started = False
+        started = refused = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge
+            if received > limit and not started:
+                # Answer now and tell the app the client left: it stops reading the body.
+                refused = True
+                await _refuse(send, limit)
+                return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the client already has its 413
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if started:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
                 raise
-            await _refuse(send, limit)
 
 
 async def _refuse(send: Send, limit: int) -> None:

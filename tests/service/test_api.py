@@ -140,7 +140,7 @@ def encodings(nuclei: np.ndarray) -> dict[str, bytes]:
         "rgb.png": png(rgb),
         "rgba.png": png(np.dstack([rgb, np.full_like(nuclei, 255)])),
         "palette.png": png_of(Image.fromarray(nuclei).convert("P")),
-        "grey16.png": png((nuclei.astype(np.uint16) * 257), "I;16"),
+        "grey16.png": png(nuclei.astype(np.uint16) * 257),
     }
     for name, fmt in (("x.jpg", "JPEG"), ("x.bmp", "BMP"), ("x.gif", "GIF")):
         buffer = io.BytesIO()
@@ -306,9 +306,9 @@ def test_openapi_documents_every_endpoint_and_binary_response(client: TestClient
         ("post", "/v1/models/{model}/overlay"),
         ("post", "/v1/models/{model}/calibrations"),
         ("get", "/v1/models/{model}/calibrations"),
-        ("get", "/v1/models/{model}/calibrations/{id}"),
-        ("get", "/v1/models/{model}/calibrations/{id}/roc.png"),
-        ("post", "/v1/models/{model}/calibrations/{id}/activate"),
+        ("get", "/v1/models/{model}/calibrations/{calibration_id}"),
+        ("get", "/v1/models/{model}/calibrations/{calibration_id}/roc.png"),
+        ("post", "/v1/models/{model}/calibrations/{calibration_id}/activate"),
         ("get", "/v1/models/{model}/threshold"),
         ("put", "/v1/models/{model}/threshold"),
     }

@@ -63,5 +63,7 @@ def test_python_m_service_serves_masks_over_a_real_socket(
         assert response.headers["x-threshold-source"] == "default"
     finally:
         server.terminate()
-        server.wait(timeout=30)
-    assert server.returncode == 0  # a clean shutdown on SIGTERM
+        _, stderr = server.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells the truth.
+    assert server.returncode in (0, -15)
+    assert "Application shutdown complete" in stderr
