@@ -1,0 +1,29 @@
+"""Pure calibration maths: (score map, mask) pairs in, a threshold and its evidence out.
+
+Typical use, one image at a time so that memory stays flat::
+
+    hist = ScoreHistogram("probability")        # "unbounded" for relu / identity heads
+    for scores, mask in pairs:
+        hist.update(scores, mask)               # or update(logits, mask, logits=True)
+    report = build_report(hist, strategy="target_tpr", target=0.95)
+
+or `calibrate_arrays(pairs, scale, strategy, ...)` for the same in one call. No I/O, no torch.
+"""
+
+from model.calibration.binning import SCALES, BinLayout
+from model.calibration.errors import CalibrationError
+from model.calibration.histogram import ScoreHistogram
+from model.calibration.report import build_report, calibrate_arrays
+from model.calibration.strategies import STRATEGIES, TARGET_STRATEGIES, check_strategy
+
+__all__ = [
+    "SCALES",
+    "STRATEGIES",
+    "TARGET_STRATEGIES",
+    "BinLayout",
+    "CalibrationError",
+    "ScoreHistogram",
+    "build_report",
+    "calibrate_arrays",
+    "check_strategy",
+]

@@ -1,0 +1,319 @@
+"""The calibration report (DESIGN.md, "The calibration report"), built from a `ScoreHistogram`.
+
+ROC statistics come from scikit-learn run on the bins: each non-empty bin is one score (its lower
+edge; the lowest bin takes the lowest score seen) given twice, once as a negative and once as a
+positive, weighted by its float64 pixel counts. Because a bin edge splits the pixels exactly, the
+curve is the raw-pixel ROC curve at every bin edge; it differs from the raw curve only in treating a
+bin's pixels as tied, which moves the AUC by at most the share of positive-negative pairs that
+share a bin (under 1e-6 on the benchmark's 1e8 pixels).
+
+Thresholds are in score units: probabilities for probability heads (float64, so 1 - 1e-9 is not
+rounded to 1), raw scores otherwise. Every threshold of an unbounded head, and of a probability head
+up to 1 - 2**-12, is a float32 number, so comparing a served float32 map with it is exact in either
+precision. Above that, compare in float64 (numpy would round a Python float to the map's float32
+first); a threshold above 1 - 2**-24 then selects exactly the pixels at 1.0, since a float32 map
+holds nothing in between. ``quantisation.threshold_logit`` is the same cut in logit units, for a
+service that thresholds the head's logits and so keeps the resolution float32 loses near 1. The
+candidate "threshold above every score" (nothing positive) is reported as the smallest float64
+above the highest score.
+
+Besides the threshold chosen by the requested strategy, `operating_points` holds every strategy that
+needs no target (youden, closest, f1, and cost with the given costs), the chosen target strategy
+when there is one, and ``fixed_0.5``: the conventional cut at 0.5 whatever the head, so that the
+gain of calibration is visible (for an unbounded head it shows what a naive cut does).
+
+``threshold_ci`` is a 95% bootstrap interval over images (`model.calibration.bootstrap`),
+computed on coarse bins (64 per octave) and widened to whole coarse bins, so it is conservative
+by up to one coarse bin on each side; it is None with fewer than two images. The same coarse bins
+give ``per_image_thresholds``, the spread of each image's own optimum under the chosen strategy
+(images without both classes, or where the target is unreachable, are left out).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from model.calibration.errors import CalibrationError
+from model.calibration.histogram import ScoreHistogram
+from model.calibration.reliability import calibration_quality
+from model.calibration.strategies import (
+    STRATEGIES,
+    TARGET_STRATEGIES,
+    check_strategy,
+    cumulative_counts,
+    point_metrics,
+    select,
+)
+
+MAX_ROC_POINTS = 512
+FIXED_CUT = 0.5
+# Below this many usable bootstrap replicates the interval says more about the noise than the data.
+_MIN_REPLICATES = 20
+
+
+def build_report(
+    hist: ScoreHistogram,
+    strategy: str = "youden",
+    target: float | None = None,
+    cost_fp: float = 1.0,
+    cost_fn: float = 1.0,
+) -> dict[str, Any]:
+    """The calibration report of a filled histogram as a JSON-ready dict (no NaN, no numpy)."""
+    check_strategy(strategy, target, cost_fp, cost_fn)
+    if hist.n_images == 0:
+        raise CalibrationError("the calibration set is empty: give at least one image and mask")
+    target = None if target is None else float(target)
+    idx, pos, neg = hist.nonempty()
+    tp, fp = cumulative_counts(pos, neg)
+    n_pos, n_neg = float(tp[-1]), float(fp[-1])
+    # Raises the ROC-undefined error when a class is missing.
+    chosen = select(tp, fp, strategy, target, cost_fp, cost_fn)
+
+    edges = hist.fine.lower_edges(idx)
+    bin_thresholds = edges.copy()
+    bin_thresholds[0] = hist.score_min  # exact too, and finite where the lowest edge is -inf
+    above_all = float(np.nextafter(hist.score_max, np.inf))
+    thresholds = np.concatenate([[above_all], bin_thresholds[::-1]])
+
+    fpr, tpr, auc, ap = _sklearn_roc(bin_thresholds, pos, neg)
+    threshold = float(thresholds[chosen])
+
+    points: dict[str, dict[str, Any]] = {}
+    for name in STRATEGIES:
+        if name in TARGET_STRATEGIES and name != strategy:
+            continue
+        i = chosen if name == strategy else select(tp, fp, name, target, cost_fp, cost_fn)
+        points[name] = {
+            "threshold": float(thresholds[i]),
+            **point_metrics(tp[i], fp[i], n_pos, n_neg),
+        }
+    # 0.5 is a bin edge in both layouts, so the bins at or above it are exactly the pixels >= 0.5.
+    i_cut = int(np.count_nonzero(edges >= FIXED_CUT))
+    points["fixed_0.5"] = {
+        "threshold": FIXED_CUT,
+        **point_metrics(tp[i_cut], fp[i_cut], n_pos, n_neg),
+    }
+
+    keep = _curve_indices(tp, fp, must=(0, len(tp) - 1, chosen, i_cut))
+    roc = {
+        "fpr": fpr[keep].tolist(),
+        "tpr": tpr[keep].tolist(),
+        "thresholds": thresholds[keep].tolist(),
+    }
+
+    brier: float | None = None
+    ece: float | None = None
+    table: list[dict[str, Any]] | None = None
+    if hist.is_probability:
+        brier, ece, table = calibration_quality(hist)
+
+    b_chosen = int(idx[len(idx) - chosen]) if chosen > 0 else None
+    report: dict[str, Any] = {
+        "threshold": threshold,
+        "strategy": strategy,
+        "target": target,
+        "auc": auc,
+        "average_precision": ap,
+        "n_images": hist.n_images,
+        "n_pixels": hist.n_pixels,
+        "positive_fraction": n_pos / hist.n_pixels,
+        "is_probability": hist.is_probability,
+        "roc": roc,
+        "operating_points": points,
+        "confusion": {
+            "tp": int(tp[chosen]),
+            "fp": int(fp[chosen]),
+            "tn": int(n_neg - fp[chosen]),
+            "fn": int(n_pos - tp[chosen]),
+        },
+        "threshold_ci": _bootstrap_interval(hist, strategy, target, cost_fp, cost_fn, above_all),
+        "brier": brier,
+        "ece": ece,
+        "reliability": table,
+        "tied_at_min_fraction": hist.n_at_min / hist.n_pixels,
+        "per_image_thresholds": _per_image_spread(hist, strategy, target, cost_fp, cost_fn),
+        "score_range": {
+            "min": hist.score_min,
+            "max": hist.score_max,
+            "tied_at_max_fraction": hist.n_at_max / hist.n_pixels,
+        },
+        "quantisation": _quantisation(hist, b_chosen, threshold),
+    }
+    return _jsonable(report)
+
+
+def calibrate_arrays(
+    pairs: Iterable[tuple[Any, Any]],
+    scale: str = "probability",
+    strategy: str = "youden",
+    target: float | None = None,
+    cost_fp: float = 1.0,
+    cost_fn: float = 1.0,
+    *,
+    logits: bool = False,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
+    # Fail on bad parameters before the (possibly long) pass over the data.
+    check_strategy(strategy, target, cost_fp, cost_fn)
+    hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed)
+    for scores, mask in pairs:
+        hist.update(scores, mask, logits=logits)
+    return build_report(hist, strategy, target, cost_fp, cost_fn)
+
+
+def _sklearn_roc(
+    bin_thresholds: NDArray[np.float64], pos: NDArray[np.int64], neg: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float, float]:
+    """FPR, TPR (every bin, highest threshold first), AUC and AP from scikit-learn on the bins."""
+    # Highest first, as scikit-learn sorts, so its stable sort has nothing to do.
+    score = np.concatenate([bin_thresholds[::-1], bin_thresholds[::-1]])
+    label = np.concatenate([np.ones(len(pos), np.int8), np.zeros(len(neg), np.int8)])
+    weight = np.concatenate([pos[::-1], neg[::-1]]).astype(np.float64)
+    used = weight > 0
+    score, label, weight = score[used], label[used], weight[used]
+    fpr, tpr, _ = roc_curve(label, score, sample_weight=weight, drop_intermediate=False)
+    auc = roc_auc_score(label, score, sample_weight=weight)
+    ap = average_precision_score(label, score, sample_weight=weight)
+    if len(fpr) != len(pos) + 1:  # every bin is a distinct score, so this is a bug
+        raise AssertionError("scikit-learn merged bins; bin thresholds are not distinct")
+    return fpr, tpr, float(auc), float(ap)
+
+
+def _curve_indices(
+    tp: NDArray[np.float64], fp: NDArray[np.float64], must: tuple[int, ...]
+) -> NDArray[np.intp]:
+    """At most MAX_ROC_POINTS indices of the curve: its corners, evenly spread, plus `must`."""
+    n = len(tp)
+    if n <= MAX_ROC_POINTS:
+        return np.arange(n)
+    # scikit-learn's drop_intermediate rule on exact counts: a point collinear with its neighbours
+    # adds nothing to the plotted curve.
+    corner = np.concatenate([[True], (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0), [True]])
+    candidates = np.flatnonzero(corner)
+    room = MAX_ROC_POINTS - len(must)
+    if len(candidates) > room:
+        # Even steps along the curve's length in (FPR + TPR), which is monotone along the curve.
+        arc = fp[candidates] / fp[-1] + tp[candidates] / tp[-1]
+        at = np.searchsorted(arc, np.linspace(0.0, 2.0, room))
+        candidates = candidates[np.minimum(at, len(candidates) - 1)]
+    return np.unique(np.concatenate([candidates, np.asarray(must, dtype=np.intp)]))
+
+
+def _coarse_choice(
+    hist: ScoreHistogram,
+    counts: NDArray[np.number],
+    strategy: str,
+    target: float | None,
+    cost_fp: float,
+    cost_fn: float,
+) -> tuple[float, float] | None:
+    """The coarse bin a strategy picks on one coarse histogram: its (lower, upper) edge."""
+    pos = counts[1::2]
+    neg = counts[0::2]
+    idx = np.flatnonzero((pos > 0) | (neg > 0))
+    tp, fp = cumulative_counts(pos[idx], neg[idx])
+    try:
+        i = select(tp, fp, strategy, target, cost_fp, cost_fn)
+    except CalibrationError:
+        return None
+    if i == 0:
+        top = float(hist.coarse.upper_edges(idx[-1:])[0])
+        return top, top
+    b = idx[len(idx) - i : len(idx) - i + 1]
+    return float(hist.coarse.lower_edges(b)[0]), float(hist.coarse.upper_edges(b)[0])
+
+
+def _bootstrap_interval(
+    hist: ScoreHistogram,
+    strategy: str,
+    target: float | None,
+    cost_fp: float,
+    cost_fn: float,
+    above_all: float,
+) -> list[float] | None:
+    """95% interval of the chosen threshold over Poisson-bootstrap replicates of the images."""
+    if hist.n_images < 2 or hist.resampler.n_bootstrap == 0:
+        return None
+    picks = [
+        _coarse_choice(hist, rep, strategy, target, cost_fp, cost_fn)
+        for rep in hist.resampler.replicates()
+    ]
+    found = [p for p in picks if p is not None]
+    if len(found) < _MIN_REPLICATES:
+        return None
+    lower = np.quantile([p[0] for p in found], 0.025, method="lower")
+    upper = np.quantile([p[1] for p in found], 0.975, method="higher")
+    # Coarse edges reach past the data (down to -inf, up to a whole bin above the top score).
+    return [
+        float(min(max(lower, hist.score_min), above_all)),
+        float(min(max(upper, hist.score_min), above_all)),
+    ]
+
+
+def _per_image_spread(
+    hist: ScoreHistogram, strategy: str, target: float | None, cost_fp: float, cost_fn: float
+) -> dict[str, Any] | None:
+    """Quantiles of per-image optimal thresholds over the reservoir of kept images."""
+    picks = [
+        _coarse_choice(hist, counts, strategy, target, cost_fp, cost_fn)
+        for counts in hist.resampler.kept()
+    ]
+    values = np.array([p[0] for p in picks if p is not None], dtype=np.float64)
+    if values.size == 0:
+        return None
+    values = np.clip(values, hist.score_min, None)
+    q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
+    return {
+        "median": float(median),
+        "q25": float(q25),
+        "q75": float(q75),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "n_images": int(values.size),
+        "sampled": hist.resampler.sampled,
+    }
+
+
+def _quantisation(hist: ScoreHistogram, chosen_bin: int | None, threshold: float) -> dict[str, Any]:
+    """The bin layout, and the chosen threshold's bin and (probability heads) logit."""
+    out: dict[str, Any] = dict(hist.fine.describe())
+    if chosen_bin is None:
+        out["threshold_bin"] = [threshold, threshold]
+    else:
+        b = np.array([chosen_bin])
+        out["threshold_bin"] = [
+            max(float(hist.fine.lower_edges(b)[0]), hist.score_min),
+            float(hist.fine.upper_edges(b)[0]),
+        ]
+    out["threshold_logit"] = None
+    out["logits_binned"] = hist.saw_logits
+    if hist.is_probability:
+        if chosen_bin is not None and threshold != hist.score_min:
+            out["threshold_logit"] = float(hist.fine.logit_of_edges(np.array([chosen_bin]))[0])
+        elif 0.0 < threshold < 1.0:
+            out["threshold_logit"] = math.log(threshold) - math.log1p(-threshold)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python values only: numpy scalars unwrapped, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return value

@@ -1,0 +1,180 @@
+"""Threshold strategies, each exact over a set of candidate thresholds.
+
+Every function here works on cumulative counts in scikit-learn's `roc_curve` order: candidate
+thresholds from the highest down, index 0 being a threshold above every score (nothing positive),
+``tp[i]`` and ``fp[i]`` the positive and negative pixels with ``score >= thresholds[i]``, so both
+are non-decreasing and ``tp[-1]``, ``fp[-1]`` are the totals P and N. Counts are float64 (exact
+integers up to 2**53 pixels).
+
+Ties: a criterion that several thresholds share is resolved toward the highest threshold (the first
+index, as ``np.argmax`` on scikit-learn's curve does), except where the strategy says otherwise:
+
+``youden``            max TPR - FPR.
+``closest``           min FPR**2 + (1 - TPR)**2, the distance to the (0, 1) corner.
+``f1``                max 2 TP / (2 TP + FP + FN), pixel Dice.
+``target_tpr``        min FPR subject to TPR >= target; ties in FPR go to the higher TPR.
+``target_fpr``        max TPR subject to FPR <= target; ties in TPR go to the lower FPR.
+``target_precision``  max recall subject to precision >= target (thresholds that select no pixel
+                      have no precision and are skipped); ties in recall go to the higher precision.
+``cost``              min ``cost_fp * FP + cost_fn * FN``. Divided by the pixel count this is the
+                      expected cost per pixel,
+                      ``cost_fp * (1 - pi) * FPR + cost_fn * pi * (1 - TPR)``, with ``pi`` the
+                      calibration set's prevalence: the set is taken to represent the class
+                      balance the model will meet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from model.calibration.errors import CalibrationError
+
+STRATEGIES: tuple[str, ...] = (
+    "youden",
+    "closest",
+    "f1",
+    "target_tpr",
+    "target_fpr",
+    "target_precision",
+    "cost",
+)
+TARGET_STRATEGIES: tuple[str, ...] = ("target_tpr", "target_fpr", "target_precision")
+_TARGET_NAMES = {"target_tpr": "TPR", "target_fpr": "FPR", "target_precision": "precision"}
+
+
+def check_strategy(
+    strategy: str, target: float | None = None, cost_fp: float = 1.0, cost_fn: float = 1.0
+) -> None:
+    """Raise CalibrationError unless the strategy and its parameters can choose a threshold."""
+    if strategy not in STRATEGIES:
+        raise CalibrationError(
+            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+        )
+    if strategy in TARGET_STRATEGIES:
+        if target is None:
+            raise CalibrationError(
+                f"strategy {strategy!r} needs a target {_TARGET_NAMES[strategy]} in (0, 1)"
+            )
+        t = _as_float(target, "target")
+        if not 0.0 < t < 1.0:
+            raise CalibrationError(
+                f"target must lie strictly between 0 and 1 for {strategy!r}, got {target!r}"
+            )
+    elif target is not None:
+        raise CalibrationError(
+            f"strategy {strategy!r} takes no target; targets apply to "
+            f"{', '.join(TARGET_STRATEGIES)}"
+        )
+    c_fp = _as_float(cost_fp, "cost_fp")
+    c_fn = _as_float(cost_fn, "cost_fn")
+    if not (math.isfinite(c_fp) and math.isfinite(c_fn)) or c_fp < 0 or c_fn < 0:
+        raise CalibrationError(
+            f"cost_fp and cost_fn must be finite and >= 0, got {cost_fp!r} and {cost_fn!r}"
+        )
+    if c_fp == 0 and c_fn == 0:
+        raise CalibrationError("cost_fp and cost_fn cannot both be 0: every threshold would tie")
+
+
+def _as_float(value: object, name: str) -> float:
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{name} must be a number, got {value!r}") from None
+    if math.isnan(out):
+        raise CalibrationError(f"{name} must be a number, got NaN")
+    return out
+
+
+def cumulative_counts(
+    pos: NDArray[np.number], neg: NDArray[np.number]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Counts at each threshold, highest first, from per-bin counts in ascending score order.
+
+    Returns ``tp`` and ``fp`` of length ``len(pos) + 1``; index 0 is the threshold above every
+    score, index ``i`` the ``i``-th highest bin's lower edge.
+    """
+    tp = np.zeros(len(pos) + 1, dtype=np.float64)
+    fp = np.zeros(len(neg) + 1, dtype=np.float64)
+    np.cumsum(pos[::-1], dtype=np.float64, out=tp[1:])
+    np.cumsum(neg[::-1], dtype=np.float64, out=fp[1:])
+    return tp, fp
+
+
+def select(
+    tp: NDArray[np.float64],
+    fp: NDArray[np.float64],
+    strategy: str,
+    target: float | None = None,
+    cost_fp: float = 1.0,
+    cost_fn: float = 1.0,
+) -> int:
+    """Index of the threshold `strategy` chooses on the cumulative counts `tp`, `fp`.
+
+    Raises CalibrationError when the ROC is undefined (no positive or no negative pixel) or the
+    target cannot be met.
+    """
+    n_pos, n_neg = float(tp[-1]), float(fp[-1])
+    if n_pos <= 0 or n_neg <= 0:
+        missing, present = (
+            ("foreground", "background") if n_pos <= 0 else ("background", "foreground")
+        )
+        raise CalibrationError(
+            f"the masks hold no {missing} pixels (all {int(n_pos + n_neg)} are {present}), so the "
+            "ROC curve is undefined and no threshold can be chosen; calibrate on images that "
+            "contain both foreground and background"
+        )
+    tpr = tp / n_pos
+    fpr = fp / n_neg
+    if strategy == "youden":
+        return int(np.argmax(tpr - fpr))
+    if strategy == "closest":
+        return int(np.argmin(fpr**2 + (1.0 - tpr) ** 2))
+    if strategy == "f1":
+        return int(np.argmax(2.0 * tp / (tp + fp + n_pos)))
+    if strategy == "cost":
+        return int(np.argmin(cost_fp * fp + cost_fn * (n_pos - tp)))
+    if target is None:
+        raise CalibrationError(f"strategy {strategy!r} needs a target")
+    if strategy == "target_tpr":
+        first = int(np.argmax(tpr >= target))  # tpr[-1] == 1 > target, so one exists
+        # Lower thresholds with the same FP count only add true positives.
+        return int(np.searchsorted(fp, fp[first], side="right")) - 1
+    if strategy == "target_fpr":
+        last = int(np.searchsorted(fpr, target, side="right")) - 1
+        if tp[last] == 0:
+            raise CalibrationError(
+                f"no threshold detects any foreground while keeping FPR <= {target}: the "
+                f"top-scored pixels already include {fpr[1]:.3g} of the background "
+                "(many background pixels tie at the highest score); raise the target"
+            )
+        return int(np.searchsorted(tp, tp[last], side="left"))
+    if strategy == "target_precision":
+        selected = tp + fp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(selected > 0, tp / selected, -1.0)
+        ok = precision >= target
+        if not ok.any():
+            raise CalibrationError(
+                f"no threshold reaches precision {target}: the best on this set is "
+                f"{precision.max():.4g}; lower the target"
+            )
+        best = tp[ok].max()
+        return int(np.argmax(ok & (tp == best)))
+    raise CalibrationError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def point_metrics(tp: float, fp: float, n_pos: float, n_neg: float) -> dict[str, float | None]:
+    """TPR, FPR, precision, F1, IoU and Youden's J of one operating point (None: undefined)."""
+    tpr = tp / n_pos
+    fpr = fp / n_neg
+    return {
+        "tpr": tpr,
+        "fpr": fpr,
+        "precision": tp / (tp + fp) if tp + fp > 0 else None,
+        "f1": 2.0 * tp / (tp + fp + n_pos),
+        "iou": tp / (fp + n_pos),
+        "youden_j": tpr - fpr,
+    }
