@@ -1,0 +1,394 @@
+"""Serving throughput and latency: the HTTP service against the raw model in-process.
+
+    python benchmarks/serve.py [--checkpoint model/weights/unet-sigmoid.safetensors]
+        [--side 256] [--concurrency 1 4 16] [--requests 64] [--seconds 60] [--device auto]
+
+In one run it measures:
+
+* the raw in-process throughput of the same model on the same device (the ceiling): the best of
+  a few ways of running it (one forward pass at a time with every core, one single-threaded pass
+  per core in parallel, batches), and the single-image model time;
+* the service, started as a real uvicorn subprocess on a free loopback port, driven with PNG
+  uploads to `POST /v1/models/{name}/mask` by 1, 4 and 16 concurrent clients: images/s, p50 and
+  p99 latency, failures, and the server's peak resident memory (VmHWM);
+* the same service with batching off (`UNET_MAX_BATCH=1`, `UNET_BATCH_WAIT_MS=0`);
+* overload: a server with a tiny queue driven far past capacity must answer 503 with
+  `Retry-After` (never hang), and answer normally again once the load drops.
+
+Without the checkpoint (the shipped weights are trained separately), a random-weight model of
+the same architecture is used: speed does not depend on the weights. Prints one JSON object on
+stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from model import UNet, UNetConfig, load_checkpoint, save
+from model.checkpoint import checkpoint_paths
+from model.synth import generate_pair
+from model.train import pick_device
+from service.engine import plan_engine, usable_cores
+from service.settings import Settings
+
+DEFAULT_CHECKPOINT = Path("model/weights/unet-sigmoid.safetensors")
+READY_TIMEOUT_S = 300.0
+
+
+def log(message: str) -> None:
+    """Progress on stderr; stdout carries only the JSON result."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare_models(checkpoint: Path, folder: Path) -> tuple[str, str]:
+    """Put the checkpoint (or a random stand-in) in `folder`: (model name, weights kind)."""
+    weights, meta = checkpoint_paths(checkpoint)
+    if weights.is_file() and meta.is_file():
+        shutil.copy(weights, folder / weights.name)
+        shutil.copy(meta, folder / meta.name)
+        return weights.stem, "checkpoint"
+    log(f"{weights} not found: serving a random-weight model of the same architecture")
+    torch.manual_seed(0)
+    save(UNet(UNetConfig(depth=3, base_channels=16)).eval(), folder / f"{weights.stem}.safetensors")
+    return weights.stem, "random (same architecture; speed does not depend on the weights)"
+
+
+def synthetic_pngs(side: int, count: int, seed: int = 0) -> list[bytes]:
+    """`count` synthetic microscopy images of `side` x `side`, PNG-encoded."""
+    rng = np.random.default_rng(seed)
+    pngs = []
+    for _ in range(count):
+        image, _ = generate_pair(rng, side)
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+def _timed_runs(run: Callable[[], int], images: int, seconds: float) -> float:
+    """Images per second of `run` (which returns how many images it did), bounded in time."""
+    run()  # warm-up
+    done, started = 0, time.perf_counter()
+    while done < images and time.perf_counter() - started < seconds:
+        done += run()
+    return done / (time.perf_counter() - started)
+
+
+def raw_throughput(
+    network: UNet, device: torch.device, side: int, images: int, seconds: float
+) -> dict[str, Any]:
+    """The model in-process, several ways; the best images/s is the ceiling for the service."""
+    network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    cores = usable_cores()
+    previous = torch.get_num_threads()
+
+    @torch.inference_mode()
+    def forward(batch: int) -> int:
+        x = torch.rand(batch, network.config.in_channels, side, side, device=device)
+        network.logits(x.contiguous(memory_format=torch.channels_last))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return batch
+
+    configs: list[dict[str, Any]] = []
+    try:
+        if device.type == "cuda":
+            for batch in (1, 8, 32):
+                rate = _timed_runs(functools.partial(forward, batch), images, seconds)
+                configs.append({"way": f"sequential, batch {batch}", "images_per_s": rate})
+        else:
+            for threads, workers, batch in (
+                (cores, 1, 1),
+                (1, cores, 1),
+                (cores, 1, 4),
+                (1, cores, 4),
+            ):
+                torch.set_num_threads(threads)
+                with ThreadPoolExecutor(workers) as pool:
+
+                    def parallel(w: int = workers, b: int = batch) -> int:
+                        return sum(pool.map(forward, [b] * w))
+
+                    rate = _timed_runs(parallel, images, seconds)
+                way = f"{workers} parallel x {threads} torch thread(s), batch {batch}"
+                configs.append({"way": way, "images_per_s": rate})
+                log(f"raw: {way}: {rate:.2f} images/s")
+        # Single-image model time: one thread, then every core; the faster is the strict bar.
+        single = {}
+        for threads in sorted({1, cores}) if device.type == "cpu" else [previous]:
+            torch.set_num_threads(threads)
+            rate = _timed_runs(functools.partial(forward, 1), min(images, 20), seconds)
+            single[threads] = 1000 / rate
+            log(f"raw: one image, {threads} torch thread(s): {single[threads]:.1f} ms")
+    finally:
+        torch.set_num_threads(previous)
+    return {
+        "ways": configs,
+        "ceiling_images_per_s": max(c["images_per_s"] for c in configs),
+        "model_ms_single_image": min(single.values()),
+        "model_ms_single_image_by_threads": single,
+    }
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory of process `pid` (Linux VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def server(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A uvicorn subprocess serving on 127.0.0.1; yields (base URL, process) once ready."""
+    port = free_port()
+    full_env = {**os.environ, **env, "UNET_HOST": "127.0.0.1", "UNET_PORT": str(port)}
+    log_path = workdir / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, process, log_path)
+            yield url, process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=30)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited ({process.returncode}):\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+
+
+async def drive(
+    url: str, model: str, pngs: list[bytes], concurrency: int, requests: int, seconds: float
+) -> dict[str, Any]:
+    """`concurrency` clients posting masks until `requests` are done or `seconds` have passed."""
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    retry_after: list[str] = []
+    endpoint = f"{url}/v1/models/{model}/mask"
+    issued = 0
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < requests and time.perf_counter() < deadline:
+            png = pngs[issued % len(pngs)]
+            issued += 1
+            started = time.perf_counter()
+            try:
+                response = await http.post(endpoint, files={"image": ("x.png", png, "image/png")})
+                status = str(response.status_code)
+                if response.status_code == 503 and "retry-after" in response.headers:
+                    retry_after.append(response.headers["retry-after"])
+            except httpx.HTTPError as error:
+                status = type(error).__name__
+            statuses[status] = statuses.get(status, 0) + 1
+            if status == "200":
+                latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ok = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "concurrency": concurrency,
+        "requests": sum(statuses.values()),
+        "failed": sum(n for s, n in statuses.items() if s != "200"),
+        "statuses": statuses,
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ok, 50)),
+        "p99_ms": float(np.percentile(ok, 99)),
+        "retry_after_seen": sorted(set(retry_after)),
+    }
+
+
+def engine_totals(url: str) -> dict[str, float]:
+    """Cumulative engine counters from /metrics: passes, images and forward seconds."""
+    wanted = {
+        "unet_batch_size_count": "passes",
+        "unet_batch_size_sum": "images",
+        "unet_inference_seconds_sum": "forward_s",
+    }
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in wanted:
+            totals[wanted[name]] += float(line.split()[-1])
+    return totals
+
+
+def serve_run(
+    env: dict[str, str], workdir: Path, model: str, pngs: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Start a server with `env` and drive it at each concurrency level."""
+    levels = {}
+    with server(env, workdir) as (url, process):
+        for concurrency in args.concurrency:
+            asyncio.run(drive(url, model, pngs, concurrency, 2 * concurrency, args.seconds))
+            before = engine_totals(url)
+            result = asyncio.run(drive(url, model, pngs, concurrency, args.requests, args.seconds))
+            after = engine_totals(url)
+            passes = after["passes"] - before["passes"]
+            if passes:
+                # The engine's own view: images per forward pass and time per pass.
+                result["mean_batch_size"] = (after["images"] - before["images"]) / passes
+                result["forward_ms_per_pass"] = 1000 * (after["forward_s"] - before["forward_s"])
+                result["forward_ms_per_pass"] /= passes
+            log(
+                f"  c={concurrency}: {result['images_per_s']:.2f} images/s, "
+                f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                f"failed {result['failed']}, batch {result.get('mean_batch_size', 0):.1f}, "
+                f"forward {result.get('forward_ms_per_pass', 0):.1f} ms"
+            )
+            levels[str(concurrency)] = result
+        peak = peak_rss_mb(process.pid)
+    return {"levels": levels, "peak_rss_mb": peak}
+
+
+def overload_run(
+    env: dict[str, str], workdir: Path, model: str, pngs: list[bytes], seconds: float
+) -> dict[str, Any]:
+    """Far past capacity with a tiny queue: 503 + Retry-After, then normal service again."""
+    tiny = {**env, "UNET_QUEUE_SIZE": "2", "UNET_REQUEST_TIMEOUT_S": "10"}
+    with server(tiny, workdir) as (url, _):
+        flood = asyncio.run(drive(url, model, pngs, 64, 256, seconds))
+        time.sleep(1)
+        after = asyncio.run(drive(url, model, pngs, 1, 10, seconds))
+    log(f"  overload: {flood['statuses']}, then {after['statuses']}")
+    return {"flood_c64": flood, "after_c1": after}
+
+
+def main() -> None:
+    """Run the benchmark and print its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=64, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=60, help="time bound per level")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-overload", action="store_true", help="skip the overload check")
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
+        workdir = Path(tmp)
+        models = workdir / "models"
+        models.mkdir()
+        model, weights = prepare_models(args.checkpoint, models)
+        pngs = synthetic_pngs(args.side, 16)
+        network, _ = load_checkpoint(models / f"{model}.safetensors", device)
+        log(f"raw in-process throughput on {device}")
+        raw = raw_throughput(network, device, args.side, args.requests, args.seconds / 3)
+        del network
+        env = {
+            "UNET_MODEL_DIR": str(models),
+            "UNET_STATE_DIR": str(workdir / "state"),
+            "UNET_DEVICE": args.device,
+            "UNET_LOG_LEVEL": "warning",
+        }
+        plan = plan_engine(Settings(model_dir=models), device)
+        log(f"service, default batching ({plan.limits})")
+        batched = serve_run(env, workdir, model, pngs, args)
+        off = {**env, "UNET_MAX_BATCH": "1", "UNET_BATCH_WAIT_MS": "0"}
+        log("service, batching off")
+        unbatched = serve_run(off, workdir, model, pngs, args)
+        overload = (
+            None if args.no_overload else overload_run(env, workdir, model, pngs, args.seconds)
+        )
+
+    top = str(max(args.concurrency))
+    one = str(min(args.concurrency))
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu_cores": usable_cores(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "checkpoint": str(args.checkpoint),
+        "weights": weights,
+        "image_side": args.side,
+        "engine": {
+            "max_batch": plan.limits.max_batch,
+            "batch_wait_ms": plan.limits.wait_s * 1000,
+            "workers": plan.limits.workers,
+            "torch_threads": plan.torch_threads,
+            "channels_last": plan.channels_last,
+        },
+        "raw": raw,
+        "service": batched,
+        "service_batching_off": unbatched,
+        "overload": overload,
+        "summary": {
+            f"throughput_vs_raw_c{top}": batched["levels"][top]["images_per_s"]
+            / raw["ceiling_images_per_s"],
+            f"failed_c{top}": batched["levels"][top]["failed"],
+            f"overhead_fraction_c{one}": batched["levels"][one]["p50_ms"]
+            / raw["model_ms_single_image"]
+            - 1,
+            f"overhead_fraction_vs_in_service_forward_c{one}": batched["levels"][one]["p50_ms"]
+            / batched["levels"][one].get("forward_ms_per_pass", float("nan"))
+            - 1,
+            f"batching_speedup_c{top}": batched["levels"][top]["images_per_s"]
+            / unbatched["levels"][top]["images_per_s"],
+        },
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
