@@ -15,7 +15,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends make \
     && mkdir -p /state && chown unet:unet /state  # a named volume inherits this owner
 
 WORKDIR /app
-COPY --chown=unet:unet pyproject.toml README.md Makefile ./
+COPY --chown=unet:unet pyproject.toml README.md LICENSE Makefile ./
 COPY --chown=unet:unet model ./model
 COPY --chown=unet:unet service ./service
 USER unet
