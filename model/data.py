@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
@@ -95,6 +95,8 @@ def _decode(data: bytes, name: str, max_pixels: int | None, palette: bool = Fals
     except Exception as error:  # decoders raise many types on bad input; all mean "unreadable"
         kind = "TIFF" if tiff else "image (PNG, JPEG, TIFF, BMP or GIF)"
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        if isinstance(error, UnidentifiedImageError):  # its text names an in-memory buffer
+            reason = "unknown format or corrupt data"
         raise DatasetError(f"{name}: not a readable {kind} ({reason}); replace the file") from None
 
 
