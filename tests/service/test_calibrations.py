@@ -19,30 +19,13 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.settings import Settings
 from service.store import ThresholdStore
+from tests.model.test_calibration import DESIGN_KEYS, POINT_KEYS
 from tests.service.conftest import TINY_MODEL
 from tests.service.test_datasets import dataset_files, make_zip, patch_central_size, png
 
 MiB = 1 << 20
 BASE = f"/v1/models/{TINY_MODEL}"
 POLL_S = 60.0
-REPORT_KEYS = {
-    "threshold",
-    "strategy",
-    "target",
-    "auc",
-    "average_precision",
-    "n_images",
-    "n_pixels",
-    "positive_fraction",
-    "is_probability",
-    "roc",
-    "operating_points",
-    "confusion",
-    "threshold_ci",
-    "brier",
-    "ece",
-}
-POINT_KEYS = {"threshold", "tpr", "fpr", "precision", "f1", "iou", "youden_j"}
 
 
 @pytest.fixture
@@ -119,7 +102,7 @@ def test_calibrate_activate_and_survive_a_restart(client: TestClient, settings: 
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"] == 1 and done["error"] is None and done["active"]
     report = done["report"]
-    assert set(report) >= REPORT_KEYS
+    assert set(report) >= DESIGN_KEYS
     assert report["strategy"] == "youden" and report["n_images"] == 3
     assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}
     assert len(report["roc"]["fpr"]) <= 512
