@@ -312,6 +312,7 @@ async def drive(
         "failed": sum(n for s, n in statuses.items() if s != "200"),
         "statuses": statuses,
         "images_per_s": len(latencies) / wall,
+        "mean_ms": float(ok.mean()),
         "p50_ms": float(np.percentile(ok, 50)),
         "p99_ms": float(np.percentile(ok, 99)),
         "retry_after_seen": sorted(set(retry_after)),
@@ -374,6 +375,29 @@ def overload_run(
     return {"flood_c64": flood, "after_c1": after}
 
 
+def summary(
+    raw: dict[str, Any],
+    batched: dict[str, Any],
+    unbatched: dict[str, Any],
+    concurrency: list[int],
+) -> dict[str, Any]:
+    """The figures the issue asks for, from the runs."""
+    top, one = str(max(concurrency)), str(min(concurrency))
+    high, low = batched["levels"][top], batched["levels"][one]
+    forward = low.get("forward_ms_per_pass", float("nan"))
+    return {
+        f"throughput_vs_raw_c{top}": high["images_per_s"] / raw["ceiling_images_per_s"],
+        f"failed_c{top}": high["failed"],
+        f"batching_speedup_c{top}": high["images_per_s"] / unbatched["levels"][top]["images_per_s"],
+        # Overhead: what a request spends beyond the forward pass the service ran for it.
+        f"overhead_ms_c{one}": low["mean_ms"] - forward,
+        f"overhead_fraction_of_forward_c{one}": low["mean_ms"] / forward - 1,
+        # Stricter: against the fastest single-image pass measured in-process.
+        f"latency_vs_best_raw_single_image_c{one}": low["mean_ms"] / raw["model_ms_single_image"]
+        - 1,
+    }
+
+
 def main() -> None:
     """Run the benchmark and print its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -413,8 +437,6 @@ def main() -> None:
             None if args.no_overload else overload_run(env, workdir, model, pngs, args.seconds)
         )
 
-    top = str(max(args.concurrency))
-    one = str(min(args.concurrency))
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -435,19 +457,7 @@ def main() -> None:
         "service": batched,
         "service_batching_off": unbatched,
         "overload": overload,
-        "summary": {
-            f"throughput_vs_raw_c{top}": batched["levels"][top]["images_per_s"]
-            / raw["ceiling_images_per_s"],
-            f"failed_c{top}": batched["levels"][top]["failed"],
-            f"overhead_fraction_c{one}": batched["levels"][one]["p50_ms"]
-            / raw["model_ms_single_image"]
-            - 1,
-            f"overhead_fraction_vs_in_service_forward_c{one}": batched["levels"][one]["p50_ms"]
-            / batched["levels"][one].get("forward_ms_per_pass", float("nan"))
-            - 1,
-            f"batching_speedup_c{top}": batched["levels"][top]["images_per_s"]
-            / unbatched["levels"][top]["images_per_s"],
-        },
+        "summary": summary(raw, batched, unbatched, args.concurrency),
     }
     print(json.dumps(result, indent=2))
 

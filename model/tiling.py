@@ -115,7 +115,11 @@ def to_predictions(model: UNet, logits: torch.Tensor) -> list[Prediction]:
     """One float32 CPU Prediction per image of a batch of logits (N, K, H, W)."""
     output, fg_logits = foreground(model, logits.float())
     outputs, all_logits = output.cpu().numpy(), fg_logits.cpu().numpy()
-    return [Prediction(output=o, logits=lg) for o, lg in zip(outputs, all_logits, strict=True)]
+    # Contiguous maps: a view into a padded blend would keep the whole buffer alive.
+    return [
+        Prediction(output=np.ascontiguousarray(o), logits=np.ascontiguousarray(lg))
+        for o, lg in zip(outputs, all_logits, strict=True)
+    ]
 
 
 class Blender:
