@@ -19,20 +19,30 @@ class Prediction:
     logits: np.ndarray  # float32 (H, W), before the head; keeps order where a sigmoid rounds to 1
 
 
+def foreground(model: UNet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, foreground logits), each (N, H, W), for a batch of logits (N, K, H, W)."""
+    output = model.head(logits)
+    channel = foreground_channel(model.config.head)
+    if model.config.head == "softmax":
+        # The foreground logit against the background one is the logit of its softmax share.
+        return output[:, channel], logits[:, 1] - logits[:, 0]
+    return output[:, channel], logits[:, channel]
+
+
+def to_predictions(model: UNet, logits: torch.Tensor) -> list[Prediction]:
+    """One float32 CPU Prediction per image of a batch of logits (N, K, H, W)."""
+    output, fg_logits = foreground(model, logits.float())
+    outputs, all_logits = output.cpu().numpy(), fg_logits.cpu().numpy()
+    # Contiguous maps: a view into a padded blend would keep the whole buffer alive.
+    return [
+        Prediction(output=np.ascontiguousarray(o), logits=np.ascontiguousarray(lg))
+        for o, lg in zip(outputs, all_logits, strict=True)
+    ]
+
+
 @torch.inference_mode()
 def predict(model: UNet, image: np.ndarray) -> Prediction:
     """The foreground output and logits for one (C, H, W) float image in [0, 1]."""
     device = next(model.parameters()).device
     batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    logits = model.logits(batch)
-    output = model.head(logits)
-    channel = foreground_channel(model.config.head)
-    if model.config.head == "softmax":
-        # The foreground logit against the background one is the logit of its softmax share.
-        foreground_logits = logits[0, 1] - logits[0, 0]
-    else:
-        foreground_logits = logits[0, channel]
-    return Prediction(
-        output=output[0, channel].float().cpu().numpy(),
-        logits=foreground_logits.float().cpu().numpy(),
-    )
+    return to_predictions(model, model.logits(batch))[0]

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.heads import foreground_channel
-from model.predict import Prediction
+from model.predict import Prediction, to_predictions
 from model.unet import UNet
 
 
@@ -96,30 +95,6 @@ def tile_weights(tile: Tile, height: int, width: int, overlap: int) -> np.ndarra
     along_rows = ramp(tile.height, overlap, tile.top > 0, tile.top + tile.height < height)
     along_cols = ramp(tile.width, overlap, tile.left > 0, tile.left + tile.width < width)
     return np.outer(along_rows, along_cols)
-
-
-def foreground(model: UNet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(output, foreground logits), each (N, H, W), for a batch of logits (N, K, H, W).
-
-    The same reduction as `model.predict.predict`, for batches and blended maps.
-    """
-    output = model.head(logits)
-    channel = foreground_channel(model.config.head)
-    if model.config.head == "softmax":
-        # The foreground logit against the background one is the logit of its softmax share.
-        return output[:, channel], logits[:, 1] - logits[:, 0]
-    return output[:, channel], logits[:, channel]
-
-
-def to_predictions(model: UNet, logits: torch.Tensor) -> list[Prediction]:
-    """One float32 CPU Prediction per image of a batch of logits (N, K, H, W)."""
-    output, fg_logits = foreground(model, logits.float())
-    outputs, all_logits = output.cpu().numpy(), fg_logits.cpu().numpy()
-    # Contiguous maps: a view into a padded blend would keep the whole buffer alive.
-    return [
-        Prediction(output=np.ascontiguousarray(o), logits=np.ascontiguousarray(lg))
-        for o, lg in zip(outputs, all_logits, strict=True)
-    ]
 
 
 class Blender:

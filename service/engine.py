@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from model.predict import Prediction
-from model.tiling import to_predictions
+from model.predict import Prediction, to_predictions
 from service.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
 from service.metrics import Metrics
 from service.problems import ProblemError

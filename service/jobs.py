@@ -36,6 +36,7 @@ from service.problems import ProblemError
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.store import StoreError, ThresholdStore
+from service.tiling import needs_tiles
 
 log = logging.getLogger(__name__)
 
@@ -300,10 +301,8 @@ class CalibrationJobs:
 
     def _predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
         """Whole images as they are, large ones in tiles: the engine's rule."""
-        multiple = served.network.multiple
         _, height, width = image.shape
-        padded = (-(-height // multiple) * multiple) * (-(-width // multiple) * multiple)
-        if padded <= self.settings.tile_threshold_pixels:
+        if not needs_tiles(served, height, width, self.settings):
             return predict(served.network, image)
         return predict_tiled(
             served.network, image, self.settings.tile_size, self.settings.tile_overlap
