@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
-from serve import DEFAULT_CHECKPOINT, log, peak_rss_mb, prepare_models, server
+from serve import DEFAULT_CHECKPOINT, log, memory_mb, prepare_models, server
 
 from model import load_checkpoint
 from model.predict import predict
@@ -51,17 +51,6 @@ def large_png(side: int, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def rss_mb(pid: int) -> float | None:
-    """The current resident memory of process `pid` (Linux VmRSS), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def agreement(checkpoint: Path, device: torch.device, settings: Settings) -> dict[str, Any]:
@@ -98,7 +87,7 @@ def one_request(env: dict[str, str], workdir: Path, model: str, side: int) -> di
     """A fresh server answers one side x side mask request; its memory before and at peak."""
     png = large_png(side)
     with server(env, workdir) as (url, process):
-        baseline = rss_mb(process.pid)
+        baseline = memory_mb(process.pid, "VmRSS")
         started = time.perf_counter()
         response = httpx.post(
             f"{url}/v1/models/{model}/mask",
@@ -106,7 +95,7 @@ def one_request(env: dict[str, str], workdir: Path, model: str, side: int) -> di
             timeout=CLIENT_TIMEOUT_S,
         )
         elapsed = time.perf_counter() - started
-        peak = peak_rss_mb(process.pid)
+        peak = memory_mb(process.pid)
     size = None
     if response.status_code == 200:
         size = list(Image.open(io.BytesIO(response.content)).size)

@@ -160,11 +160,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """The peak resident memory of process `pid` (Linux VmHWM), in MiB."""
+def memory_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """A memory figure of process `pid` from /proc (VmHWM: peak resident, VmRSS: now), in MiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -358,7 +358,7 @@ def serve_run(
                 f"forward {result.get('forward_ms_per_pass', 0):.1f} ms"
             )
             levels[str(concurrency)] = result
-        peak = peak_rss_mb(process.pid)
+        peak = memory_mb(process.pid)
     return {"levels": levels, "peak_rss_mb": peak}
 
 
