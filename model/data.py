@@ -218,10 +218,10 @@ def find_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 def load_pair(
-    image_path: Path, mask_path: Path, channels: int = 1
+    image_path: Path, mask_path: Path, channels: int = 1, max_pixels: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """An image (float32, channels x H x W) and its mask (bool, H x W), checked to match in size."""
-    image, mask = read_image(image_path, channels), read_mask(mask_path)
+    image, mask = read_image(image_path, channels, max_pixels), read_mask(mask_path)
     if image.shape[1:] != mask.shape:
         (height, width), (mask_h, mask_w) = image.shape[1:], mask.shape
         raise DatasetError(

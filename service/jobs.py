@@ -26,7 +26,7 @@ from anyio import to_thread
 
 from model.calibrate import calibrate_model
 from model.calibration import CalibrationError, check_strategy
-from model.data import DatasetError, read_image, read_mask
+from model.data import DatasetError, load_pair
 from model.predict import Prediction, predict
 from model.tiling import predict_tiled
 from service.datasets import Dataset, extract_dataset, relative
@@ -264,21 +264,16 @@ class CalibrationJobs:
 
     def _calibrate(self, job: _Job) -> dict[str, Any]:
         """The report of one job: the model over every pair, counted into one histogram."""
-        served, params, folder = job.served, job.params, job.workdir / "data"
+        served, params = job.served, job.params
         params.check()
         progress = _Progress(self.store, job.id, len(job.dataset.pairs))
 
         def pairs() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+            # Errors name temporary paths; `_run` rewrites them as paths inside the zip.
             for image_path, mask_path in job.dataset.pairs:
-                image = read_image(image_path, served.in_channels, self.settings.max_image_pixels)
-                mask = read_mask(mask_path)
-                if image.shape[1:] != mask.shape:
-                    (height, width), (mask_h, mask_w) = image.shape[1:], mask.shape
-                    raise DatasetError(
-                        f"{relative(str(image_path), folder)} is {width} x {height} px but its "
-                        f"mask {relative(str(mask_path), folder)} is {mask_w} x {mask_h} px; "
-                        "give them the same size"
-                    )
+                image, mask = load_pair(
+                    image_path, mask_path, served.in_channels, self.settings.max_image_pixels
+                )
                 yield image_path.name, image, mask
 
         def on_image(done: int) -> None:
