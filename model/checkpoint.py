@@ -32,6 +32,11 @@ class CheckpointMeta:
     default_threshold: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
+    @property
+    def threshold(self) -> float:
+        """The recorded default threshold, or the conventional 0.5 when there is none."""
+        return float(self.default_threshold["value"]) if self.default_threshold else 0.5
+
     def to_dict(self) -> dict[str, Any]:
         """The metadata as written to `NAME.json`."""
         return {

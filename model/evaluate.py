@@ -67,11 +67,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint at `checkpoint` on the data set at `data`."""
     network, meta = load_checkpoint(checkpoint)
-    if threshold is not None:
-        source = "given"
-    elif meta.default_threshold is not None:
-        threshold, source = float(meta.default_threshold["value"]), "checkpoint default"
-    else:
-        threshold, source = 0.5, "conventional 0.5"
+    source = "given"
+    if threshold is None:
+        threshold = meta.threshold
+        source = "checkpoint default" if meta.default_threshold else "conventional 0.5"
     pairs = iter_pairs(data, network.config.in_channels, progress, desc="evaluate")
     return evaluate_model(network, pairs, threshold, source)

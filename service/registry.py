@@ -50,8 +50,7 @@ class ServedModel:
     @property
     def default_threshold(self) -> float:
         """The checkpoint's own threshold, or the conventional 0.5 when it carries none."""
-        recorded = self.meta.default_threshold
-        return float(recorded["value"]) if recorded else 0.5
+        return self.meta.threshold
 
 
 class ModelRegistry:
