@@ -172,15 +172,26 @@ def memory_mb(pid: int, field: str = "VmHWM") -> float | None:
 
 
 @contextmanager
-def server(env: dict[str, str], workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A uvicorn subprocess serving on 127.0.0.1; yields (base URL, process) once ready."""
+def server(
+    env: dict[str, str], workdir: Path, source: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A uvicorn subprocess serving on 127.0.0.1; yields (base URL, process) once ready.
+
+    `source`: run the service's code from this source tree instead of the installed one
+    (after any PYTHONPATH that `env` gives).
+    """
     port = free_port()
     full_env = {**os.environ, **env, "UNET_HOST": "127.0.0.1", "UNET_PORT": str(port)}
+    if source is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (env.get("PYTHONPATH"), str(source)) if p
+        )
     log_path = workdir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=full_env,
+            cwd=source,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

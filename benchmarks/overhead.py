@@ -1,0 +1,164 @@
+"""Per-request serving overhead at concurrency 1, before and after a change, in one run.
+
+    python benchmarks/overhead.py [--before HEAD] [--before-without httptools uvloop]
+        [--rounds 6] [--requests 40] [--side 256]
+
+Runs two services side by side on the same machine: "before" from a clean export of the git
+revision `--before` (default HEAD), "after" from the working tree. Both serve the same model;
+they take turns, block by block, so that whatever else the machine is doing hits both alike.
+For each it reports the mean request latency at concurrency 1, the engine's forward pass for
+those requests (from `/metrics`), and the overhead: latency minus forward pass, in ms and as a
+fraction of the pass. `--before-without` hides installed modules from the "before" service, to
+measure a change that adds a dependency. The after/before ratios are the figures to quote for a
+change. Prints one JSON object on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import platform
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.serve import (
+    DEFAULT_CHECKPOINT,
+    drive,
+    engine_totals,
+    log,
+    prepare_models,
+    server,
+    synthetic_pngs,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def export_revision(revision: str, folder: Path) -> str:
+    """Write the tracked files of git `revision` into `folder`; returns its commit hash."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{revision}^{{commit}}"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return commit
+
+
+def block(url: str, model: str, pngs: list[bytes], requests: int) -> tuple[float, int, float]:
+    """`requests` sequential requests: (mean latency ms, requests, engine forward ms per pass)."""
+    before = engine_totals(url)
+    result = asyncio.run(drive(url, model, pngs, 1, requests, 600))
+    after = engine_totals(url)
+    if result["failed"]:
+        raise RuntimeError(f"{url}: {result['failed']} failed requests: {result['statuses']}")
+    passes = after["passes"] - before["passes"]
+    forward_ms = 1000 * (after["forward_s"] - before["forward_s"]) / passes
+    return result["mean_ms"], result["requests"], forward_ms
+
+
+def figures(blocks: list[tuple[float, int, float]]) -> dict[str, float]:
+    """Mean latency, mean forward pass and the overhead between them, over every block."""
+    mean, count, forward_ms = (
+        np.array(column, dtype=float) for column in zip(*blocks, strict=True)
+    )
+    latency = float((mean * count).sum() / count.sum())
+    forward = float((forward_ms * count).sum() / count.sum())
+    return {
+        "mean_ms": latency,
+        "forward_ms": forward,
+        "overhead_ms": latency - forward,
+        "overhead_fraction_of_forward": latency / forward - 1,
+    }
+
+
+def main() -> None:
+    """Run the A/B and print its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default="HEAD", help="git revision to compare against")
+    parser.add_argument(
+        "--before-without", nargs="*", default=[], metavar="MODULE", help="hide from before"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=40, help="per block")
+    parser.add_argument("--side", type=int, default=256)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="unet-ab-") as tmp:
+        workdir = Path(tmp)
+        models = workdir / "models"
+        models.mkdir()
+        model, _ = prepare_models(args.checkpoint, models)
+        old_tree = workdir / "before"
+        commit = export_revision(args.before, old_tree)
+        pngs = synthetic_pngs(args.side, 16)
+        hidden = workdir / "hidden"
+        hidden.mkdir()
+        for module in args.before_without:
+            (hidden / f"{module}.py").write_text(f"raise ImportError('{module}: hidden')\n")
+        sources = {"before": old_tree, "after": ROOT}
+        blocks: dict[str, list[tuple[float, int, float]]] = {name: [] for name in sources}
+        with contextlib.ExitStack() as stack:
+            urls = {}
+            for name, source in sources.items():
+                env = {
+                    "UNET_MODEL_DIR": str(models),
+                    "UNET_STATE_DIR": str(workdir / f"state-{name}"),
+                    "UNET_LOG_LEVEL": "warning",
+                }
+                if name == "before" and args.before_without:
+                    env["PYTHONPATH"] = str(hidden)
+                urls[name], _ = stack.enter_context(server(env, workdir, source))
+            for url in urls.values():
+                block(url, model, pngs, 10)  # warm the connection path and caches
+            for round_ in range(args.rounds):
+                # Alternate who goes first, so neither always follows the other's idle spin.
+                order = list(urls) if round_ % 2 == 0 else list(reversed(urls))
+                for name in order:
+                    mean, count, forward = block(urls[name], model, pngs, args.requests)
+                    blocks[name].append((mean, count, forward))
+                    log(
+                        f"round {round_ + 1}/{args.rounds} {name}: "
+                        f"{mean:.1f} ms per request, forward {forward:.1f} ms"
+                    )
+
+    results = {name: figures(blocks[name]) for name in sources}
+    old, new = results["before"], results["after"]
+    print(
+        json.dumps(
+            {
+                "before": {
+                    "revision": args.before,
+                    "commit": commit,
+                    "without": args.before_without,
+                    **old,
+                },
+                "after": {"revision": "working tree", **new},
+                "ratios_after_over_before": {
+                    key: new[key] / old[key] for key in ("mean_ms", "forward_ms", "overhead_ms")
+                },
+                "requests_per_variant": args.rounds * args.requests,
+                "image_side": args.side,
+                "platform": platform.platform(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
