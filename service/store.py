@@ -187,6 +187,12 @@ class ThresholdStore:
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._ignored_lock = threading.Lock()
         self._ignored: set[tuple[str, str]] = set()
+        # Every inference request reads its model's active threshold. This process is the
+        # store's only writer (one process per state folder), so the answers are kept in memory
+        # and dropped at every write; `_generation` keeps a read that raced a write out.
+        self._active: dict[tuple[str, str], ActiveThreshold | None] = {}
+        self._generation = 0
+        self._cache_lock = threading.Lock()
         with self._connection() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -227,10 +233,15 @@ class ThresholdStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A transaction that takes the write lock at once, so its reads cannot go stale."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
+        try:
+            with self._connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+        finally:
+            with self._cache_lock:
+                self._generation += 1
+                self._active.clear()
 
     def close(self) -> None:
         """Close the idle connections (call once no other thread uses the store)."""
@@ -363,6 +374,18 @@ class ThresholdStore:
 
     def active_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
         """The threshold stored for this exact checkpoint, or None: use the checkpoint's default."""
+        key = (model, digest)
+        with self._cache_lock:
+            if key in self._active:
+                return self._active[key]
+            generation = self._generation
+        active = self._read_active(model, digest)
+        with self._cache_lock:
+            if self._generation == generation:
+                self._active[key] = active
+        return active
+
+    def _read_active(self, model: str, digest: str) -> ActiveThreshold | None:
         # One recorded for another digest of the model is ignored, with a warning and an audit
         # entry the first time.
         with self._connection() as db:

@@ -225,6 +225,49 @@ def test_concurrent_writers_and_readers(store: ThresholdStore) -> None:
     assert len(store.history("unet-sigmoid")) == 80
 
 
+def test_reads_follow_every_write_in_this_process(store: ThresholdStore) -> None:
+    """The in-memory copy of the active threshold never outlives a write."""
+    model = "unet-sigmoid"
+    assert store.active_threshold(model, DIGEST) is None
+    assert store.active_threshold(model, DIGEST) is None  # now answered from memory
+    store.set_manual(model, DIGEST, 0.3)
+    assert store.active_threshold(model, DIGEST).value == 0.3  # type: ignore[union-attr]
+    cid = succeeded(store, 0.7, activate=True)
+    active = store.active_threshold(model, DIGEST)
+    assert active is not None and (active.value, active.calibration_id) == (0.7, cid)
+    with pytest.raises(CalibrationNotFound):
+        store.activate_calibration(model, DIGEST, "no-such-calibration")
+    assert store.active_threshold(model, DIGEST) == active  # a failed write changes nothing
+    assert store.reset_to_default(model, DIGEST)
+    assert store.active_threshold(model, DIGEST) is None
+    # What memory answers is what the file holds.
+    store.set_manual(model, DIGEST, 0.45)
+    cached = store.active_threshold(model, DIGEST)
+    assert cached == ThresholdStore(store.path).active_threshold(model, DIGEST)
+
+
+def test_readers_racing_a_writer_end_on_the_last_write(store: ThresholdStore) -> None:
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            store.active_threshold("unet-sigmoid", DIGEST)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        for i in range(50):
+            store.set_manual("unet-sigmoid", DIGEST, i / 100)
+            active = store.active_threshold("unet-sigmoid", DIGEST)
+            assert active is not None and active.value == i / 100
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    assert store.active_threshold("unet-sigmoid", DIGEST).value == 0.49  # type: ignore[union-attr]
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t.sqlite3"
     ThresholdStore(path).close()
