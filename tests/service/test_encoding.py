@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.synth import generate_pair
 from service.encoding import (
     coco_rle,
     mask_png,
@@ -43,6 +44,34 @@ def test_mask_png_is_8_bit_0_or_255() -> None:
     mode, pixels = read_png(mask_png(mask))
     assert mode == "L" and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels, mask * 255)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (256, 256), (37, 1001)])
+def test_mask_png_round_trips_through_pillow(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    # Blobs and noise: rows that repeat the one above and rows that do not.
+    mask = rng.random(shape) < 0.3
+    mask[: shape[0] // 2] = np.repeat(rng.random((1, shape[1])) < 0.5, shape[0] // 2, axis=0)
+    data = mask_png(mask)
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()  # chunk CRCs and structure
+    mode, pixels = read_png(data)
+    assert mode == "L" and pixels.shape == shape
+    np.testing.assert_array_equal(pixels, mask * np.uint8(255))
+
+
+def test_mask_png_compresses_about_as_well_as_pillow() -> None:
+    blocks = np.kron(np.random.default_rng(0).random((64, 64)) < 0.4, np.ones((32, 32), bool))
+    _, cells = generate_pair(np.random.default_rng(0), 1024)
+    for mask in (blocks, cells.astype(bool)):
+        buffer = io.BytesIO()
+        Image.fromarray(mask * np.uint8(255)).save(buffer, format="PNG", compress_level=1)
+        assert len(mask_png(mask)) <= 1.1 * len(buffer.getvalue())
+
+
+def test_mask_png_refuses_an_empty_mask() -> None:
+    with pytest.raises(ValueError, match="at least one pixel"):
+        mask_png(np.zeros((0, 4), dtype=bool))
 
 
 @pytest.mark.parametrize(
