@@ -9,7 +9,8 @@ they take turns, block by block, so that whatever else the machine is doing hits
 For each it reports the mean request latency at concurrency 1, the engine's forward pass for
 those requests (from `/metrics`), and the overhead: latency minus forward pass, in ms and as a
 fraction of the pass. `--before-without` hides installed modules from the "before" service, to
-measure a change that adds a dependency. The after/before ratios are the figures to quote for a
+measure a change that adds a dependency; `--after-env` sets environment variables for the "after"
+service only, to measure a setting. The after/before ratios are the figures to quote for a
 change. Prints one JSON object on stdout; progress goes to stderr.
 """
 
@@ -92,6 +93,9 @@ def main() -> None:
     parser.add_argument(
         "--before-without", nargs="*", default=[], metavar="MODULE", help="hide from before"
     )
+    parser.add_argument(
+        "--after-env", nargs="*", default=[], metavar="KEY=VALUE", help="set for after only"
+    )
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=40, help="per block")
@@ -122,6 +126,8 @@ def main() -> None:
                 }
                 if name == "before" and args.before_without:
                     env["PYTHONPATH"] = str(hidden)
+                if name == "after":
+                    env.update(item.split("=", 1) for item in args.after_env)
                 urls[name], _ = stack.enter_context(server(env, workdir, source))
             for url in urls.values():
                 block(url, model, pngs, 10)  # warm the connection path and caches
@@ -147,7 +153,7 @@ def main() -> None:
                     "without": args.before_without,
                     **old,
                 },
-                "after": {"revision": "working tree", **new},
+                "after": {"revision": "working tree", "env": args.after_env, **new},
                 "ratios_after_over_before": {
                     key: new[key] / old[key] for key in ("mean_ms", "forward_ms", "overhead_ms")
                 },
