@@ -105,7 +105,6 @@ class CoreShare:
         self.cores = cores
         self._running = 0
         self._lock = threading.Lock()
-        self._local = threading.local()
 
     @contextlib.contextmanager
     def share(self) -> Iterator[None]:
@@ -113,9 +112,11 @@ class CoreShare:
         with self._lock:
             self._running += 1
             threads = max(1, self.cores // self._running)
-        if getattr(self._local, "threads", None) != threads:
+        # Ask torch rather than remember: a thread's first parallel op resets its count to the
+        # last value set by any thread, which left one worker single-threaded for good (its
+        # lone passes took 50 ms instead of 32). Asking runs that first-op reset now.
+        if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-            self._local.threads = threads
         try:
             yield
         finally:

@@ -348,3 +348,36 @@ def test_a_lone_pass_gets_every_core_and_concurrent_passes_share_them() -> None:
         assert seen == [4, 2]
     finally:
         torch.set_num_threads(previous)  # torch also keeps the last value for new threads
+
+
+def test_a_worker_keeps_its_share_when_another_changes_torchs_default() -> None:
+    """torch seeds a thread's count at its first parallel op from the last value set anywhere."""
+    previous = torch.get_num_threads()
+    share, seen = CoreShare(4), []
+    first_in, second_in, second_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:  # a fresh thread, like a new inference worker during warm-up
+        with share.share():
+            first_in.set()
+            assert second_in.wait(BOUND_S)  # meanwhile another worker set 2 threads
+            seen.append(torch.get_num_threads())  # this thread's first parallel op
+        assert second_out.wait(BOUND_S)
+        with share.share():  # alone again: every core
+            seen.append(torch.get_num_threads())
+
+    def second() -> None:
+        with share.share():
+            second_in.set()
+        second_out.set()
+
+    try:
+        holder = threading.Thread(target=first)
+        holder.start()
+        assert first_in.wait(BOUND_S)
+        other = threading.Thread(target=second)
+        other.start()
+        other.join(BOUND_S)
+        holder.join(BOUND_S)
+        assert seen == [4, 4]
+    finally:
+        torch.set_num_threads(previous)
