@@ -1,7 +1,9 @@
 """The inference engine: device, precision, dynamic batching and tiling, off the event loop.
 
 Every request becomes a job in its model's bounded queue (`service.batching`); dispatchers run
-batches of same-shaped work in a pool of worker threads, where torch releases the GIL. Images
+batches of same-shaped work in a pool of worker threads, where torch releases the GIL. A job
+carries its request's post-processing (thresholding, encoding), which runs in the same worker
+right after the pass instead of costing another trip through the event loop. Images
 whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles
 (`model.tiling`); the tiles are the job's units, so they spread over every worker and batch like
 ordinary images, and memory stays bounded by the tile whatever the image.
@@ -15,11 +17,11 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,12 +33,17 @@ from service.metrics import Metrics
 from service.problems import ProblemError
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
-from service.tiling import ImageJob, TiledJob, crop, make_job, needs_tiles
+from service.tiling import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
 
 log = logging.getLogger(__name__)
 
 WARMUP_SIDE = 256  # a typical request; tiles warm the tile-sized path separately
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+T = TypeVar("T")
+
+
+def _unchanged(prediction: Prediction) -> Prediction:
+    return prediction
 
 
 @dataclass(frozen=True)
@@ -185,11 +192,18 @@ class InferenceEngine:
 
     async def predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
         """The foreground output and logits of `served` for one (C, H, W) image in [0, 1]."""
-        return await self._run(served, image, self.settings.request_timeout_s)
+        return await self.run(served, image, _unchanged)
+
+    async def run(
+        self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
+    ) -> T:
+        """`then(prediction)` for one (C, H, W) image in [0, 1], run in the inference worker."""
+        result: T = await self._run(served, image, then, self.settings.request_timeout_s)
+        return result
 
     async def _run(
-        self, served: ServedModel, image: np.ndarray, timeout: float | None
-    ) -> Prediction:
+        self, served: ServedModel, image: np.ndarray, then: Finish, timeout: float | None
+    ) -> Any:
         """Queue one image and wait for its result, at most `timeout` seconds."""
         batcher = self._batchers.get(served.name)
         if batcher is None:
@@ -203,10 +217,9 @@ class InferenceEngine:
         try:
             async with asyncio.timeout(timeout), admission:
                 batcher.check_room()  # before a large job's planes are allocated
-                job = await make_job(served, image, self.settings)
+                job = await make_job(served, image, self.settings, then)
                 batcher.submit(job)
-                result: Prediction = await job.future
-                return result
+                return await job.future
         except QueueFull as full:
             raise ProblemError(
                 503,
@@ -258,8 +271,8 @@ class InferenceEngine:
         typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)
         # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for.
-        await asyncio.gather(*(self._run(served, typical, None) for _ in range(count)))
-        await self._run(served, tile, None)
+        await asyncio.gather(*(self._run(served, typical, _unchanged, None) for _ in range(count)))
+        await self._run(served, tile, _unchanged, None)
 
     @torch.inference_mode()
     def _execute(self, served: ServedModel, units: list[Unit]) -> list[tuple[Job, Any]]:
@@ -286,7 +299,7 @@ class InferenceEngine:
             done = job.add(index, tile_logits[position])
             if done is not None:
                 finished.append((job, done))
-        return finished
+        return [(job, finish(job, prediction)) for job, prediction in finished]
 
     def _forward(self, served: ServedModel, crops: np.ndarray) -> torch.Tensor:
         """Float32 logits (N, K, H, W) on the device for a batch of inputs (N, C, H, W)."""

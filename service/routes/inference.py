@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal, NamedTuple, TypeVar
 
 import numpy as np
-from anyio import to_thread
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from model.predict import Prediction
@@ -29,24 +29,40 @@ ThresholdQuery = Annotated[
 ]
 PROBLEMS = problem_responses(404, 413, 422, 503)
 PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+T = TypeVar("T")
+
+
+class Cut(NamedTuple):
+    """The threshold a request is answered with, and where it came from."""
+
+    value: float
+    source: str  # default, calibration, manual or request
 
 
 async def _infer(
-    services: Services, served: ServedModel, image: UploadFile, threshold: float | None
-) -> tuple[np.ndarray, Prediction, float, str]:
-    """Decode, run the model and settle the threshold: (input, prediction, threshold, source)."""
+    services: Services,
+    served: ServedModel,
+    image: UploadFile,
+    threshold: float | None,
+    then: Callable[[np.ndarray, Prediction, Cut], T],
+) -> tuple[T, Cut]:
+    """Decode, settle the threshold and run the model; `then(input, prediction, cut)` runs in
+    the inference worker right after the pass, so encoding costs no extra thread hand-off.
+    """
     if threshold is not None:
         check_threshold(served, threshold)
     pixels = await decode_image(image, served, services.settings)
-    prediction = await services.engine.predict(served, pixels)
     if threshold is not None:
-        return pixels, prediction, threshold, "request"
-    active = services.active_threshold(served)
-    return pixels, prediction, active.value, active.source
+        cut = Cut(threshold, "request")
+    else:
+        active = services.active_threshold(served)
+        cut = Cut(active.value, active.source)
+    result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
+    return result, cut
 
 
-def _threshold_headers(threshold: float, source: str) -> dict[str, str]:
-    return {"X-Threshold": repr(threshold), "X-Threshold-Source": source}
+def _threshold_headers(cut: Cut) -> dict[str, str]:
+    return {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
 
 
 @router.post(
@@ -65,22 +81,28 @@ async def mask(
     threshold: ThresholdQuery = None,
 ) -> Response:
     """Foreground where the head's output >= the threshold (active, or `?threshold=`)."""
-    _, prediction, used, source = await _infer(services, served, image, threshold)
-    foreground = prediction.output >= used
-    headers = _threshold_headers(used, source)
-    if format == "json":
+
+    def encode(_: np.ndarray, prediction: Prediction, cut: Cut) -> bytes:
+        foreground = prediction.output >= cut.value
+        if format == "png":
+            return encoding.mask_png(foreground)
         height, width = foreground.shape
-        body = MaskJson(
-            width=width,
-            height=height,
-            threshold=used,
-            threshold_source=source,  # type: ignore[arg-type]
-            foreground_fraction=float(foreground.mean()),
-            rle=await to_thread.run_sync(encoding.coco_rle, foreground),
+        return (
+            MaskJson(
+                width=width,
+                height=height,
+                threshold=cut.value,
+                threshold_source=cut.source,  # type: ignore[arg-type]
+                foreground_fraction=float(foreground.mean()),
+                rle=encoding.coco_rle(foreground),
+            )
+            .model_dump_json()
+            .encode()
         )
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-    png = await to_thread.run_sync(encoding.mask_png, foreground)
-    return Response(png, media_type="image/png", headers=headers)
+
+    body, cut = await _infer(services, served, image, threshold, encode)
+    media_type = "image/png" if format == "png" else "application/json"
+    return Response(body, media_type=media_type, headers=_threshold_headers(cut))
 
 
 @router.post(
@@ -117,13 +139,10 @@ async def probabilities(
             "[0, 1], so it cannot be written as a 16-bit PNG; ask for format=npy",
             slug="not-a-probability",
         )
-    _, prediction, used, source = await _infer(services, served, image, None)
-    headers = _threshold_headers(used, source)
-    if format == "png":
-        png = await to_thread.run_sync(encoding.probabilities_png16, prediction.output)
-        return Response(png, media_type="image/png", headers=headers)
-    npy = await to_thread.run_sync(encoding.probabilities_npy, prediction.output)
-    return Response(npy, media_type="application/x-npy", headers=headers)
+    write = encoding.probabilities_png16 if format == "png" else encoding.probabilities_npy
+    body, cut = await _infer(services, served, image, None, lambda _, p, __: write(p.output))
+    media_type = "image/png" if format == "png" else "application/x-npy"
+    return Response(body, media_type=media_type, headers=_threshold_headers(cut))
 
 
 @router.post(
@@ -139,6 +158,11 @@ async def overlay(
     threshold: ThresholdQuery = None,
 ) -> Response:
     """A PNG of the input with the mask tinted and outlined, for a person to look at."""
-    pixels, prediction, used, source = await _infer(services, served, image, threshold)
-    png = await to_thread.run_sync(encoding.overlay_png, pixels, prediction.output >= used)
-    return Response(png, media_type="image/png", headers=_threshold_headers(used, source))
+    png, cut = await _infer(
+        services,
+        served,
+        image,
+        threshold,
+        lambda pixels, p, cut: encoding.overlay_png(pixels, p.output >= cut.value),
+    )
+    return Response(png, media_type="image/png", headers=_threshold_headers(cut))
