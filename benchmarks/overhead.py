@@ -1,6 +1,6 @@
 """Per-request serving overhead at concurrency 1, before and after a change, in one run.
 
-    python benchmarks/overhead.py [--before HEAD] [--before-without httptools uvloop]
+    python -m benchmarks.overhead [--before HEAD] [--before-without httptools uvloop]
         [--rounds 6] [--requests 40] [--side 256]
 
 Runs two services side by side on the same machine: "before" from a clean export of the git
