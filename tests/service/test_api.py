@@ -147,8 +147,11 @@ def encodings(nuclei: np.ndarray) -> dict[str, bytes]:
         Image.fromarray(nuclei).save(buffer, fmt)
         out[name] = buffer.getvalue()
     planar = io.BytesIO()
-    tifffile.imwrite(
-        planar, np.stack([nuclei.astype(np.uint16) * 257] * 3), planarconfig="separate"
+    tifffile.imwrite(  # an RGB image stored plane by plane, as microscopes write them
+        planar,
+        np.stack([nuclei.astype(np.uint16) * 257] * 3),
+        photometric="rgb",
+        planarconfig="separate",
     )
     out["planar16.tif"] = planar.getvalue()
     return out
