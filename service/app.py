@@ -20,6 +20,7 @@ from service.problems import install_problem_handlers
 from service.registry import ModelRegistry
 from service.routes import calibrations, health, inference, models, thresholds
 from service.settings import Settings
+from service.statelock import StateLock
 from service.store import ThresholdStore
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
-        device = pick_device(settings.device)
-        registry = ModelRegistry.from_folder(settings.model_dir, device)
-        store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
-        interrupted = store.fail_interrupted("the service restarted while this calibration ran")
-        if interrupted:
-            log.warning("marked %d interrupted calibration(s) failed", interrupted)
-        engine = InferenceEngine(registry, settings, metrics)
-        jobs = CalibrationJobs(registry, store, engine, settings, metrics)
-        services = Services(settings, registry, store, engine, jobs, metrics)
-        app.state.services = services
-        for served in registry:
-            metrics.set_threshold(served.name, services.active_threshold(served).value)
-        # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
-        warmup = asyncio.create_task(engine.start())
-        try:
-            yield
-        finally:
-            warmup.cancel()
-            await jobs.stop()
-            await engine.stop()
+        # Held before anything touches the state folder, released after everything has.
+        with StateLock(settings.state_dir):
+            async with _serving(app, settings, metrics):
+                yield
 
     app = FastAPI(
         title="U-Net segmentation service",
@@ -85,3 +70,29 @@ def _body_limit(settings: Settings, path: str) -> int:
     return (
         settings.max_dataset_bytes if path.endswith("/calibrations") else settings.max_upload_bytes
     )
+
+
+@asynccontextmanager
+async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncIterator[None]:
+    """Models, store, engine and jobs for the app's lifetime."""
+    device = pick_device(settings.device)
+    registry = ModelRegistry.from_folder(settings.model_dir, device)
+    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
+    interrupted = store.fail_interrupted("the service restarted while this calibration ran")
+    if interrupted:
+        log.warning("marked %d interrupted calibration(s) failed", interrupted)
+    engine = InferenceEngine(registry, settings, metrics)
+    jobs = CalibrationJobs(registry, store, engine, settings, metrics)
+    services = Services(settings, registry, store, engine, jobs, metrics)
+    app.state.services = services
+    for served in registry:
+        metrics.set_threshold(served.name, services.active_threshold(served).value)
+    # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
+    warmup = asyncio.create_task(engine.start())
+    try:
+        yield
+    finally:
+        warmup.cancel()
+        await jobs.stop()
+        await engine.stop()
+        store.close()

@@ -89,37 +89,39 @@ def uploads_left(settings: Settings) -> list[Path]:
     return list((settings.state_dir / "uploads").iterdir())
 
 
-def test_calibrate_activate_and_survive_a_restart(client: TestClient, settings: Settings) -> None:
-    assert client.get(f"{BASE}/threshold").json()["source"] == "default"
-    response = start(client, dataset_zip())
-    assert response.status_code == 202
-    started = response.json()
-    assert started["status"] in ("queued", "running", "succeeded")
-    assert 0 <= started["progress"] <= 1
-    assert response.headers["location"] == f"{BASE}/calibrations/{started['id']}"
+def test_calibrate_activate_and_survive_a_restart(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"{BASE}/threshold").json()["source"] == "default"
+        response = start(client, dataset_zip())
+        assert response.status_code == 202
+        started = response.json()
+        assert started["status"] in ("queued", "running", "succeeded")
+        assert 0 <= started["progress"] <= 1
+        assert response.headers["location"] == f"{BASE}/calibrations/{started['id']}"
 
-    done = finished(client, response)
-    assert done["status"] == "succeeded", done["error"]
-    assert done["progress"] == 1 and done["error"] is None and done["active"]
-    report = done["report"]
-    assert set(report) >= DESIGN_KEYS
-    assert report["strategy"] == "youden" and report["n_images"] == 3
-    assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}
-    assert len(report["roc"]["fpr"]) <= 512
-    assert set(report["operating_points"]["youden"]) >= POINT_KEYS
-    assert set(report["operating_points"]["fixed_0.5"]) >= POINT_KEYS
-    assert set(report["confusion"]) == {"tp", "fp", "tn", "fn"}
-    assert 0.5 < report["auc"] <= 1
+        done = finished(client, response)
+        assert done["status"] == "succeeded", done["error"]
+        assert done["progress"] == 1 and done["error"] is None and done["active"]
+        report = done["report"]
+        assert set(report) >= DESIGN_KEYS
+        assert report["strategy"] == "youden" and report["n_images"] == 3
+        assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}
+        assert len(report["roc"]["fpr"]) <= 512
+        assert set(report["operating_points"]["youden"]) >= POINT_KEYS
+        assert set(report["operating_points"]["fixed_0.5"]) >= POINT_KEYS
+        assert set(report["confusion"]) == {"tp", "fp", "tn", "fn"}
+        assert 0.5 < report["auc"] <= 1
 
-    threshold = client.get(f"{BASE}/threshold").json()
-    assert threshold["source"] == "calibration"
-    assert threshold["calibration_id"] == done["id"]
-    assert threshold["value"] == pytest.approx(report["threshold"])
-    metrics = client.get("/metrics").text
-    assert f'unet_calibrations_succeeded_total{{model="{TINY_MODEL}"}} 1.0' in metrics
-    assert f'unet_calibrations_started_total{{model="{TINY_MODEL}"}} 1.0' in metrics
-    assert not uploads_left(settings)
+        threshold = client.get(f"{BASE}/threshold").json()
+        assert threshold["source"] == "calibration"
+        assert threshold["calibration_id"] == done["id"]
+        assert threshold["value"] == pytest.approx(report["threshold"])
+        metrics = client.get("/metrics").text
+        assert f'unet_calibrations_succeeded_total{{model="{TINY_MODEL}"}} 1.0' in metrics
+        assert f'unet_calibrations_started_total{{model="{TINY_MODEL}"}} 1.0' in metrics
+        assert not uploads_left(settings)
 
+    # A restart: the first process has exited (one process per state folder).
     with TestClient(create_app(settings)) as restarted:
         assert restarted.get(f"{BASE}/threshold").json() == threshold
         listed = restarted.get(f"{BASE}/calibrations").json()["calibrations"]
