@@ -107,8 +107,7 @@ class RequestMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             elapsed = time.perf_counter() - started
-            # The router leaves the matched route in the scope: label by template, not raw path.
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = _route_label(scope)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
@@ -125,3 +124,12 @@ def install_metrics(app: FastAPI, metrics: Metrics) -> None:
     """Count, time and log every request; `/metrics` reads `app.state.metrics`."""
     app.state.metrics = metrics
     app.add_middleware(RequestMetrics, metrics=metrics)
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route's template (`/v1/models/{model}/mask`), never a raw path with values."""
+    if "route" in scope:  # FastAPI's routes leave themselves in the scope
+        return str(getattr(scope["route"], "path", "unmatched"))
+    if "endpoint" in scope and not scope.get("path_params"):
+        return str(scope["path"])  # a plain fixed-path route, such as FastAPI's /docs
+    return "unmatched"

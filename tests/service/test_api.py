@@ -287,12 +287,17 @@ def test_size_limits_are_413(settings: Settings) -> None:
 def test_operations_endpoints(client: TestClient, nuclei: np.ndarray) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     post_image(client, f"{SIGMOID}/mask", png(nuclei))
+    client.get("/docs")
+    client.get("/no/such/page")
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    assert (
-        'unet_http_requests_total{method="POST",route="/v1/models/{model}/mask",status="200"}'
-        in metrics.text
-    )
+    # Labelled by route template; a fixed path without one by itself; anything else "unmatched".
+    for series in (
+        'unet_http_requests_total{method="POST",route="/v1/models/{model}/mask",status="200"}',
+        'unet_http_requests_total{method="GET",route="/docs",status="200"}',
+        'unet_http_requests_total{method="GET",route="unmatched",status="404"}',
+    ):
+        assert series in metrics.text
     assert "unet_http_request_duration_seconds_bucket" in metrics.text
 
 
