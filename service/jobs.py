@@ -8,6 +8,7 @@ ends, whatever the ending, and once more at start-up for what a killed process l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import sqlite3
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,7 @@ from anyio import to_thread
 from model.calibrate import calibrate_model
 from model.calibration import CalibrationError, check_strategy
 from model.data import DatasetError, load_pair
-from model.predict import Prediction, predict
-from model.tiling import predict_tiled
+from model.predict import Prediction
 from service.datasets import Dataset, extract_dataset, relative
 from service.engine import InferenceEngine
 from service.metrics import Metrics
@@ -36,7 +37,6 @@ from service.problems import ProblemError
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.store import StoreError, ThresholdStore
-from service.tiling import needs_tiles
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ IMAGES_SHARE = 0.95  # of the progress bar; building the report takes the rest
 INTERNAL_ERROR = "internal error; this is a bug in the service and it has been logged"
 STOPPED_QUEUED = "the service stopped before this calibration started; start it again"
 STOPPED_RUNNING = "the service stopped while this calibration ran; start it again"
+# The engine's answers that mean "not now": its queue is full, the wait ran out, or it is
+# warming up. A calibration image then waits its turn like any client would.
+ENGINE_BUSY = {"overloaded", "inference-timeout", "not-ready"}
+ENGINE_RETRY_S = 0.2
+POLL_S = 0.5  # how often a job waiting on the engine checks whether the service is stopping
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class _Job:
 
 
 class _Stopped(Exception):
-    """The service is stopping: the running job gives up between two images."""
+    """The service is stopping: the running job gives up between two images or while waiting."""
 
 
 class _Progress:
@@ -117,6 +122,7 @@ class CalibrationJobs:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._jobs: dict[str, _Job] = {}
         self._stopping = threading.Event()
+        self._loop = asyncio.get_running_loop()  # the engine's; jobs run in their own threads
 
     async def start(
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
@@ -281,7 +287,7 @@ class CalibrationJobs:
             if self._stopping.is_set():
                 raise _Stopped
 
-        # Large images go through tiles, as the engine serves them, so memory stays bounded
+        # Every image goes through the engine (large ones in tiles), so memory stays bounded
         # and the threshold fits the outputs that clients will get.
         return calibrate_model(
             served.network,
@@ -295,13 +301,31 @@ class CalibrationJobs:
         )
 
     def _predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
-        """Whole images as they are, large ones in tiles: the engine's rule."""
-        _, height, width = image.shape
-        if not needs_tiles(served, height, width, self.settings):
-            return predict(served.network, image)
-        return predict_tiled(
-            served.network, image, self.settings.tile_size, self.settings.tile_overlap
-        )
+        """One image through the inference engine, exactly as a client's image goes.
+
+        Same device, precision (autocast), tiling and share of the CPU cores as served answers,
+        so the threshold is read off the scores clients get, and a calibration takes its turn
+        in the engine's queue instead of competing with live traffic for the cores.
+        """
+        while True:
+            pending = asyncio.run_coroutine_threadsafe(
+                self.engine.predict(served, image), self._loop
+            )
+            try:
+                while True:
+                    try:
+                        return pending.result(timeout=POLL_S)
+                    except FutureTimeout:
+                        if self._stopping.is_set():
+                            pending.cancel()
+                            raise _Stopped from None
+            except ProblemError as error:
+                if error.slug == "out-of-memory":
+                    raise MemoryError(error.detail) from None
+                if error.slug not in ENGINE_BUSY:
+                    raise
+            if self._stopping.wait(ENGINE_RETRY_S):
+                raise _Stopped
 
     def _fail(self, job: _Job, error: str) -> None:
         try:

@@ -83,6 +83,7 @@ class ProblemError(Exception):
         self.status = status
         self.title = title
         self.detail = detail
+        self.slug = slug
         self.type = type or (TYPE_BASE + slug if slug else "about:blank")
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})

@@ -188,7 +188,10 @@ def test_probability_png_is_16_bit_and_only_for_probability_heads(
     )
     pixels = np.asarray(Image.open(io.BytesIO(response.content)))
     assert pixels.dtype == np.uint16
-    np.testing.assert_array_equal(pixels, np.round(scores.astype(np.float64) * 65535))
+    # Two requests, two passes: a pass that shares the cores runs on fewer threads, which may
+    # move a score by a float32 rounding step, so one 16-bit level of slack.
+    expected = np.round(scores.astype(np.float64) * 65535)
+    assert np.abs(pixels.astype(np.int64) - expected).max() <= 1
     body = assert_problem(
         post_image(client, f"{RELU}/probabilities", png(nuclei), format="png"), 422
     )

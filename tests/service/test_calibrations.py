@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -298,3 +299,83 @@ def test_shutdown_finishes_every_job(settings: Settings) -> None:
         if job["status"] == "failed":
             assert "the service stopped" in job["error"], job["error"]
     assert not uploads_left(settings)
+
+
+def wait_ready(client: TestClient) -> None:
+    """Until the engine's warm-up is done."""
+    deadline = time.monotonic() + POLL_S
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "service not ready"
+        time.sleep(0.05)
+
+
+def metric(client: TestClient, name: str) -> float:
+    """A per-model sample of the tiny model from /metrics (0 when absent)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'{name}{{model="{TINY_MODEL}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_calibration_images_are_run_by_the_inference_engine(client: TestClient) -> None:
+    wait_ready(client)  # the warm-up's passes are counted too
+    images_before = metric(client, "unet_batch_size_sum")
+    done = finished(client, start(client, dataset_zip(3)))
+    assert done["status"] == "succeeded", done["error"]
+    # The engine ran them: same device, precision, tiling and core sharing as served answers.
+    assert metric(client, "unet_batch_size_sum") - images_before == 3
+
+
+def test_a_calibration_waits_its_turn_when_the_engine_is_full(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = threading.Event()
+    with TestClient(create_app(settings.model_copy(update={"queue_size": 2}))) as client:
+        wait_ready(client)
+        served = client.app.state.services.registry.get(TINY_MODEL)  # type: ignore[attr-defined]
+        logits = served.network.logits
+        entered: list[int] = []
+
+        def slow(x: Any) -> Any:
+            entered.append(1)
+            held.wait(POLL_S)  # every pass waits: a busy device
+            return logits(x)
+
+        monkeypatch.setattr(served.network, "logits", slow)
+        image = png(np.zeros((32, 32), np.uint8))
+        answers: list[int] = []
+
+        def client_request() -> None:
+            files = {"image": ("x.png", image, "image/png")}
+            answers.append(client.post(f"{BASE}/mask", files=files).status_code)
+
+        def until(condition: Any, what: str) -> None:
+            deadline = time.monotonic() + POLL_S
+            while not condition():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.01)
+
+        try:
+            # Both workers busy, then the queue full of live requests ...
+            live = [threading.Thread(target=client_request) for _ in range(4)]
+            for thread in live[:2]:
+                thread.start()
+            until(lambda: len(entered) == 2, "the workers never got busy")
+            for thread in live[2:]:
+                thread.start()
+            until(lambda: metric(client, "unet_queue_depth") == 2, "the queue never filled")
+            rejected = metric(client, "unet_rejected_requests_total")
+            response = start(client, dataset_zip(2))
+            # ... so the calibration's first image is turned away, and it keeps trying.
+            until(
+                lambda: metric(client, "unet_rejected_requests_total") > rejected,
+                "the calibration never met the full queue",
+            )
+            held.set()
+            done = finished(client, response)
+            for thread in live:
+                thread.join(POLL_S)
+        finally:
+            held.set()  # never leave a pass waiting, whatever failed
+    assert done["status"] == "succeeded", done["error"]
+    assert answers == [200] * 4  # the live requests were served
