@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -319,6 +320,8 @@ class CalibrationJobs:
                         if self._stopping.is_set():
                             pending.cancel()
                             raise _Stopped from None
+            except FutureCancelled:  # the loop cancelled it: only a shutdown does
+                raise _Stopped from None
             except ProblemError as error:
                 if error.slug == "out-of-memory":
                     raise MemoryError(error.detail) from None
