@@ -17,7 +17,6 @@ change. Prints one JSON object on stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -31,8 +30,7 @@ import numpy as np
 
 from benchmarks.serve import (
     DEFAULT_CHECKPOINT,
-    drive,
-    engine_totals,
+    drive_with_engine_view,
     log,
     prepare_models,
     server,
@@ -61,14 +59,10 @@ def export_revision(revision: str, folder: Path) -> str:
 
 def block(url: str, model: str, pngs: list[bytes], requests: int) -> tuple[float, int, float]:
     """`requests` sequential requests: (mean latency ms, requests, engine forward ms per pass)."""
-    before = engine_totals(url)
-    result = asyncio.run(drive(url, model, pngs, 1, requests, 600))
-    after = engine_totals(url)
+    result = drive_with_engine_view(url, model, pngs, 1, requests, 600)
     if result["failed"]:
         raise RuntimeError(f"{url}: {result['failed']} failed requests: {result['statuses']}")
-    passes = after["passes"] - before["passes"]
-    forward_ms = 1000 * (after["forward_s"] - before["forward_s"]) / passes
-    return result["mean_ms"], result["requests"], forward_ms
+    return result["mean_ms"], result["requests"], result["forward_ms_per_pass"]
 
 
 def figures(blocks: list[tuple[float, int, float]]) -> dict[str, float]:

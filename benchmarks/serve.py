@@ -372,6 +372,20 @@ def engine_totals(url: str) -> dict[str, float]:
     return totals
 
 
+def drive_with_engine_view(
+    url: str, model: str, pngs: list[bytes], concurrency: int, requests: int, seconds: float
+) -> dict[str, Any]:
+    """`drive`, plus the engine's own view from /metrics: images per pass and ms per pass."""
+    before = engine_totals(url)
+    result = asyncio.run(drive(url, model, pngs, concurrency, requests, seconds))
+    after = engine_totals(url)
+    passes = after["passes"] - before["passes"]
+    if passes:
+        result["mean_batch_size"] = (after["images"] - before["images"]) / passes
+        result["forward_ms_per_pass"] = 1000 * (after["forward_s"] - before["forward_s"]) / passes
+    return result
+
+
 def serve_run(
     env: dict[str, str], workdir: Path, model: str, pngs: list[bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -380,15 +394,9 @@ def serve_run(
     with server(env, workdir) as (url, process):
         for concurrency in args.concurrency:
             asyncio.run(drive(url, model, pngs, concurrency, 2 * concurrency, args.seconds))
-            before = engine_totals(url)
-            result = asyncio.run(drive(url, model, pngs, concurrency, args.requests, args.seconds))
-            after = engine_totals(url)
-            passes = after["passes"] - before["passes"]
-            if passes:
-                # The engine's own view: images per forward pass and time per pass.
-                result["mean_batch_size"] = (after["images"] - before["images"]) / passes
-                result["forward_ms_per_pass"] = 1000 * (after["forward_s"] - before["forward_s"])
-                result["forward_ms_per_pass"] /= passes
+            result = drive_with_engine_view(
+                url, model, pngs, concurrency, args.requests, args.seconds
+            )
             log(
                 f"  c={concurrency}: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
