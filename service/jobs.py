@@ -309,19 +309,10 @@ class CalibrationJobs:
         in the engine's queue instead of competing with live traffic for the cores.
         """
         while True:
-            pending = asyncio.run_coroutine_threadsafe(
-                self.engine.predict(served, image), self._loop
-            )
             try:
-                while True:
-                    try:
-                        return pending.result(timeout=POLL_S)
-                    except FutureTimeout:
-                        if self._stopping.is_set():
-                            pending.cancel()
-                            raise _Stopped from None
-            except FutureCancelled:  # the loop cancelled it: only a shutdown does
-                raise _Stopped from None
+                return self._wait(
+                    asyncio.run_coroutine_threadsafe(self.engine.predict(served, image), self._loop)
+                )
             except ProblemError as error:
                 if error.slug == "out-of-memory":
                     raise MemoryError(error.detail) from None
@@ -329,6 +320,18 @@ class CalibrationJobs:
                     raise
             if self._stopping.wait(ENGINE_RETRY_S):
                 raise _Stopped
+
+    def _wait(self, pending: Future[Prediction]) -> Prediction:
+        """The engine's answer, or _Stopped as soon as the service is stopping."""
+        while True:
+            try:
+                return pending.result(timeout=POLL_S)
+            except FutureTimeout:
+                if self._stopping.is_set():
+                    pending.cancel()
+                    raise _Stopped from None
+            except FutureCancelled:  # the loop cancelled it: only a shutdown does
+                raise _Stopped from None
 
     def _fail(self, job: _Job, error: str) -> None:
         try:
