@@ -6,7 +6,7 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,12 +301,17 @@ def test_shutdown_finishes_every_job(settings: Settings) -> None:
     assert not uploads_left(settings)
 
 
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within POLL_S."""
+    deadline = time.monotonic() + POLL_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 def wait_ready(client: TestClient) -> None:
     """Until the engine's warm-up is done."""
-    deadline = time.monotonic() + POLL_S
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "service not ready"
-        time.sleep(0.05)
+    until(lambda: client.get("/readyz").status_code == 200, "service not ready")
 
 
 def metric(client: TestClient, name: str) -> float:
@@ -348,12 +353,6 @@ def test_a_calibration_waits_its_turn_when_the_engine_is_full(
         def client_request() -> None:
             files = {"image": ("x.png", image, "image/png")}
             answers.append(client.post(f"{BASE}/mask", files=files).status_code)
-
-        def until(condition: Any, what: str) -> None:
-            deadline = time.monotonic() + POLL_S
-            while not condition():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.01)
 
         try:
             # Both workers busy, then the queue full of live requests ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,64 +101,68 @@ class Gate:
         self.opened.set()
 
 
-async def test_batches_gather_concurrent_requests_and_match_single_results(
+@pytest.fixture
+async def batching(
     tmp_path: Path, registry: ModelRegistry
-) -> None:
+) -> AsyncIterator[tuple[InferenceEngine, ServedModel]]:
+    """A started engine that gathers up to 4 images, waiting up to 200 ms, and its model."""
     engine = await started(registry, make_settings(tmp_path, max_batch=4, batch_wait_ms=200))
+    served = registry.get("m")
+    assert served is not None
     try:
-        served = registry.get("m")
-        assert served is not None
-        count_before, sum_before = histogram(engine, "unet_batch_size")
-        images = [image(64, 64, seed) for seed in range(8)]
-        results = await asyncio.gather(*(engine.predict(served, x) for x in images))
-        count, total = histogram(engine, "unet_batch_size")
-        # 8 concurrent images in batches of up to 4: far fewer passes than images.
-        assert (total - sum_before) == 8
-        assert (total - sum_before) / (count - count_before) > 1
-        for x, result in zip(images, results, strict=True):
-            single = predict(served.network, x)
-            np.testing.assert_allclose(result.output, single.output, atol=1e-5)
-            np.testing.assert_allclose(result.logits, single.logits, atol=1e-4)
-        assert histogram(engine, "unet_inference_seconds")[0] >= count
+        yield engine, served
     finally:
         await engine.stop()
+
+
+async def test_batches_gather_concurrent_requests_and_match_single_results(
+    batching: tuple[InferenceEngine, ServedModel],
+) -> None:
+    engine, served = batching
+    count_before, sum_before = histogram(engine, "unet_batch_size")
+    images = [image(64, 64, seed) for seed in range(8)]
+    results = await asyncio.gather(*(engine.predict(served, x) for x in images))
+    count, total = histogram(engine, "unet_batch_size")
+    # 8 concurrent images in batches of up to 4: far fewer passes than images.
+    assert (total - sum_before) == 8
+    assert (total - sum_before) / (count - count_before) > 1
+    for x, result in zip(images, results, strict=True):
+        single = predict(served.network, x)
+        np.testing.assert_allclose(result.output, single.output, atol=1e-5)
+        np.testing.assert_allclose(result.logits, single.logits, atol=1e-4)
+    assert histogram(engine, "unet_inference_seconds")[0] >= count
 
 
 async def test_run_finishes_each_request_in_the_worker_and_isolates_its_errors(
-    tmp_path: Path, registry: ModelRegistry
+    batching: tuple[InferenceEngine, ServedModel],
 ) -> None:
-    engine = await started(registry, make_settings(tmp_path, max_batch=4, batch_wait_ms=200))
-    try:
-        served = registry.get("m")
-        assert served is not None
-        loop_thread = threading.get_ident()
+    engine, served = batching
+    loop_thread = threading.get_ident()
 
-        def area(prediction: Any) -> tuple[int, float]:
-            return threading.get_ident(), float(prediction.output.mean())
+    def area(prediction: Any) -> tuple[int, float]:
+        return threading.get_ident(), float(prediction.output.mean())
 
-        def expected(x: np.ndarray) -> float:
-            return pytest.approx(float(predict(served.network, x).output.mean()), rel=1e-5)
+    def expected(x: np.ndarray) -> float:
+        return pytest.approx(float(predict(served.network, x).output.mean()), rel=1e-5)
 
-        def broken(prediction: Any) -> None:
-            raise ValueError("this request's encoding failed")
+    def broken(prediction: Any) -> None:
+        raise ValueError("this request's encoding failed")
 
-        images = [image(64, 64, seed) for seed in range(4)]
-        passes_before = histogram(engine, "unet_batch_size")[0]
-        # Four requests in one batch; the third one's post-processing fails.
-        results = await asyncio.gather(
-            *(engine.run(served, x, broken if i == 2 else area) for i, x in enumerate(images)),
-            return_exceptions=True,
-        )
-        assert histogram(engine, "unet_batch_size")[0] - passes_before == 1
-        assert isinstance(results[2], ValueError)
-        for i in (0, 1, 3):
-            thread, fraction = results[i]  # type: ignore[misc]
-            assert thread != loop_thread  # post-processing ran off the event loop
-            assert fraction == expected(images[i])
-        again = await engine.run(served, images[2], area)  # the engine carries on
-        assert again[1] == expected(images[2])
-    finally:
-        await engine.stop()
+    images = [image(64, 64, seed) for seed in range(4)]
+    passes_before = histogram(engine, "unet_batch_size")[0]
+    # Four requests in one batch; the third one's post-processing fails.
+    results = await asyncio.gather(
+        *(engine.run(served, x, broken if i == 2 else area) for i, x in enumerate(images)),
+        return_exceptions=True,
+    )
+    assert histogram(engine, "unet_batch_size")[0] - passes_before == 1
+    assert isinstance(results[2], ValueError)
+    for i in (0, 1, 3):
+        thread, fraction = results[i]  # type: ignore[misc]
+        assert thread != loop_thread  # post-processing ran off the event loop
+        assert fraction == expected(images[i])
+    again = await engine.run(served, images[2], area)  # the engine carries on
+    assert again[1] == expected(images[2])
 
 
 async def test_mixed_sizes_each_get_their_own_full_size_answer(
