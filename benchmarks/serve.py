@@ -51,7 +51,7 @@ from model import UNet, UNetConfig, load_checkpoint, save
 from model.checkpoint import checkpoint_paths
 from model.synth import generate_pair
 from model.train import pick_device
-from service.engine import plan_engine, usable_cores
+from service.inference.engine import plan_engine, usable_cores
 from service.settings import Settings
 
 DEFAULT_CHECKPOINT = Path("model/weights/unet-sigmoid.safetensors")

@@ -10,18 +10,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from model.train import pick_device
+from service.api.middleware import BodySizeLimit, install_metrics
+from service.api.problems import install_problem_handlers
+from service.api.routes import calibrations, health, inference, models, thresholds
+from service.calibration.jobs import CalibrationJobs
 from service.container import Services
-from service.engine import InferenceEngine
-from service.jobs import CalibrationJobs
-from service.limits import BodySizeLimit
-from service.logs import configure_logging
-from service.metrics import Metrics, install_metrics
-from service.problems import install_problem_handlers
-from service.registry import ModelRegistry
-from service.routes import calibrations, health, inference, models, thresholds
+from service.inference.engine import InferenceEngine
+from service.inference.registry import ModelRegistry
+from service.ops.logs import configure_logging
+from service.ops.metrics import Metrics
 from service.settings import Settings
-from service.statelock import StateLock
-from service.store import ThresholdStore
+from service.state.lock import StateLock
+from service.state.store import ThresholdStore
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.plot:
-        from service.plots import roc_png
+        from model.calibration.plots import roc_png
 
         args.plot.write_bytes(roc_png(report))
     _emit(args, report)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.engine import InferenceEngine
-from service.jobs import CalibrationJobs
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedModel
+from service.calibration.jobs import CalibrationJobs
+from service.inference.engine import InferenceEngine
+from service.inference.registry import ModelRegistry, ServedModel
+from service.ops.metrics import Metrics
 from service.settings import Settings
-from service.store import ActiveThreshold, ThresholdStore
+from service.state.store import ActiveThreshold, ThresholdStore
 
 
 @dataclass

@@ -1,0 +1,152 @@
+"""ASGI middleware: body limits enforced while the body streams in, and request metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.problems import MEDIA_TYPE
+from service.ops.metrics import Metrics
+
+log = logging.getLogger("service.access")
+
+# Multipart framing (boundaries, part headers, other form fields) on top of the file itself.
+MULTIPART_ALLOWANCE = 64 * 1024
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed.
+
+    Starlette spools a multipart upload to disk before any route code runs, so a limit checked
+    in the route would still let a client fill the disk; this one stops reading at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, refusing it once its body exceeds the limit."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"]) + MULTIPART_ALLOWANCE
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        received = 0
+        started = refused = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit and not started:
+                # Answer now and tell the app the client left: it stops reading the body.
+                refused = True
+                await _refuse(send, limit)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # the client already has its 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = json.dumps(
+        {
+            "type": "https://unet-service.dev/problems/upload-too-large",
+            "title": "Upload too large",
+            "status": 413,
+            "detail": f"the request body is larger than the {limit} byte limit for this "
+            "endpoint (UNET_MAX_UPLOAD_BYTES for images, UNET_MAX_DATASET_BYTES for "
+            "calibration zips); send a smaller file",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestMetrics:
+    """ASGI middleware: count, time and log every request by its route template.
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware copies
+    every response through a stream and cost about a millisecond per request.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on and record its route, status and duration."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            log.info(
+                "%s %s %d",
+                method,
+                scope["path"],
+                status,
+                extra={"route": route, "status": status, "ms": round(elapsed * 1000, 2)},
+            )
+
+
+def install_metrics(app: FastAPI, metrics: Metrics) -> None:
+    """Count, time and log every request; `/metrics` reads `app.state.metrics`."""
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+
+def _route_label(scope: Scope) -> str:
+    """The matched route's template (`/v1/models/{model}/mask`), never a raw path with values."""
+    if "route" in scope:  # FastAPI's routes leave themselves in the scope
+        return str(getattr(scope["route"], "path", "unmatched"))
+    if "endpoint" in scope and not scope.get("path_params"):
+        return str(scope["path"])  # a plain fixed-path route, such as FastAPI's /docs
+    return "unmatched"

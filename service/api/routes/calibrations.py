@@ -1,0 +1,195 @@
+"""Calibrating a model's threshold from an uploaded data set, and the evidence each one leaves."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
+
+from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError
+from model.calibration.plots import roc_png
+from service.api.dependencies import Authorized, ModelDep, ServicesDep
+from service.api.problems import ProblemError, problem_responses
+from service.api.routes.models import threshold_view
+from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
+from service.api.uploads import read_upload
+from service.calibration.jobs import CalibrationParams
+from service.container import Services
+from service.inference.registry import ServedModel
+from service.state.store import ActivationError, CalibrationNotFound, CalibrationRecord
+
+router = APIRouter(prefix="/v1/models/{model}/calibrations", tags=["calibrations"])
+
+DatasetFile = Annotated[
+    UploadFile,
+    File(
+        description="A zip holding `images/` and `masks/` (matching file names; masks: 0 is "
+        "background, anything else foreground), at its top level or under one folder."
+    ),
+]
+CalibrationId = Annotated[str, Path(description="A calibration id, as the list shows it.")]
+PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+LOCATION = {"Location": {"description": "Where to poll the job.", "schema": {"type": "string"}}}
+
+
+def _record(services: Services, served: ServedModel, calibration_id: str) -> CalibrationRecord:
+    record = services.store.get_calibration(served.name, calibration_id)
+    if record is None:
+        raise ProblemError(
+            404,
+            "Unknown calibration",
+            f"model {served.name!r} has no calibration {calibration_id!r}; "
+            f"GET /v1/models/{served.name}/calibrations lists them",
+            slug="unknown-calibration",
+        )
+    return record
+
+
+def _summary(record: CalibrationRecord, active_id: str | None) -> CalibrationSummary:
+    return CalibrationSummary(
+        id=record.id,
+        status=record.status,
+        progress=record.progress,
+        strategy=record.strategy,
+        target=record.target,
+        threshold=record.threshold,
+        auc=record.auc,
+        error=record.error,
+        activate=record.activate,
+        active=record.id == active_id,
+        params=record.params,
+        created=record.created,
+        started=record.started,
+        finished=record.finished,
+    )
+
+
+def _view(services: Services, served: ServedModel, record: CalibrationRecord) -> Calibration:
+    active_id = services.active_threshold(served).calibration_id
+    return Calibration(**_summary(record, active_id).model_dump(), report=record.report)
+
+
+def _succeeded(record: CalibrationRecord, what: str) -> CalibrationRecord:
+    if record.status != "succeeded":
+        reason = f": {record.error}" if record.error else ""
+        pending = record.status in ("queued", "running")
+        raise ProblemError(
+            409,
+            "Calibration not finished" if pending else "Calibration failed",
+            f"calibration {record.id!r} is {record.status}{reason}; {what} needs a succeeded "
+            "calibration",
+            slug="calibration-not-succeeded",
+        )
+    return record
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Start a calibration",
+    dependencies=[Authorized],
+    responses={202: {"headers": LOCATION}, **problem_responses(401, 404, 413, 422, 429, 503)},
+)
+async def start_calibration(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    served: ModelDep,
+    dataset: DatasetFile,
+    strategy: Annotated[
+        str, Form(description=f"How to choose the threshold: {', '.join(STRATEGIES)}.")
+    ] = "youden",
+    target: Annotated[
+        float | None,
+        Form(description=f"The target rate in (0, 1) of {', '.join(TARGET_STRATEGIES)}."),
+    ] = None,
+    cost_fp: Annotated[
+        float, Form(description="`cost` strategy: the cost of a false positive pixel.")
+    ] = 1.0,
+    cost_fn: Annotated[
+        float, Form(description="`cost` strategy: the cost of a false negative pixel.")
+    ] = 1.0,
+    activate: Annotated[
+        bool, Form(description="Make the threshold active when the job succeeds.")
+    ] = True,
+) -> Calibration:
+    """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
+    params = CalibrationParams(strategy.strip().lower(), target, cost_fp, cost_fn, activate)
+    try:
+        params.check()
+    except CalibrationError as error:
+        raise ProblemError(
+            422, "Invalid calibration parameters", str(error), slug="invalid-calibration"
+        ) from None
+    data = await read_upload(
+        dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
+    )
+    calibration_id = await services.jobs.start(served, data, dataset.filename, params)
+    root = request.scope.get("root_path", "")
+    response.headers["Location"] = (
+        f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{calibration_id}"
+    )
+    return _view(services, served, _record(services, served, calibration_id))
+
+
+@router.get("", summary="List a model's calibrations", responses=problem_responses(404))
+def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationList:
+    """Every calibration of the model, newest first, without reports."""
+    active_id = services.active_threshold(served).calibration_id
+    records = services.store.list_calibrations(served.name)
+    return CalibrationList(calibrations=[_summary(record, active_id) for record in records])
+
+
+@router.get(
+    "/{calibration_id}",
+    summary="A calibration's status and report",
+    responses=problem_responses(404),
+)
+def get_calibration(
+    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
+) -> Calibration:
+    """Status and progress; the report once it has succeeded, the reason if it failed."""
+    return _view(services, served, _record(services, served, calibration_id))
+
+
+@router.get(
+    "/{calibration_id}/roc.png",
+    summary="The ROC plot of a calibration",
+    response_class=Response,
+    responses={200: {**PNG, "description": "PNG"}, **problem_responses(404, 409)},
+)
+def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: CalibrationId) -> Response:
+    """The ROC curve with its AUC and the chosen and the 0.5 operating points marked."""
+    record = _succeeded(_record(services, served, calibration_id), "the ROC plot")
+    assert record.report is not None  # a succeeded calibration always has its report
+    # A succeeded calibration never changes, so its plot may be cached for good.
+    return Response(
+        roc_png(record.report),
+        media_type="image/png",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )
+
+
+@router.post(
+    "/{calibration_id}/activate",
+    summary="Make a calibration's threshold the active one",
+    dependencies=[Authorized],
+    responses=problem_responses(401, 404, 409),
+)
+def activate_calibration(
+    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
+) -> Threshold:
+    """The calibration's threshold is in force from now on (source `calibration`)."""
+    _succeeded(_record(services, served, calibration_id), "activation")
+    try:
+        active = services.store.activate_calibration(served.name, served.digest, calibration_id)
+    except CalibrationNotFound:
+        _record(services, served, calibration_id)  # raises the 404
+        raise
+    except ActivationError as error:
+        raise ProblemError(
+            409, "Cannot activate", str(error), slug="calibration-not-activatable"
+        ) from None
+    services.metrics.set_threshold(served.name, active.value)
+    return threshold_view(services, served)

@@ -1,0 +1,42 @@
+"""Operations: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.ops.metrics import Metrics
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: 200 while the process serves")
+def healthz() -> dict[str, str]:
+    """Liveness probe."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 once models are loaded and warmed, else 503",
+    responses={503: {"description": "Models are still loading or warming up"}},
+)
+def readyz(request: Request) -> JSONResponse:
+    """Readiness probe: ready once every model has run a warm-up pass."""
+    services = getattr(request.app.state, "services", None)
+    if services is None or not services.engine.ready:
+        return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "models": services.registry.names()})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},
+)
+def metrics(request: Request) -> Response:
+    """Requests, latencies, batch sizes, queue depth, calibrations and active thresholds."""
+    registry: Metrics = request.app.state.metrics
+    return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,56 @@
+"""Reading the served models."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter
+
+from service.api.dependencies import ModelDep, ServicesDep
+from service.api.problems import problem_responses
+from service.api.schemas import Architecture, ModelInfo, ModelList, Threshold
+from service.container import Services
+from service.inference.registry import ServedModel
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def threshold_view(services: Services, served: ServedModel) -> Threshold:
+    """The active threshold of `served` as the API shows it."""
+    active = services.active_threshold(served)
+    return Threshold(
+        value=active.value,
+        source=active.source,
+        calibration_id=active.calibration_id,
+        updated=active.updated,
+    )
+
+
+def model_info(services: Services, served: ServedModel) -> ModelInfo:
+    """Everything a client needs to know about one served model."""
+    low, high = served.output_range
+    return ModelInfo(
+        name=served.name,
+        architecture=Architecture(**served.meta.architecture.to_dict()),  # type: ignore[arg-type]
+        outputs_probabilities=served.is_probability,
+        output_range=(low if math.isfinite(low) else None, high if math.isfinite(high) else None),
+        threshold=threshold_view(services, served),
+        default_threshold=served.default_threshold,
+        digest=served.digest,
+    )
+
+
+@router.get("", summary="List the served models")
+def list_models(services: ServicesDep) -> ModelList:
+    """Every served model with its architecture and active threshold."""
+    return ModelList(models=[model_info(services, served) for served in services.registry])
+
+
+@router.get(
+    "/{model}",
+    summary="Describe one model",
+    responses=problem_responses(404),
+)
+def get_model(services: ServicesDep, served: ModelDep) -> ModelInfo:
+    """One model's architecture, head range and active threshold."""
+    return model_info(services, served)

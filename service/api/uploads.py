@@ -1,0 +1,51 @@
+"""Uploaded images: size limits and decoding off the event loop."""
+
+from __future__ import annotations
+
+import numpy as np
+from anyio import to_thread
+from fastapi import UploadFile
+
+from model.data import DatasetError, ImageTooLargeError, image_from_bytes
+from service.api.problems import ProblemError
+from service.inference.registry import ServedModel
+from service.settings import Settings
+
+CHUNK = 1 << 20
+
+
+async def read_upload(
+    upload: UploadFile, limit: int, what: str, setting: str = "UNET_MAX_UPLOAD_BYTES"
+) -> bytes:
+    """The uploaded bytes, or 413 past `limit` (named by `setting`) and 422 when empty."""
+    chunks, size = [], 0
+    while chunk := await upload.read(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ProblemError(
+                413,
+                "Upload too large",
+                f"{what} {upload.filename!r} is larger than the {limit} byte limit "
+                f"({setting}); send a smaller file",
+                slug="upload-too-large",
+            )
+        chunks.append(chunk)
+    if size == 0:
+        raise ProblemError(
+            422, "Empty upload", f"{what} {upload.filename!r} is empty", slug="empty-upload"
+        )
+    return b"".join(chunks)
+
+
+async def decode_image(upload: UploadFile, served: ServedModel, settings: Settings) -> np.ndarray:
+    """The uploaded image as the model's (C, H, W) float input, decoded in a worker thread."""
+    data = await read_upload(upload, settings.max_upload_bytes, "image")
+    name = upload.filename or "image"
+    try:
+        return await to_thread.run_sync(
+            lambda: image_from_bytes(data, served.in_channels, name, settings.max_image_pixels)
+        )
+    except ImageTooLargeError as error:
+        raise ProblemError(413, "Image too large", str(error), slug="image-too-large") from None
+    except DatasetError as error:
+        raise ProblemError(422, "Unreadable image", str(error), slug="unreadable-image") from None

@@ -1,0 +1,243 @@
+"""Calibration data sets uploaded as zips, checked and extracted without trusting a byte of them.
+
+A zip is hostile until proven otherwise: its entry names may climb out of the extraction folder
+(`../x`, `/etc/x`, `C:\\x`), its entries may be symlinks or devices, its declared sizes may lie and
+its data may expand a thousand-fold. Names, types, entry count and declared sizes are checked
+against the central directory before a byte is written; while extracting, the bytes are counted
+again, so neither a forged header nor a bomb gets past the limits. Only the image files of
+`images/` and `masks/` are written, at paths built from checked name parts, never from the raw name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import stat
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.data import EXTENSIONS, DatasetError, ImageTooLargeError, find_pairs, image_size
+from service.api.problems import ProblemError
+from service.settings import Settings
+
+DATA_DIRS = ("images", "masks")
+CHUNK = 1 << 20
+MAX_NAME_BYTES = 1024  # a whole entry name
+MAX_PART_BYTES = 255  # one path component: what common file systems allow
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_JUNK_DIRS = ("__MACOSX",)  # macOS Finder's resource forks, next to the real files
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An extracted, structurally valid data set: its folder and its (image, mask) pairs."""
+
+    root: Path
+    pairs: list[tuple[Path, Path]]
+
+
+def extract_dataset(data: bytes, dest: Path, settings: Settings) -> Dataset:
+    """Check the zip in `data` and extract its `images/` and `masks/` into the empty folder `dest`.
+
+    The two folders may sit at the zip's top level or under one top-level folder. Every problem is
+    a 4xx ProblemError whose detail names the entry and what to fix.
+    """
+    with _open(data) as archive:
+        infos = archive.infolist()
+        _check_counts(infos, settings)
+        entries = [(info, _safe_parts(info)) for info in infos]
+        prefix = _data_prefix([parts for info, parts in entries if not info.is_dir()])
+        selected = _select(entries, prefix)
+        budget = settings.max_zip_uncompressed_bytes
+        for info, parts in selected:
+            budget -= _extract(archive, info, dest.joinpath(*parts), budget, settings)
+    root = dest.joinpath(*prefix)
+    try:
+        pairs = find_pairs(root)
+    except DatasetError as error:
+        raise _invalid(relative(str(error), dest)) from None
+    check_image_sizes((path for pair in pairs for path in pair), settings.max_image_pixels, dest)
+    return Dataset(root, pairs)
+
+
+def relative(message: str, folder: Path) -> str:
+    """`message` with the extraction folder cut from its paths, so they read as paths in the zip."""
+    return message.replace(f"{folder}/", "").replace(str(folder), "the zip")
+
+
+def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> None:
+    """413 for an image over the pixel limit, 422 for an unreadable one; reads headers only."""
+    for path in paths:
+        try:
+            width, height = image_size(path)
+        except ImageTooLargeError as error:
+            # Pillow's decompression-bomb guard refused to open it.
+            raise _too_large_image(relative(str(error), folder)) from None
+        except DatasetError as error:
+            raise ProblemError(
+                422, "Unreadable image", relative(str(error), folder), slug="unreadable-image"
+            ) from None
+        if width * height > max_pixels:
+            name = relative(str(path), folder)
+            raise _too_large_image(
+                f"{name}: image is {width} x {height} = {width * height} pixels, over the limit "
+                f"of {max_pixels} pixels (UNET_MAX_IMAGE_PIXELS); send smaller images"
+            )
+
+
+def _open(data: bytes) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(data))
+    except Exception as error:  # zipfile raises many types on bad input; all mean "unreadable"
+        raise _unreadable(f"the dataset is not a readable zip file ({_reason(error)})") from None
+
+
+def _check_counts(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
+    if len(infos) > settings.max_zip_entries:
+        raise ProblemError(
+            413,
+            "Zip has too many entries",
+            f"the zip holds {len(infos)} entries, over the limit of {settings.max_zip_entries} "
+            "(UNET_MAX_ZIP_ENTRIES); send fewer files",
+            slug="zip-too-many-entries",
+        )
+    declared = sum(info.file_size for info in infos)
+    if declared > settings.max_zip_uncompressed_bytes:
+        raise _too_large(
+            f"the zip expands to {declared} bytes, over the limit of "
+            f"{settings.max_zip_uncompressed_bytes} bytes (UNET_MAX_ZIP_UNCOMPRESSED_BYTES)"
+        )
+
+
+def _safe_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The entry's path components, or 422 for a name or type that extraction must not follow."""
+    name = info.filename
+    shown = name[:200]
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise _unsafe(f"entry {shown!r} is a symbolic link; zip the files themselves")
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise _unsafe(f"entry {shown!r} is not a regular file or folder")
+    if info.flag_bits & 0x1:
+        raise _unreadable(f"entry {shown!r} is encrypted; send an unencrypted zip")
+    # Windows tools sometimes write backslashes; treat them as the separators they mean.
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or _DRIVE.match(unified):
+        raise _unsafe(f"entry {shown!r} has an absolute path; zip with relative paths")
+    parts = tuple(part for part in unified.split("/") if part not in ("", "."))
+    if ".." in parts:
+        raise _unsafe(f"entry {shown!r} climbs out of the zip with '..'; remove it")
+    too_long = any(len(part.encode()) > MAX_PART_BYTES for part in parts)
+    if too_long or len(unified.encode()) > MAX_NAME_BYTES:
+        raise _unsafe(f"entry {shown!r} has a name too long to extract; shorten it")
+    return parts
+
+
+def _is_junk(parts: tuple[str, ...]) -> bool:
+    return bool(parts) and (parts[0] in _JUNK_DIRS or any(p.startswith(".") for p in parts))
+
+
+def _data_prefix(files: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """() when images/ and masks/ sit at the top, (folder,) when under one top-level folder."""
+    files = [parts for parts in files if parts and not _is_junk(parts)]
+    if any(len(parts) > 1 and parts[0] in DATA_DIRS for parts in files):
+        return ()
+    tops = {parts[0] for parts in files}
+    if len(tops) == 1 and any(len(parts) > 2 and parts[1] in DATA_DIRS for parts in files):
+        return (tops.pop(),)
+    found = sorted({"/".join(parts[:2]) + ("/" if len(parts) > 2 else "") for parts in files})
+    listing = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    raise _invalid(
+        "the zip holds no images/ and masks/ folders, neither at its top level nor under one "
+        f"top-level folder (it holds {listing or 'no files'}); put the images in images/ and "
+        "the masks, with the same file names, in masks/"
+    )
+
+
+def _select(
+    entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], prefix: tuple[str, ...]
+) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+    """The image files directly inside images/ and masks/, as (entry, its path's parts)."""
+    depth = len(prefix)
+    selected: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
+    seen: set[tuple[str, str]] = set()
+    for info, parts in entries:
+        if info.is_dir() or len(parts) != depth + 2 or parts[:depth] != prefix:
+            continue
+        folder, name = parts[depth:]
+        if folder not in DATA_DIRS or name.startswith(".") or not name.lower().endswith(EXTENSIONS):
+            continue
+        if (folder, name) in seen:
+            raise _invalid(f"the zip holds {folder}/{name} twice; keep one")
+        seen.add((folder, name))
+        selected.append((info, (*prefix, folder, name)))
+    missing = [folder for folder in DATA_DIRS if all(p[depth] != folder for _, p in selected)]
+    if missing:
+        where = "/".join((*prefix, missing[0]))
+        raise _invalid(
+            f"the zip has no image files in {where}/; add files ending in {', '.join(EXTENSIONS)}"
+        )
+    return selected
+
+
+def _extract(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int, settings: Settings
+) -> int:
+    """Copy one entry to `target`, counting the bytes; returns how many were written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        source = archive.open(info)
+    except Exception as error:  # unsupported compression, bad local header, ...
+        raise _unreadable(f"entry {info.filename!r} cannot be read ({_reason(error)})") from None
+    with source, target.open("xb") as sink:
+        while True:
+            try:
+                chunk = source.read(CHUNK)
+            except Exception as error:  # corrupt data, bad CRC, truncated entry
+                raise _unreadable(
+                    f"entry {info.filename!r} is damaged ({_reason(error)}); zip it again"
+                ) from None
+            if not chunk:
+                return written
+            written += len(chunk)
+            # zipfile stops at the declared size, but the count is the guarantee.
+            if written > info.file_size:
+                raise _unreadable(
+                    f"entry {info.filename!r} holds more data than its header declares"
+                )
+            if written > budget:
+                raise _too_large(
+                    "the zip expands to more than the limit of "
+                    f"{settings.max_zip_uncompressed_bytes} bytes "
+                    "(UNET_MAX_ZIP_UNCOMPRESSED_BYTES)"
+                )
+            sink.write(chunk)
+
+
+def _reason(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:200] or type(error).__name__
+
+
+def _unreadable(detail: str) -> ProblemError:
+    return ProblemError(422, "Unreadable zip", detail, slug="unreadable-zip")
+
+
+def _unsafe(detail: str) -> ProblemError:
+    return ProblemError(422, "Unsafe zip entry", detail, slug="unsafe-zip-entry")
+
+
+def _invalid(detail: str) -> ProblemError:
+    return ProblemError(422, "Invalid data set", detail, slug="invalid-dataset")
+
+
+def _too_large(detail: str) -> ProblemError:
+    return ProblemError(
+        413, "Zip too large", detail + "; send a smaller data set", slug="zip-too-large"
+    )
+
+
+def _too_large_image(detail: str) -> ProblemError:
+    return ProblemError(413, "Image too large", detail, slug="image-too-large")

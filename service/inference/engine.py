@@ -1,0 +1,323 @@
+"""The inference engine: device, precision, dynamic batching and tiling, off the event loop.
+
+Every request becomes a job in its model's bounded queue (`service.inference.batching`);
+dispatchers run batches of same-shaped work in a pool of worker threads, where torch releases
+the GIL. A job
+carries its request's post-processing (thresholding, encoding), which runs in the same worker
+right after the pass instead of costing another trip through the event loop. Images
+whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles
+(`model.tiling`); the tiles are the job's units, so they spread over every worker and batch like
+ordinary images, and memory stays bounded by the tile whatever the image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from anyio import to_thread
+
+from model.predict import Prediction, to_predictions
+from service.api.problems import ProblemError
+from service.inference.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
+from service.inference.registry import ModelRegistry, ServedModel
+from service.inference.units import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
+from service.ops.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WARMUP_SIDE = 256  # a typical request; tiles warm the tile-sized path separately
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+T = TypeVar("T")
+
+
+def _unchanged(prediction: Prediction) -> Prediction:
+    return prediction
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """How the engine runs on its device, resolved once from the settings."""
+
+    device: torch.device
+    limits: BatchLimits
+    torch_threads: int | None  # threads per pass under load; None: leave torch's own choice
+    share_cores: int  # > 0: a pass running alone may use this many threads (CPU only)
+    autocast: torch.dtype | None
+    channels_last: bool
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:  # a container limited with --cpus sees every core of the host but may use fewer
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def plan_engine(settings: Settings, device: torch.device) -> EnginePlan:
+    """Per-device defaults for whatever the settings leave unset (see docs/benchmarks.md)."""
+    if device.type == "cuda":
+        # A GPU is fed best by big batches; two workers overlap host copies with compute.
+        limits = BatchLimits(
+            max_batch=settings.max_batch or 32,
+            wait_s=(2.0 if settings.batch_wait_ms is None else settings.batch_wait_ms) / 1000,
+            workers=2,
+            queue_size=settings.queue_size,
+        )
+        autocast = AUTOCAST.get(settings.autocast)
+        return EnginePlan(device, limits, settings.torch_threads, 0, autocast, channels_last=True)
+    # On a small CPU, one single-threaded pass per core beats intra-op parallelism and big
+    # batches under load; a pass that runs alone uses every core, for latency at low load
+    # (measured: docs/benchmarks.md, "Serving").
+    cores = usable_cores()
+    threads = settings.torch_threads or 1
+    limits = BatchLimits(
+        max_batch=settings.max_batch or 1,
+        wait_s=(settings.batch_wait_ms or 0.0) / 1000,
+        workers=max(1, cores // threads),
+        queue_size=settings.queue_size,
+    )
+    if settings.autocast != "off":
+        log.warning("UNET_AUTOCAST=%s applies on CUDA only; running float32", settings.autocast)
+    share = cores if settings.torch_threads is None and limits.workers > 1 else 0
+    return EnginePlan(device, limits, threads, share, None, channels_last=True)
+
+
+class CoreShare:
+    """Gives each CPU forward pass `cores // passes running` torch threads.
+
+    torch's thread count is a per-thread OpenMP setting (the process-wide value only seeds new
+    threads), so each worker sets its own before a pass: alone it takes every core, and under
+    load each pass runs single-threaded side by side, which measured faster on a small CPU.
+    """
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def share(self) -> Iterator[None]:
+        """Run one pass with this thread's share of the cores."""
+        with self._lock:
+            self._running += 1
+            threads = max(1, self.cores // self._running)
+        # Ask torch rather than remember: a thread's first parallel op resets its count to the
+        # last value set by any thread, which left one worker single-threaded for good (its
+        # lone passes took 50 ms instead of 32). Asking runs that first-op reset now.
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+class InferenceEngine:
+    """Turns decoded images into model outputs without blocking the event loop."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self.ready = False
+        device = next(iter(registry)).device
+        self.plan = plan_engine(settings, device)
+        self._batchers: dict[str, Batcher] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._previous_threads = torch.get_num_threads()
+        self._cores = CoreShare(self.plan.share_cores) if self.plan.share_cores else None
+        self._large = asyncio.Semaphore(self.plan.limits.workers)
+
+    async def start(self) -> None:
+        """Start the workers, then warm every model up so that the first request is not slow."""
+        plan = self.plan
+        log.info("inference engine on %s: %s", plan.device, plan)
+        if plan.torch_threads is not None:
+            # Process-wide: worker threads pick it up when they first run a parallel region.
+            torch.set_num_threads(plan.torch_threads)
+        self._executor = ThreadPoolExecutor(plan.limits.workers, thread_name_prefix="inference")
+        slots = asyncio.Semaphore(plan.limits.workers)  # shared: models compete for the workers
+        for served in self.registry:
+            if plan.channels_last:
+                served.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            batcher = Batcher(
+                served.name,
+                plan.limits,
+                functools.partial(self._execute, served),
+                self._executor,
+                slots,
+                self.metrics,
+            )
+            batcher.start()
+            self._batchers[served.name] = batcher
+        try:
+            for served in self.registry:
+                await self._warm_up(served)
+        except Exception:
+            log.exception("warm-up failed; the service stays not ready")
+            raise
+        self.ready = True
+        log.info("inference engine ready")
+
+    async def stop(self) -> None:
+        """Stop accepting work, fail what is queued and let running passes finish."""
+        self.ready = False
+        batchers, self._batchers = self._batchers, {}
+        for batcher in batchers.values():
+            await batcher.stop()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await to_thread.run_sync(executor.shutdown)
+        if self.plan.torch_threads is not None:
+            torch.set_num_threads(self._previous_threads)
+
+    async def predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
+        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1]."""
+        return await self.run(served, image, _unchanged)
+
+    async def run(
+        self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
+    ) -> T:
+        """`then(prediction)` for one (C, H, W) image in [0, 1], run in the inference worker."""
+        result: T = await self._run(served, image, then, self.settings.request_timeout_s)
+        return result
+
+    async def _run(
+        self, served: ServedModel, image: np.ndarray, then: Finish, timeout: float | None
+    ) -> Any:
+        """Queue one image and wait for its result, at most `timeout` seconds."""
+        batcher = self._batchers.get(served.name)
+        if batcher is None:
+            raise _not_ready("the inference engine is starting or stopping; retry shortly")
+        _, height, width = image.shape
+        # A large image holds a few full-size planes while its tiles run; a few at a time are
+        # enough to keep every worker busy, so the rest wait here instead of holding memory.
+        large = needs_tiles(served, height, width, self.settings)
+        admission = self._large if large else contextlib.nullcontext()
+        job: Job | None = None
+        try:
+            async with asyncio.timeout(timeout), admission:
+                batcher.check_room()  # before a large job's planes are allocated
+                job = await make_job(served, image, self.settings, then)
+                batcher.submit(job)
+                return await job.future
+        except QueueFull as full:
+            raise ProblemError(
+                503,
+                "Service overloaded",
+                f"model {served.name!r} already has {batcher.limits.queue_size} requests "
+                f"waiting (UNET_QUEUE_SIZE); retry after {full.retry_after} s",
+                slug="overloaded",
+                headers={"Retry-After": str(full.retry_after)},
+            ) from None
+        except TimeoutError:
+            if job is not None:
+                batcher.cancel(job)
+            retry = batcher.retry_after()
+            raise ProblemError(
+                503,
+                "Request timed out",
+                f"model {served.name!r} did not answer within {timeout} s "
+                f"(UNET_REQUEST_TIMEOUT_S) because the service is busy; retry after {retry} s",
+                slug="inference-timeout",
+                headers={"Retry-After": str(retry)},
+            ) from None
+        except asyncio.CancelledError:
+            if job is not None:
+                batcher.cancel(job)  # the client went away: its work is not worth doing
+            raise
+        except Stopped:
+            raise _not_ready(
+                "the inference engine stopped before answering; retry shortly"
+            ) from None
+        except torch.OutOfMemoryError:
+            raise ProblemError(
+                503,
+                "Out of memory",
+                f"the device ran out of memory running model {served.name!r}; retry later "
+                "or lower UNET_MAX_BATCH or UNET_TILE_SIZE",
+                slug="out-of-memory",
+                headers={"Retry-After": "5"},
+            ) from None
+
+    def queue_depth(self, name: str) -> int:
+        """Jobs waiting for model `name`."""
+        batcher = self._batchers.get(name)
+        return batcher.depth if batcher else 0
+
+    async def _warm_up(self, served: ServedModel) -> None:
+        """Representative passes: a full batch of typical images, then one tile."""
+        limits, side = self.plan.limits, self.settings.tile_size
+        count = max(limits.max_batch, limits.workers)
+        typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
+        tile = np.zeros((served.in_channels, side, side), dtype=np.float32)
+        # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for.
+        await asyncio.gather(*(self._run(served, typical, _unchanged, None) for _ in range(count)))
+        await self._run(served, tile, _unchanged, None)
+
+    @torch.inference_mode()
+    def _execute(self, served: ServedModel, units: list[Unit]) -> list[tuple[Job, Any]]:
+        """Run one batch in a worker thread; returns the jobs it finished with their results."""
+        live = [(job, index) for job, index in units if not job.cancelled]
+        if not live:
+            return []
+        crops = np.stack([crop(job, index) for job, index in live])
+        with self.metrics.inference.labels(served.name).time():
+            logits = self._forward(served, crops)
+            whole = [row for row, (job, _) in enumerate(live) if isinstance(job, ImageJob)]
+            tiles = [row for row, (job, _) in enumerate(live) if isinstance(job, TiledJob)]
+            # Indexing copies; the common batch is all whole images or all tiles.
+            ours = logits if len(whole) == len(live) else logits[whole]
+            predictions = to_predictions(served.network, ours) if whole else []
+            ours = logits if len(tiles) == len(live) else logits[tiles]
+            tile_logits = ours.cpu().numpy() if tiles else None
+        finished: list[tuple[Job, Any]] = [
+            (live[row][0], prediction) for row, prediction in zip(whole, predictions, strict=True)
+        ]
+        for position, row in enumerate(tiles):
+            job, index = live[row]
+            assert isinstance(job, TiledJob) and tile_logits is not None
+            done = job.add(index, tile_logits[position])
+            if done is not None:
+                finished.append((job, done))
+        return [(job, finish(job, prediction)) for job, prediction in finished]
+
+    def _forward(self, served: ServedModel, crops: np.ndarray) -> torch.Tensor:
+        """Float32 logits (N, K, H, W) on the device for a batch of inputs (N, C, H, W)."""
+        plan = self.plan
+        batch = torch.from_numpy(crops).to(plan.device, non_blocking=True)
+        if plan.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(plan.device.type, dtype=plan.autocast)
+            if plan.autocast is not None
+            else contextlib.nullcontext()
+        )
+        shared = self._cores.share() if self._cores else contextlib.nullcontext()
+        with autocast, shared:
+            logits = served.network.logits(batch)
+        return logits.float()
+
+
+def _not_ready(detail: str) -> ProblemError:
+    return ProblemError(503, "Not ready", detail, slug="not-ready", headers={"Retry-After": "1"})
