@@ -87,6 +87,7 @@ def _succeeded(record: CalibrationRecord, what: str) -> CalibrationRecord:
 @router.post(
     "",
     status_code=202,
+    name="start",
     summary="Start a calibration",
     dependencies=[Authorized],
     responses={202: {"headers": LOCATION}, **problem_responses(401, 404, 413, 422, 429, 503)},
@@ -133,7 +134,9 @@ async def start_calibration(
     return _view(services, served, _record(services, served, calibration_id))
 
 
-@router.get("", summary="List a model's calibrations", responses=problem_responses(404))
+@router.get(
+    "", name="list", summary="List a model's calibrations", responses=problem_responses(404)
+)
 def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationList:
     """Every calibration of the model, newest first, without reports."""
     active_id = services.active_threshold(served).calibration_id
@@ -143,6 +146,7 @@ def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationLis
 
 @router.get(
     "/{calibration_id}",
+    name="get",
     summary="A calibration's status and report",
     responses=problem_responses(404),
 )
@@ -155,6 +159,7 @@ def get_calibration(
 
 @router.get(
     "/{calibration_id}/roc.png",
+    name="roc",
     summary="The ROC plot of a calibration",
     response_class=Response,
     responses={200: {**PNG, "description": "PNG"}, **problem_responses(404, 409)},
@@ -173,6 +178,7 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
 
 @router.post(
     "/{calibration_id}/activate",
+    name="activate",
     summary="Make a calibration's threshold the active one",
     dependencies=[Authorized],
     responses=problem_responses(401, 404, 409),

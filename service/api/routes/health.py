@@ -8,10 +8,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.ops.metrics import Metrics
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: 200 while the process serves")
+@router.get("/healthz", name="live", summary="Liveness: 200 while the process serves")
 def healthz() -> dict[str, str]:
     """Liveness probe."""
     return {"status": "ok"}
@@ -19,6 +19,7 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
+    name="ready",
     summary="Readiness: 200 once models are loaded and warmed, else 503",
     responses={503: {"description": "Models are still loading or warming up"}},
 )
@@ -32,6 +33,7 @@ def readyz(request: Request) -> JSONResponse:
 
 @router.get(
     "/metrics",
+    name="metrics",
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},

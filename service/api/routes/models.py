@@ -40,7 +40,7 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
     )
 
 
-@router.get("", summary="List the served models")
+@router.get("", name="list", summary="List the served models")
 def list_models(services: ServicesDep) -> ModelList:
     """Every served model with its architecture and active threshold."""
     return ModelList(models=[model_info(services, served) for served in services.registry])
@@ -48,6 +48,7 @@ def list_models(services: ServicesDep) -> ModelList:
 
 @router.get(
     "/{model}",
+    name="get",
     summary="Describe one model",
     responses=problem_responses(404),
 )

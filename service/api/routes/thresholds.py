@@ -32,7 +32,7 @@ def check_threshold(served: ServedModel, value: float, name: str = "threshold") 
     return value
 
 
-@router.get("", summary="The active threshold", responses=PROBLEMS)
+@router.get("", name="get", summary="The active threshold", responses=PROBLEMS)
 def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
     """The threshold in force and its source: default, calibration or manual."""
     return threshold_view(services, served)
@@ -40,6 +40,7 @@ def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
 
 @router.put(
     "",
+    name="set",
     summary="Override the threshold by hand",
     dependencies=[Authorized],
     responses=PROBLEMS,
