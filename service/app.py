@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from model.train import pick_device
 from service.api.middleware import BodySizeLimit, install_metrics
-from service.api.openapi import TAGS, operation_id
+from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, health, inference, models, thresholds
 from service.calibration.jobs import CalibrationJobs
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
     )
+    install_openapi(app)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
     install_metrics(app, metrics)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError
 from model.calibration.plots import roc_png
 from service.api.dependencies import Authorized, ModelDep, ServicesDep
+from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
@@ -29,7 +30,6 @@ DatasetFile = Annotated[
     ),
 ]
 CalibrationId = Annotated[str, Path(description="A calibration id, as the list shows it.")]
-PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
 LOCATION = {"Location": {"description": "Where to poll the job.", "schema": {"type": "string"}}}
 
 
@@ -162,7 +162,10 @@ def get_calibration(
     name="roc",
     summary="The ROC plot of a calibration",
     response_class=Response,
-    responses={200: {**PNG, "description": "PNG"}, **problem_responses(404, 409)},
+    responses={
+        200: {**binary_content("image/png"), "description": "PNG"},
+        **problem_responses(404, 409),
+    },
 )
 def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: CalibrationId) -> Response:
     """The ROC curve with its AUC and the chosen and the 0.5 operating points marked."""

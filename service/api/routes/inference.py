@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from model.predict import Prediction
 from service.api.dependencies import ModelDep, ServicesDep
+from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.thresholds import check_threshold
 from service.api.schemas import MaskJson
@@ -28,7 +29,6 @@ ThresholdQuery = Annotated[
     Query(description="Use this threshold for this request only (source `request`)."),
 ]
 PROBLEMS = problem_responses(404, 413, 422, 503)
-PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
 T = TypeVar("T")
 
 
@@ -69,7 +69,10 @@ def _threshold_headers(cut: Cut) -> dict[str, str]:
     "/mask",
     summary="Binary mask of an image",
     response_model=MaskJson,
-    responses={200: {**PNG, "description": "PNG (0/255) or JSON with COCO RLE"}, **PROBLEMS},
+    responses={
+        200: {**binary_content("image/png"), "description": "PNG (0/255) or JSON with COCO RLE"},
+        **PROBLEMS,
+    },
 )
 async def mask(
     services: ServicesDep,
@@ -111,10 +114,7 @@ async def mask(
     response_class=Response,
     responses={
         200: {
-            "content": {
-                "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-            },
+            **binary_content("application/x-npy", "image/png"),
             "description": "float32 H x W .npy of the raw head output, or 16-bit PNG "
             "(value = round(p * 65535)) for heads whose output lies in [0, 1]",
         },
@@ -149,7 +149,7 @@ async def probabilities(
     "/overlay",
     summary="The image with its mask drawn over it",
     response_class=Response,
-    responses={200: {**PNG, "description": "RGB PNG"}, **PROBLEMS},
+    responses={200: {**binary_content("image/png"), "description": "RGB PNG"}, **PROBLEMS},
 )
 async def overlay(
     services: ServicesDep,
