@@ -11,6 +11,19 @@ ThresholdSource = Literal["default", "calibration", "manual"]
 CalibrationStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
+class Liveness(BaseModel):
+    """The process serves."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Whether every model is loaded and warmed up."""
+
+    status: Literal["ready", "starting"] = Field(description="ready, or starting with a 503.")
+    models: list[str] | None = Field(None, description="The served models, once ready.")
+
+
 class Architecture(BaseModel):
     """How the network is built."""
 

@@ -6,22 +6,26 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api.schemas import Liveness, Readiness
 from service.ops.metrics import Metrics
 
 router = APIRouter(tags=["health"])
 
+STARTING = {"model": Readiness, "description": "Models are still loading or warming up"}
+
 
 @router.get("/healthz", name="live", summary="Liveness: 200 while the process serves")
-def healthz() -> dict[str, str]:
+def healthz() -> Liveness:
     """Liveness probe."""
-    return {"status": "ok"}
+    return Liveness(status="ok")
 
 
 @router.get(
     "/readyz",
     name="ready",
     summary="Readiness: 200 once models are loaded and warmed, else 503",
-    responses={503: {"description": "Models are still loading or warming up"}},
+    response_model=Readiness,
+    responses={503: STARTING},
 )
 def readyz(request: Request) -> JSONResponse:
     """Readiness probe: ready once every model has run a warm-up pass."""
@@ -36,7 +40,12 @@ def readyz(request: Request) -> JSONResponse:
     name="metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Text exposition"}},
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            "description": "Text exposition",
+        }
+    },
 )
 def metrics(request: Request) -> Response:
     """Requests, latencies, batch sizes, queue depth, calibrations and active thresholds."""
