@@ -1,0 +1,209 @@
+"""A Python client generated from a running service's /openapi.json drives the quick start."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.synth import write_dataset
+from tests.service.test_uvicorn import free_port
+
+API_KEY = "client-test-key"
+PACKAGE = "u_net_segmentation_service_client"  # openapi-python-client's name for the title
+MODEL = "unet-sigmoid"
+
+
+@contextmanager
+def running_service(model_dir: Path, state_dir: Path) -> Iterator[str]:
+    """`python -m service` on a free 127.0.0.1 port with an API key; yields its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNET_MODEL_DIR": str(model_dir),
+        "UNET_STATE_DIR": str(state_dir),
+        "UNET_PORT": str(port),
+        "UNET_HOST": "127.0.0.1",
+        "UNET_API_KEY": API_KEY,
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service not ready within 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def generate_client(url: str, out: Path) -> ModuleType:
+    """Generate a client from `url` with openapi-python-client, fail on any warning, import it."""
+    bin_dir = Path(sys.executable).parent  # the generator runs ruff on its output: same venv
+    command = ["generate", "--url", url, "--meta", "none", "--fail-on-warning"]
+    result = subprocess.run(
+        [bin_dir / "openapi-python-client", *command],
+        cwd=out,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    warnings = [line for line in output.splitlines() if "warning" in line.lower()]
+    assert not warnings, output
+    assert (out / PACKAGE / "api").is_dir(), output
+    sys.path.insert(0, str(out))
+    try:
+        return importlib.import_module(PACKAGE)
+    finally:
+        sys.path.remove(str(out))
+
+
+@pytest.fixture
+def generated(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
+    """Generates a client from a URL; forgets it afterwards, so no other test imports it."""
+    out = tmp_path / "client"
+    out.mkdir()
+    yield lambda url: generate_client(url, out)
+    for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE]:
+        del sys.modules[name]
+
+
+def calibration_zip(folder: Path, n: int = 4, seed: int = 77) -> bytes:
+    """A zip of `images/` and `masks/` as `unet synth` writes them into `folder`: 64 x 64."""
+    write_dataset(folder, n=n, seed=seed, size=64)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*.png")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def api(package: ModuleType, tag: str, operation: str) -> Any:
+    """The generated module of `operation`, e.g. api(p, "inference", "inference_mask")."""
+    return importlib.import_module(f"{package.__name__}.api.{tag}.{operation}")
+
+
+@pytest.mark.slow
+def test_a_generated_client_drives_the_quick_start(
+    shipped_weights: Path, tmp_path: Path, generated: Callable[[str], ModuleType]
+) -> None:
+    with running_service(shipped_weights, tmp_path / "state") as base:
+        package = generated(f"{base}/openapi.json")
+        models = importlib.import_module(f"{package.__name__}.models")
+        types = importlib.import_module(f"{package.__name__}.types")
+        client = package.Client(base_url=base, raise_on_unexpected_status=True)
+        admin = package.AuthenticatedClient(base_url=base, token=API_KEY)
+
+        listed = api(package, "models", "models_list").sync(client=client)
+        assert isinstance(listed, models.ModelList)
+        assert {info.name for info in listed.models} >= {MODEL, "unet-relu"}
+
+        write_dataset(tmp_path / "one", n=1, seed=9, size=96)
+        image = (tmp_path / "one" / "images" / "0000.png").read_bytes()
+
+        def upload() -> Any:
+            return types.File(
+                payload=io.BytesIO(image), file_name="cells.png", mime_type="image/png"
+            )
+
+        mask = api(package, "inference", "inference_mask")
+        png = mask.sync_detailed(MODEL, client=client, body=models.BodyInferenceMask(upload()))
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        pixels = np.asarray(Image.open(png.parsed.payload))
+        assert pixels.shape == (96, 96) and set(np.unique(pixels)) <= {0, 255}
+        rle = mask.sync(
+            MODEL,
+            client=client,
+            body=models.BodyInferenceMask(upload()),
+            format_=models.InferenceMaskFormat.JSON,
+        )
+        as_json = models.MaskJson.from_dict(json.loads(rle.payload.read()))
+        assert (as_json.width, as_json.height) == (96, 96)
+        assert as_json.foreground_fraction == pytest.approx((pixels == 255).mean())
+
+        npy = api(package, "inference", "inference_probabilities").sync(
+            MODEL, client=client, body=models.BodyInferenceProbabilities(upload())
+        )
+        probabilities = np.load(npy.payload)
+        assert probabilities.shape == (96, 96) and probabilities.dtype == np.float32
+
+        start = api(package, "calibrations", "calibrations_start")
+        dataset = types.File(
+            payload=io.BytesIO(calibration_zip(tmp_path / "calibration")),
+            file_name="calibration.zip",
+            mime_type="application/zip",
+        )
+        body = models.BodyCalibrationsStart(dataset=dataset, strategy="f1")
+        refused = start.sync(MODEL, client=client, body=body)
+        assert isinstance(refused, models.Problem) and refused.status == 401
+        dataset.payload.seek(0)
+        started = start.sync_detailed(MODEL, client=admin, body=body)
+        assert started.status_code == 202, started.content
+        assert started.headers["location"].endswith(started.parsed.id)
+
+        get = api(package, "calibrations", "calibrations_get")
+        deadline = time.monotonic() + 120
+        while (job := get.sync(MODEL, started.parsed.id, client=client)).status in (
+            models.CalibrationStatus.QUEUED,
+            models.CalibrationStatus.RUNNING,
+        ):
+            assert time.monotonic() < deadline, f"calibration still {job.status}"
+            time.sleep(0.2)
+        assert job.status == models.CalibrationStatus.SUCCEEDED, job.error
+        report = job.report.to_dict()
+        assert report["strategy"] == "f1" and report["n_images"] == 4
+        assert job.threshold == pytest.approx(report["threshold"]) and 0.5 < job.auc <= 1
+
+        roc = api(package, "calibrations", "calibrations_roc").sync(MODEL, job.id, client=client)
+        assert roc.payload.read().startswith(b"\x89PNG")
+        activated = api(package, "calibrations", "calibrations_activate").sync(
+            MODEL, job.id, client=admin
+        )
+        assert activated.source == models.ThresholdSource.CALIBRATION
+        assert activated.calibration_id == job.id
+
+        manual = api(package, "thresholds", "thresholds_set").sync(
+            MODEL, client=admin, body=models.ThresholdUpdate(value=0.35)
+        )
+        assert (manual.value, manual.source) == (0.35, models.ThresholdSource.MANUAL)
+        current = api(package, "thresholds", "thresholds_get").sync(MODEL, client=client)
+        assert (current.value, current.source) == (0.35, models.ThresholdSource.MANUAL)
+
+        bad = mask.sync(
+            MODEL,
+            client=client,
+            body=models.BodyInferenceMask(
+                types.File(payload=io.BytesIO(b"not an image"), file_name="notes.txt")
+            ),
+        )
+        assert isinstance(bad, models.Problem)
+        assert bad.status == 422 and bad.type_.endswith("/unreadable-image")
+        assert "notes.txt" in bad.detail
