@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from model.calibrate import calibrate_checkpoint
+from model.calibration import CalibrationReport, Criterion
 from model.checkpoint import checkpoint_paths
 from model.synth import write_dataset
 from model.train import TrainConfig, train
@@ -20,6 +21,8 @@ from model.unet import UNetConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
 TRAIN_SEED, VAL_SEED = 1, 2  # data seeds used here; never reuse them to report accuracy
+# The parts of the validation report a checkpoint keeps with its default threshold.
+DEFAULT_EVIDENCE = ("strategy", "auc", "n_images", "threshold_ci", "operating_points")
 
 
 def main() -> None:
@@ -45,23 +48,20 @@ def main() -> None:
             architecture = UNetConfig(head=head, activation="relu", depth=3, base_channels=16)
             config = TrainConfig(epochs=args.epochs, seed=0)
             train(architecture, train_dir, checkpoint, config, val_dir)
-        report = calibrate_checkpoint(checkpoint, val_dir, strategy=args.strategy, progress=True)
+        report = calibrate_checkpoint(checkpoint, val_dir, Criterion(args.strategy), progress=True)
         _record_default_threshold(checkpoint, report)
-        print(f"unet-{head}: threshold {report['threshold']:.4g} ({args.strategy})")
+        print(f"unet-{head}: threshold {report.threshold:.4g} ({args.strategy})")
 
 
-def _record_default_threshold(checkpoint: Path, report: dict) -> None:
+def _record_default_threshold(checkpoint: Path, report: CalibrationReport) -> None:
     """Store the validation-calibrated threshold and its evidence in the checkpoint's JSON."""
     _, json_path = checkpoint_paths(checkpoint)
     meta = json.loads(json_path.read_text())
+    evidence = report.to_dict()
     meta["default_threshold"] = {
-        "value": report["threshold"],
-        "source": f"{report['strategy']} on the validation set (synthetic, seed {VAL_SEED})",
-        "strategy": report["strategy"],
-        "auc": report["auc"],
-        "n_images": report["n_images"],
-        "threshold_ci": report["threshold_ci"],
-        "operating_points": report["operating_points"],
+        "value": report.threshold,
+        "source": f"{report.strategy} on the validation set (synthetic, seed {VAL_SEED})",
+        **{key: evidence[key] for key in DEFAULT_EVIDENCE},
     }
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -78,21 +78,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from model.calibrate import calibrate_checkpoint
+    from model.calibration import Criterion
 
-    report = calibrate_checkpoint(
-        args.checkpoint,
-        args.data,
-        strategy=args.strategy,
-        target=args.target,
-        cost_fp=args.cost_fp,
-        cost_fn=args.cost_fn,
-        progress=not args.json,
-    )
+    criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
+    report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
     if args.plot:
         from model.calibration.plots import roc_png
 
         args.plot.write_bytes(roc_png(report))
-    _emit(args, report)
+    _emit(args, report.to_dict())
     return 0
 
 
