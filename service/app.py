@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from model.train import pick_device
+from model.device import pick_device
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, health, inference, models, thresholds
