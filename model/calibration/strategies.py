@@ -52,8 +52,8 @@ class Criterion:
 
     Raises CalibrationError (a ValueError) with a message naming the fix when the strategy is
     unknown, a target strategy lacks its target in (0, 1), another strategy is given one, or the
-    costs are negative, not finite or both 0. A built Criterion can always choose a threshold on a
-    curve that has both classes.
+    costs are negative, not finite or both 0. After that, only the data can stop `select`: a
+    class missing from the masks, or a target the curve never reaches.
     """
 
     strategy: str = "youden"
