@@ -28,4 +28,4 @@ lint: dev
 
 # Reproduces the shipped checkpoints in model/weights/ (CPU, about 15 minutes).
 weights: install
-	$(BIN)/python -m model.make_weights
+	$(BIN)/python -m model.cli make-weights

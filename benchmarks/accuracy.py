@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from model.calibrate import calibrate_checkpoint
+from model.calibration import Criterion
 from model.data import iter_pairs
 from model.evaluate import dice_iou, evaluate_checkpoint
 from model.otsu import otsu_mask
@@ -44,8 +45,8 @@ def measure(
     calibration, test = work / "calibration", work / "test"
     write_dataset(calibration, n=n, seed=calibration_seed)
     write_dataset(test, n=n, seed=test_seed)
-    report = calibrate_checkpoint(checkpoint, calibration, strategy=strategy, progress=True)
-    calibrated = evaluate_checkpoint(checkpoint, test, report["threshold"], progress=True)
+    report = calibrate_checkpoint(checkpoint, calibration, Criterion(strategy), progress=True)
+    calibrated = evaluate_checkpoint(checkpoint, test, report.threshold, progress=True)
     fixed = evaluate_checkpoint(checkpoint, test, 0.5)
     return {
         "checkpoint": checkpoint.name,
@@ -53,8 +54,8 @@ def measure(
         "calibration_seed": calibration_seed,
         "test_seed": test_seed,
         "strategy": strategy,
-        "calibrated_threshold": report["threshold"],
-        "calibration_auc": report["auc"],
+        "calibrated_threshold": report.threshold,
+        "calibration_auc": report.auc,
         "dice_calibrated": calibrated["dice"],
         "iou_calibrated": calibrated["iou"],
         "dice_at_0.5": fixed["dice"],

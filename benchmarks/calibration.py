@@ -35,7 +35,7 @@ from sklearn.metrics import auc as area_under
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
-from model.calibration import ScoreHistogram, build_report
+from model.calibration import CalibrationReport, Criterion, ScoreHistogram, build_report
 
 
 def synthetic_image(
@@ -74,17 +74,17 @@ def _traced(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, seconds, peak / 2**20
 
 
-def _engine(scores: NDArray[np.float32], masks: NDArray[np.bool_], side: int) -> dict[str, Any]:
+def _engine(scores: NDArray[np.float32], masks: NDArray[np.bool_], side: int) -> CalibrationReport:
     hist = ScoreHistogram("probability")
     for s, m in zip(tqdm(scores, desc="engine", file=sys.stderr), masks, strict=True):
         hist.update(s.reshape(side, side), m.reshape(side, side))
-    return build_report(hist, strategy="youden")
+    return build_report(hist, Criterion("youden"))
 
 
 def _scaling(n_images: int, side: int, seed: int) -> float:
     """Peak traced MB while calibrating `n_images` generated one at a time."""
 
-    def run() -> dict[str, Any]:
+    def run() -> CalibrationReport:
         rng = np.random.default_rng(seed)
         hist = ScoreHistogram("probability")
         for _ in tqdm(range(n_images), desc=f"{n_images} images", file=sys.stderr):
@@ -126,7 +126,7 @@ def _compare(n_pixels: float, side: int, seed: int, repeats: int) -> dict[str, A
     j = tpr - fpr
     best = int(np.argmax(j))
 
-    t = report["threshold"]
+    t = report.threshold
     selected = flat_s >= t
     n_pos = int(np.count_nonzero(flat_y))
     tp = int(np.count_nonzero(selected & flat_y))
@@ -151,16 +151,16 @@ def _compare(n_pixels: float, side: int, seed: int, repeats: int) -> dict[str, A
         "sklearn_roc_curve_cpu_seconds": round(raw_cpu, 3),
         "speedup_cpu": round(raw_cpu / min(engine_cpu), 1),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "auc_engine": report["auc"],
+        "auc_engine": report.auc,
         "auc_raw": auc_raw,
-        "auc_abs_diff": abs(report["auc"] - auc_raw),
+        "auc_abs_diff": abs(report.auc - auc_raw),
         "threshold_engine": t,
         "threshold_raw_youden": float(thr[best]),
         "threshold_abs_diff": abs(t - float(thr[best])),
         "youden_j_raw_optimum": float(j[best]),
         "youden_j_raw_at_engine_threshold": j_at_ours,
         "youden_j_abs_diff": abs(float(j[best]) - j_at_ours),
-        "threshold_ci": report["threshold_ci"],
+        "threshold_ci": report.to_dict()["threshold_ci"],
     }
 
 

@@ -49,8 +49,8 @@ from PIL import Image
 
 from model import UNet, UNetConfig, load_checkpoint, save
 from model.checkpoint import checkpoint_paths
+from model.device import pick_device
 from model.synth import generate_pair
-from model.train import pick_device
 from service.inference.engine import plan_engine, usable_cores
 from service.settings import Settings
 

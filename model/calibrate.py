@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from model.calibration import CalibrationError, ScoreHistogram, build_report, check_strategy
+from model.calibration import (
+    CalibrationError,
+    CalibrationReport,
+    Criterion,
+    ScoreHistogram,
+    build_report,
+)
 from model.checkpoint import load_checkpoint
 from model.data import iter_pairs
 from model.heads import is_probability
@@ -38,38 +43,30 @@ def add_to_histogram(
 def calibrate_model(
     network: UNet,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
-    strategy: str = "youden",
-    target: float | None = None,
-    cost_fp: float = 1.0,
-    cost_fn: float = 1.0,
+    criterion: Criterion = Criterion(),
     on_image: Callable[[int], None] | None = None,
     predict_fn: Callable[[UNet, np.ndarray], Prediction] = predict,
-) -> dict[str, Any]:
+) -> CalibrationReport:
     """The calibration report of `network` on (name, image, mask) triples, in one pass.
 
     `on_image(n)` is called after the n-th image (progress; raising there stops the pass);
     `predict_fn` lets a caller run large images the way it serves them, in tiles.
     """
-    check_strategy(strategy, target, cost_fp, cost_fn)  # fail before the long pass
     hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
     for done, (name, image, mask) in enumerate(pairs, start=1):
         add_to_histogram(hist, network.config.head, predict_fn(network, image), mask, name)
         if on_image is not None:
             on_image(done)
-    return build_report(hist, strategy, target, cost_fp, cost_fn)
+    return build_report(hist, criterion)
 
 
 def calibrate_checkpoint(
     checkpoint: Path,
     data: Path,
-    strategy: str = "youden",
-    target: float | None = None,
-    cost_fp: float = 1.0,
-    cost_fn: float = 1.0,
+    criterion: Criterion = Criterion(),
     progress: bool = False,
-) -> dict[str, Any]:
+) -> CalibrationReport:
     """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
-    check_strategy(strategy, target, cost_fp, cost_fn)
     network, _ = load_checkpoint(checkpoint)
     pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
-    return calibrate_model(network, pairs, strategy, target, cost_fp, cost_fn)
+    return calibrate_model(network, pairs, criterion)

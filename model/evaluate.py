@@ -49,11 +49,11 @@ def evaluate_model(
             tp, fp, fn = tp + image_tp, fp + image_fp, fn + image_fn
             per_image.append(dice_iou(image_tp, image_fp, image_fn)[0])
     dice, iou = dice_iou(tp, fp, fn)
-    report = build_report(hist)
+    auc = build_report(hist).auc
     return {
         "dice": round(dice, 6),
         "iou": round(iou, 6),
-        "auc": report["auc"],
+        "auc": auc,
         "threshold": threshold,
         "threshold_source": threshold_source,
         "n_images": len(per_image),

@@ -1,18 +1,19 @@
-"""Reproduce the shipped checkpoints in `model/weights/`: `python -m model.make_weights`.
+"""Reproduce the shipped checkpoints in `model/weights/`: `python -m model.cli make-weights`.
 
 Both models share data, seed and architecture and differ only in the output head. Each is then
 calibrated on the validation set with the `f1` strategy (pixel F1 is Dice, the figure a
 segmentation is judged by), and that threshold, with its evidence, becomes the checkpoint's
-default. `--calibrate-only` redoes that last step on the checkpoints already there.
+default. `calibrate_only` redoes that last step on the checkpoints already there.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.calibrate import calibrate_checkpoint
+from model.calibration import CalibrationReport, Criterion
 from model.checkpoint import checkpoint_paths
 from model.synth import write_dataset
 from model.train import TrainConfig, train
@@ -20,51 +21,51 @@ from model.unet import UNetConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
 TRAIN_SEED, VAL_SEED = 1, 2  # data seeds used here; never reuse them to report accuracy
+# The parts of the validation report a checkpoint keeps with its default threshold.
+DEFAULT_EVIDENCE = ("strategy", "auc", "n_images", "threshold_ci", "operating_points")
 
 
-def main() -> None:
-    """Generate the data, train both heads, calibrate them and write `model/weights/`."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--work", type=Path, default=Path("runs/weights"), help="scratch folder")
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    parser.add_argument("--n-train", type=int, default=384)
-    parser.add_argument("--n-val", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--heads", nargs="+", default=["sigmoid", "relu"])
-    parser.add_argument("--strategy", default="f1", help="how the default threshold is chosen")
-    parser.add_argument("--calibrate-only", action="store_true", help="keep the weights")
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class WeightsPlan:
+    """What to train and calibrate; the defaults made the shipped checkpoints."""
 
-    train_dir, val_dir = args.work / "train", args.work / "val"
-    if not args.calibrate_only:
-        write_dataset(train_dir, n=args.n_train, seed=TRAIN_SEED, progress=True)
-    write_dataset(val_dir, n=args.n_val, seed=VAL_SEED, progress=True)
-    for head in args.heads:
-        checkpoint = args.out / f"unet-{head}.safetensors"
-        if not args.calibrate_only:
+    work: Path = Path("runs/weights")  # scratch folder for the generated data sets
+    out: Path = WEIGHTS
+    n_train: int = 384
+    n_val: int = 64
+    epochs: int = 12
+    heads: tuple[str, ...] = ("sigmoid", "relu")
+    criterion: Criterion = field(default_factory=lambda: Criterion("f1"))
+    calibrate_only: bool = False
+
+
+def make_weights(plan: WeightsPlan, progress: bool = True) -> dict[str, float]:
+    """Generate the data, train each head, calibrate it; the default threshold of each model."""
+    train_dir, val_dir = plan.work / "train", plan.work / "val"
+    if not plan.calibrate_only:
+        write_dataset(train_dir, n=plan.n_train, seed=TRAIN_SEED, progress=progress)
+    write_dataset(val_dir, n=plan.n_val, seed=VAL_SEED, progress=progress)
+    thresholds: dict[str, float] = {}
+    for head in plan.heads:
+        checkpoint = plan.out / f"unet-{head}.safetensors"
+        if not plan.calibrate_only:
             architecture = UNetConfig(head=head, activation="relu", depth=3, base_channels=16)
-            config = TrainConfig(epochs=args.epochs, seed=0)
-            train(architecture, train_dir, checkpoint, config, val_dir)
-        report = calibrate_checkpoint(checkpoint, val_dir, strategy=args.strategy, progress=True)
+            config = TrainConfig(epochs=plan.epochs, seed=0)
+            train(architecture, train_dir, checkpoint, config, val_dir, progress=progress)
+        report = calibrate_checkpoint(checkpoint, val_dir, plan.criterion, progress=progress)
         _record_default_threshold(checkpoint, report)
-        print(f"unet-{head}: threshold {report['threshold']:.4g} ({args.strategy})")
+        thresholds[checkpoint.stem] = report.threshold
+    return thresholds
 
 
-def _record_default_threshold(checkpoint: Path, report: dict) -> None:
+def _record_default_threshold(checkpoint: Path, report: CalibrationReport) -> None:
     """Store the validation-calibrated threshold and its evidence in the checkpoint's JSON."""
     _, json_path = checkpoint_paths(checkpoint)
     meta = json.loads(json_path.read_text())
+    evidence = report.to_dict()
     meta["default_threshold"] = {
-        "value": report["threshold"],
-        "source": f"{report['strategy']} on the validation set (synthetic, seed {VAL_SEED})",
-        "strategy": report["strategy"],
-        "auc": report["auc"],
-        "n_images": report["n_images"],
-        "threshold_ci": report["threshold_ci"],
-        "operating_points": report["operating_points"],
+        "value": report.threshold,
+        "source": f"{report.strategy} on the validation set (synthetic, seed {VAL_SEED})",
+        **{key: evidence[key] for key in DEFAULT_EVIDENCE},
     }
     json_path.write_text(json.dumps(meta, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -133,9 +133,9 @@ class TiledImage:
         _, self.height, self.width = image.shape
         multiple = model.multiple
         # The model's own padding rule, so the tiles share the whole-image pass's grid.
-        padded = model._pad(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None])
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        padded, (self.top, self.left) = model.pad_to_grid(tensor)
         self.image = padded[0].numpy()
-        self.top, self.left = model._offsets(self.height, self.width)
         side = tile_side(tile, multiple)
         shared = overlap_pixels(side, overlap, multiple)
         _, padded_height, padded_width = self.image.shape

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointMeta, default_preprocessing, save
 from model.data import SegmentationFolder
+from model.device import pick_device
 from model.heads import foreground_channel
 from model.losses import head_loss
 from model.unet import UNet, UNetConfig
@@ -42,13 +43,6 @@ class TrainResult:
     checkpoint: Path
     best_epoch: int
     val_dice: list[float] = field(default_factory=list)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` means CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train(

@@ -80,7 +80,7 @@ class UNet(nn.Module):
                 f"got {tuple(x.shape)}"
             )
         height, width = x.shape[-2:]
-        x = self._pad(x)
+        x, (top, left) = self.pad_to_grid(x)
         features = self.stem(x)
         skips = [features]  # one skip connection per encoder level, finest first
         for down in self.encoder:
@@ -89,24 +89,26 @@ class UNet(nn.Module):
         features = skips.pop()  # the bottleneck is not a skip
         for up in self.decoder:
             features = up(features, skips.pop())
-        top, left = self._offsets(height, width)
         return self.classifier(features)[..., top : top + height, left : left + width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The head's output map (N, K, H, W) for input `x` (N, C, H, W)."""
         return self.head(self.logits(x))
 
-    def _offsets(self, height: int, width: int) -> tuple[int, int]:
-        return (-height % self.multiple) // 2, (-width % self.multiple) // 2
+    def pad_to_grid(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`x` (..., H, W) padded to sides that are multiples of `multiple`, as `logits` pads it.
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        Returns the padded tensor and the (top, left) offset of the input inside it, where a
+        caller crops the output back. A tiler pads once with this so that every tile sits on the
+        whole-image pass's pooling grid.
+        """
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        top, left = pad_h // 2, pad_w // 2
         if pad_h == 0 and pad_w == 0:
-            return x
-        top, left = self._offsets(height, width)
+            return x, (top, left)
         padding = (left, pad_w - left, top, pad_h - top)
         # Reflection keeps image statistics at the border but needs the pad smaller than the side;
         # tiny inputs (a few pixels) fall back to replicating the edge.
         mode = "reflect" if max(padding[:2]) < width and max(padding[2:]) < height else "replicate"
-        return F.pad(x, padding, mode=mode)
+        return F.pad(x, padding, mode=mode), (top, left)

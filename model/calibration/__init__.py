@@ -5,16 +5,18 @@ Typical use, one image at a time so that memory stays flat::
     hist = ScoreHistogram("probability")        # "unbounded" for relu / identity heads
     for scores, mask in pairs:
         hist.update(scores, mask)               # or update(logits, mask, logits=True)
-    report = build_report(hist, strategy="target_tpr", target=0.95)
+    report = build_report(hist, Criterion("target_tpr", target=0.95))
+    report.threshold, report.to_dict()         # typed values; the JSON of DESIGN.md
 
-or `calibrate_arrays(pairs, scale, strategy, ...)` for the same in one call. No I/O, no torch.
+or `calibrate_arrays(pairs, scale, criterion)` for the same in one call. No I/O, no torch.
 """
 
 from model.calibration.binning import SCALES, BinLayout
 from model.calibration.errors import CalibrationError
 from model.calibration.histogram import ScoreHistogram
 from model.calibration.report import build_report, calibrate_arrays
-from model.calibration.strategies import STRATEGIES, TARGET_STRATEGIES, check_strategy
+from model.calibration.schema import CalibrationReport, OperatingPoint
+from model.calibration.strategies import STRATEGIES, TARGET_STRATEGIES, Criterion
 
 __all__ = [
     "SCALES",
@@ -22,8 +24,10 @@ __all__ = [
     "TARGET_STRATEGIES",
     "BinLayout",
     "CalibrationError",
+    "CalibrationReport",
+    "Criterion",
+    "OperatingPoint",
     "ScoreHistogram",
     "build_report",
     "calibrate_arrays",
-    "check_strategy",
 ]

@@ -42,10 +42,21 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from model.calibration.errors import CalibrationError
 from model.calibration.histogram import ScoreHistogram
 from model.calibration.reliability import calibration_quality
+from model.calibration.schema import (
+    CalibrationReport,
+    Confusion,
+    OperatingPoint,
+    PerImageSpread,
+    ProbabilityQuantisation,
+    ReliabilityRow,
+    Roc,
+    ScoreRange,
+    UnboundedQuantisation,
+)
 from model.calibration.strategies import (
     STRATEGIES,
     TARGET_STRATEGIES,
-    check_strategy,
+    Criterion,
     cumulative_counts,
     point_metrics,
     select,
@@ -57,23 +68,15 @@ FIXED_CUT = 0.5
 _MIN_REPLICATES = 20
 
 
-def build_report(
-    hist: ScoreHistogram,
-    strategy: str = "youden",
-    target: float | None = None,
-    cost_fp: float = 1.0,
-    cost_fn: float = 1.0,
-) -> dict[str, Any]:
-    """The calibration report of a filled histogram as a JSON-ready dict (no NaN, no numpy)."""
-    check_strategy(strategy, target, cost_fp, cost_fn)
+def build_report(hist: ScoreHistogram, criterion: Criterion = Criterion()) -> CalibrationReport:
+    """The calibration report of a filled histogram, its threshold chosen by `criterion`."""
     if hist.n_images == 0:
         raise CalibrationError("the calibration set is empty: give at least one image and mask")
-    target = None if target is None else float(target)
     idx, pos, neg = hist.nonempty()
     tp, fp = cumulative_counts(pos, neg)
     n_pos, n_neg = float(tp[-1]), float(fp[-1])
     # Raises the ROC-undefined error when a class is missing.
-    chosen = select(tp, fp, strategy, target, cost_fp, cost_fn)
+    chosen = select(tp, fp, criterion)
 
     edges = hist.fine.lower_edges(idx)
     bin_thresholds = edges.copy()
@@ -84,28 +87,23 @@ def build_report(
     fpr, tpr, auc, ap = _sklearn_roc(bin_thresholds, pos, neg)
     threshold = float(thresholds[chosen])
 
-    points: dict[str, dict[str, Any]] = {}
+    def point(i: int, at: float) -> OperatingPoint:
+        return OperatingPoint.model_validate(
+            {"threshold": at, **point_metrics(tp[i], fp[i], n_pos, n_neg)}
+        )
+
+    points: dict[str, OperatingPoint] = {}
     for name in STRATEGIES:
-        if name in TARGET_STRATEGIES and name != strategy:
+        if name in TARGET_STRATEGIES and name != criterion.strategy:
             continue
-        i = chosen if name == strategy else select(tp, fp, name, target, cost_fp, cost_fn)
-        points[name] = {
-            "threshold": float(thresholds[i]),
-            **point_metrics(tp[i], fp[i], n_pos, n_neg),
-        }
+        i = chosen if name == criterion.strategy else select(tp, fp, criterion.with_strategy(name))
+        points[name] = point(i, float(thresholds[i]))
     # 0.5 is a bin edge in both layouts, so the bins at or above it are exactly the pixels >= 0.5.
     i_cut = int(np.count_nonzero(edges >= FIXED_CUT))
-    points["fixed_0.5"] = {
-        "threshold": FIXED_CUT,
-        **point_metrics(tp[i_cut], fp[i_cut], n_pos, n_neg),
-    }
+    points["fixed_0.5"] = point(i_cut, FIXED_CUT)
 
     keep = _curve_indices(tp, fp, must=(0, len(tp) - 1, chosen, i_cut))
-    roc = {
-        "fpr": fpr[keep].tolist(),
-        "tpr": tpr[keep].tolist(),
-        "thresholds": thresholds[keep].tolist(),
-    }
+    roc = Roc(fpr=fpr[keep].tolist(), tpr=tpr[keep].tolist(), thresholds=thresholds[keep].tolist())
 
     brier: float | None = None
     ece: float | None = None
@@ -114,59 +112,53 @@ def build_report(
         brier, ece, table = calibration_quality(hist)
 
     b_chosen = int(idx[len(idx) - chosen]) if chosen > 0 else None
-    report: dict[str, Any] = {
-        "threshold": threshold,
-        "strategy": strategy,
-        "target": target,
-        "auc": auc,
-        "average_precision": ap,
-        "n_images": hist.n_images,
-        "n_pixels": hist.n_pixels,
-        "positive_fraction": n_pos / hist.n_pixels,
-        "is_probability": hist.is_probability,
-        "roc": roc,
-        "operating_points": points,
-        "confusion": {
-            "tp": int(tp[chosen]),
-            "fp": int(fp[chosen]),
-            "tn": int(n_neg - fp[chosen]),
-            "fn": int(n_pos - tp[chosen]),
-        },
-        "threshold_ci": _bootstrap_interval(hist, strategy, target, cost_fp, cost_fn, above_all),
-        "brier": brier,
-        "ece": ece,
-        "reliability": table,
-        "tied_at_min_fraction": hist.n_at_min / hist.n_pixels,
-        "per_image_thresholds": _per_image_spread(hist, strategy, target, cost_fp, cost_fn),
-        "score_range": {
-            "min": hist.score_min,
-            "max": hist.score_max,
-            "tied_at_max_fraction": hist.n_at_max / hist.n_pixels,
-        },
-        "quantisation": _quantisation(hist, b_chosen, threshold),
-    }
-    return _jsonable(report)
+    return CalibrationReport(
+        threshold=threshold,
+        strategy=criterion.strategy,
+        target=criterion.target,
+        auc=auc,
+        average_precision=ap,
+        n_images=hist.n_images,
+        n_pixels=hist.n_pixels,
+        positive_fraction=n_pos / hist.n_pixels,
+        is_probability=hist.is_probability,
+        roc=roc,
+        operating_points=points,
+        confusion=Confusion(
+            tp=int(tp[chosen]),
+            fp=int(fp[chosen]),
+            tn=int(n_neg - fp[chosen]),
+            fn=int(n_pos - tp[chosen]),
+        ),
+        threshold_ci=_bootstrap_interval(hist, criterion, above_all),
+        brier=_finite(brier),
+        ece=_finite(ece),
+        reliability=None if table is None else tuple(map(ReliabilityRow.model_validate, table)),
+        tied_at_min_fraction=hist.n_at_min / hist.n_pixels,
+        per_image_thresholds=_per_image_spread(hist, criterion),
+        score_range=ScoreRange(
+            min=hist.score_min,
+            max=hist.score_max,
+            tied_at_max_fraction=hist.n_at_max / hist.n_pixels,
+        ),
+        quantisation=_quantisation(hist, b_chosen, threshold),
+    )
 
 
 def calibrate_arrays(
     pairs: Iterable[tuple[Any, Any]],
     scale: str = "probability",
-    strategy: str = "youden",
-    target: float | None = None,
-    cost_fp: float = 1.0,
-    cost_fn: float = 1.0,
+    criterion: Criterion = Criterion(),
     *,
     logits: bool = False,
     n_bootstrap: int = 200,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> CalibrationReport:
     """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
-    # Fail on bad parameters before the (possibly long) pass over the data.
-    check_strategy(strategy, target, cost_fp, cost_fn)
     hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed)
     for scores, mask in pairs:
         hist.update(scores, mask, logits=logits)
-    return build_report(hist, strategy, target, cost_fp, cost_fn)
+    return build_report(hist, criterion)
 
 
 def _sklearn_roc(
@@ -210,10 +202,7 @@ def _curve_indices(
 def _coarse_choice(
     hist: ScoreHistogram,
     counts: NDArray[np.number],
-    strategy: str,
-    target: float | None,
-    cost_fp: float,
-    cost_fn: float,
+    criterion: Criterion,
 ) -> tuple[float, float] | None:
     """The coarse bin a strategy picks on one coarse histogram: its (lower, upper) edge."""
     pos = counts[1::2]
@@ -221,7 +210,7 @@ def _coarse_choice(
     idx = np.flatnonzero((pos > 0) | (neg > 0))
     tp, fp = cumulative_counts(pos[idx], neg[idx])
     try:
-        i = select(tp, fp, strategy, target, cost_fp, cost_fn)
+        i = select(tp, fp, criterion)
     except CalibrationError:
         return None
     if i == 0:
@@ -232,88 +221,71 @@ def _coarse_choice(
 
 
 def _bootstrap_interval(
-    hist: ScoreHistogram,
-    strategy: str,
-    target: float | None,
-    cost_fp: float,
-    cost_fn: float,
-    above_all: float,
-) -> list[float] | None:
+    hist: ScoreHistogram, criterion: Criterion, above_all: float
+) -> tuple[float, float] | None:
     """95% interval of the chosen threshold over Poisson-bootstrap replicates of the images."""
     if hist.n_images < 2 or hist.resampler.n_bootstrap == 0:
         return None
-    picks = [
-        _coarse_choice(hist, rep, strategy, target, cost_fp, cost_fn)
-        for rep in hist.resampler.replicates()
-    ]
+    picks = [_coarse_choice(hist, rep, criterion) for rep in hist.resampler.replicates()]
     found = [p for p in picks if p is not None]
     if len(found) < _MIN_REPLICATES:
         return None
     lower = np.quantile([p[0] for p in found], 0.025, method="lower")
     upper = np.quantile([p[1] for p in found], 0.975, method="higher")
     # Coarse edges reach past the data (down to -inf, up to a whole bin above the top score).
-    return [
+    return (
         float(min(max(lower, hist.score_min), above_all)),
         float(min(max(upper, hist.score_min), above_all)),
-    ]
+    )
 
 
-def _per_image_spread(
-    hist: ScoreHistogram, strategy: str, target: float | None, cost_fp: float, cost_fn: float
-) -> dict[str, Any] | None:
+def _per_image_spread(hist: ScoreHistogram, criterion: Criterion) -> PerImageSpread | None:
     """Quantiles of per-image optimal thresholds over the reservoir of kept images."""
-    picks = [
-        _coarse_choice(hist, counts, strategy, target, cost_fp, cost_fn)
-        for counts in hist.resampler.kept()
-    ]
+    picks = [_coarse_choice(hist, counts, criterion) for counts in hist.resampler.kept()]
     values = np.array([p[0] for p in picks if p is not None], dtype=np.float64)
     if values.size == 0:
         return None
     values = np.clip(values, hist.score_min, None)
     q25, median, q75 = np.quantile(values, [0.25, 0.5, 0.75])
-    return {
-        "median": float(median),
-        "q25": float(q25),
-        "q75": float(q75),
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "n_images": int(values.size),
-        "sampled": hist.resampler.sampled,
-    }
+    return PerImageSpread(
+        median=float(median),
+        q25=float(q25),
+        q75=float(q75),
+        min=float(values.min()),
+        max=float(values.max()),
+        n_images=int(values.size),
+        sampled=hist.resampler.sampled,
+    )
 
 
-def _quantisation(hist: ScoreHistogram, chosen_bin: int | None, threshold: float) -> dict[str, Any]:
+def _quantisation(
+    hist: ScoreHistogram, chosen_bin: int | None, threshold: float
+) -> ProbabilityQuantisation | UnboundedQuantisation:
     """The bin layout, and the chosen threshold's bin and (probability heads) logit."""
-    out: dict[str, Any] = dict(hist.fine.describe())
-    if chosen_bin is None:
-        out["threshold_bin"] = [threshold, threshold]
-    else:
+    threshold_bin: tuple[float | None, float | None] = (threshold, threshold)
+    if chosen_bin is not None:
         b = np.array([chosen_bin])
-        out["threshold_bin"] = [
-            max(float(hist.fine.lower_edges(b)[0]), hist.score_min),
-            float(hist.fine.upper_edges(b)[0]),
-        ]
-    out["threshold_logit"] = None
-    out["logits_binned"] = hist.saw_logits
+        threshold_bin = (
+            _finite(max(float(hist.fine.lower_edges(b)[0]), hist.score_min)),
+            _finite(float(hist.fine.upper_edges(b)[0])),
+        )
+    threshold_logit: float | None = None
     if hist.is_probability:
         if chosen_bin is not None and threshold != hist.score_min:
-            out["threshold_logit"] = float(hist.fine.logit_of_edges(np.array([chosen_bin]))[0])
+            threshold_logit = float(hist.fine.logit_of_edges(np.array([chosen_bin]))[0])
         elif 0.0 < threshold < 1.0:
-            out["threshold_logit"] = math.log(threshold) - math.log1p(-threshold)
-    return out
+            threshold_logit = math.log(threshold) - math.log1p(-threshold)
+    kind = ProbabilityQuantisation if hist.is_probability else UnboundedQuantisation
+    return kind.model_validate(
+        {
+            **hist.fine.describe(),
+            "threshold_bin": threshold_bin,
+            "threshold_logit": _finite(threshold_logit),
+            "logits_binned": hist.saw_logits,
+        }
+    )
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain Python values only: numpy scalars unwrapped, NaN and infinities as None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    return value
+def _finite(value: float | None) -> float | None:
+    """None for a number JSON cannot hold (NaN, infinities), else the value as a Python float."""
+    return None if value is None or not math.isfinite(value) else float(value)

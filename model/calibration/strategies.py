@@ -26,6 +26,7 @@ index, as ``np.argmax`` on scikit-learn's curve does), except where the strategy
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,37 +46,62 @@ TARGET_STRATEGIES: tuple[str, ...] = ("target_tpr", "target_fpr", "target_precis
 _TARGET_NAMES = {"target_tpr": "TPR", "target_fpr": "FPR", "target_precision": "precision"}
 
 
-def check_strategy(
-    strategy: str, target: float | None = None, cost_fp: float = 1.0, cost_fn: float = 1.0
-) -> None:
-    """Raise CalibrationError unless the strategy and its parameters can choose a threshold."""
-    if strategy not in STRATEGIES:
-        raise CalibrationError(
-            f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
-        )
-    if strategy in TARGET_STRATEGIES:
-        if target is None:
+@dataclass(frozen=True)
+class Criterion:
+    """How a threshold is chosen: a strategy and its parameters, checked once when built.
+
+    Raises CalibrationError (a ValueError) with a message naming the fix when the strategy is
+    unknown, a target strategy lacks its target in (0, 1), another strategy is given one, or the
+    costs are negative, not finite or both 0. After that, only the data can stop `select`: a
+    class missing from the masks, or a target the curve never reaches.
+    """
+
+    strategy: str = "youden"
+    target: float | None = None
+    cost_fp: float = 1.0
+    cost_fn: float = 1.0
+
+    def __post_init__(self) -> None:
+        strategy, target = self.strategy, self.target
+        if strategy not in STRATEGIES:
             raise CalibrationError(
-                f"strategy {strategy!r} needs a target {_TARGET_NAMES[strategy]} in (0, 1)"
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
             )
-        t = _as_float(target, "target")
-        if not 0.0 < t < 1.0:
+        if strategy in TARGET_STRATEGIES:
+            if target is None:
+                raise CalibrationError(
+                    f"strategy {strategy!r} needs a target {_TARGET_NAMES[strategy]} in (0, 1)"
+                )
+            t = _as_float(target, "target")
+            if not 0.0 < t < 1.0:
+                raise CalibrationError(
+                    f"target must lie strictly between 0 and 1 for {strategy!r}, got {target!r}"
+                )
+            object.__setattr__(self, "target", t)
+        elif target is not None:
             raise CalibrationError(
-                f"target must lie strictly between 0 and 1 for {strategy!r}, got {target!r}"
+                f"strategy {strategy!r} takes no target; targets apply to "
+                f"{', '.join(TARGET_STRATEGIES)}"
             )
-    elif target is not None:
-        raise CalibrationError(
-            f"strategy {strategy!r} takes no target; targets apply to "
-            f"{', '.join(TARGET_STRATEGIES)}"
-        )
-    c_fp = _as_float(cost_fp, "cost_fp")
-    c_fn = _as_float(cost_fn, "cost_fn")
-    if not (math.isfinite(c_fp) and math.isfinite(c_fn)) or c_fp < 0 or c_fn < 0:
-        raise CalibrationError(
-            f"cost_fp and cost_fn must be finite and >= 0, got {cost_fp!r} and {cost_fn!r}"
-        )
-    if c_fp == 0 and c_fn == 0:
-        raise CalibrationError("cost_fp and cost_fn cannot both be 0: every threshold would tie")
+        c_fp = _as_float(self.cost_fp, "cost_fp")
+        c_fn = _as_float(self.cost_fn, "cost_fn")
+        if not (math.isfinite(c_fp) and math.isfinite(c_fn)) or c_fp < 0 or c_fn < 0:
+            raise CalibrationError(
+                f"cost_fp and cost_fn must be finite and >= 0, got {self.cost_fp!r} and "
+                f"{self.cost_fn!r}"
+            )
+        if c_fp == 0 and c_fn == 0:
+            raise CalibrationError(
+                "cost_fp and cost_fn cannot both be 0: every threshold would tie"
+            )
+        # Plain floats from here on, whatever number type the caller gave.
+        object.__setattr__(self, "cost_fp", c_fp)
+        object.__setattr__(self, "cost_fn", c_fn)
+
+    def with_strategy(self, strategy: str) -> Criterion:
+        """The same costs under another strategy; its target only if that strategy takes one."""
+        target = self.target if strategy == self.strategy else None
+        return Criterion(strategy, target, self.cost_fp, self.cost_fn)
 
 
 def _as_float(value: object, name: str) -> float:
@@ -103,19 +129,14 @@ def cumulative_counts(
     return tp, fp
 
 
-def select(
-    tp: NDArray[np.float64],
-    fp: NDArray[np.float64],
-    strategy: str,
-    target: float | None = None,
-    cost_fp: float = 1.0,
-    cost_fn: float = 1.0,
-) -> int:
-    """Index of the threshold `strategy` chooses on the cumulative counts `tp`, `fp`.
+def select(tp: NDArray[np.float64], fp: NDArray[np.float64], criterion: Criterion) -> int:
+    """Index of the threshold `criterion` chooses on the cumulative counts `tp`, `fp`.
 
     Raises CalibrationError when the ROC is undefined (no positive or no negative pixel) or the
     target cannot be met.
     """
+    strategy, target = criterion.strategy, criterion.target
+    cost_fp, cost_fn = criterion.cost_fp, criterion.cost_fn
     n_pos, n_neg = float(tp[-1]), float(fp[-1])
     if n_pos <= 0 or n_neg <= 0:
         missing, present = (

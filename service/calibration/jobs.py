@@ -28,7 +28,7 @@ import torch
 from anyio import to_thread
 
 from model.calibrate import calibrate_model
-from model.calibration import CalibrationError, check_strategy
+from model.calibration import CalibrationError, CalibrationReport, Criterion
 from model.data import DatasetError, load_pair
 from model.predict import Prediction
 from service.api.problems import ProblemError
@@ -58,17 +58,10 @@ POLL_S = 0.5  # how often a job waiting on the engine checks whether the service
 
 @dataclass(frozen=True)
 class CalibrationParams:
-    """What a client asked for: strategy, its parameters, and whether to activate the result."""
+    """What a client asked for: how to choose the threshold, and whether to activate it."""
 
-    strategy: str
-    target: float | None = None
-    cost_fp: float = 1.0
-    cost_fn: float = 1.0
+    criterion: Criterion
     activate: bool = True
-
-    def check(self) -> None:
-        """Raise CalibrationError unless the strategy can choose a threshold with these values."""
-        check_strategy(self.strategy, self.target, self.cost_fp, self.cost_fn)
 
 
 @dataclass
@@ -176,13 +169,18 @@ class CalibrationJobs:
     ) -> str:
         self._refuse_if_busy(served)  # again: extraction took a while
         record: dict[str, Any] = {
-            "cost_fp": params.cost_fp,
-            "cost_fn": params.cost_fn,
+            "cost_fp": params.criterion.cost_fp,
+            "cost_fn": params.criterion.cost_fn,
             "dataset": (filename or "")[:255],
             "n_images": len(dataset.pairs),
         }
         calibration_id = self.store.create_calibration(
-            served.name, served.digest, params.strategy, params.target, record, params.activate
+            served.name,
+            served.digest,
+            params.criterion.strategy,
+            params.criterion.target,
+            record,
+            params.activate,
         )
         job = _Job(calibration_id, served, params, workdir, dataset)
         with self._lock:
@@ -203,7 +201,7 @@ class CalibrationJobs:
             "calibration %s of model %s queued: %s, %d images",
             calibration_id,
             served.name,
-            params.strategy,
+            params.criterion.strategy,
             len(dataset.pairs),
         )
         return calibration_id
@@ -242,7 +240,7 @@ class CalibrationJobs:
             started = time.monotonic()
             report = self._calibrate(job)
             active = self.store.finish_calibration(
-                job.id, report, report["threshold"], report["auc"], activate=job.params.activate
+                job.id, report.to_dict(), report.threshold, report.auc, activate=job.params.activate
             )
             if active is not None:
                 self.metrics.set_threshold(name, active.value)
@@ -252,8 +250,8 @@ class CalibrationJobs:
                 job.id,
                 name,
                 time.monotonic() - started,
-                report["threshold"],
-                report["auc"],
+                report.threshold,
+                report.auc,
                 ", now active" if active is not None else "",
             )
         except _Stopped:
@@ -269,10 +267,9 @@ class CalibrationJobs:
         finally:
             self._forget(job)
 
-    def _calibrate(self, job: _Job) -> dict[str, Any]:
+    def _calibrate(self, job: _Job) -> CalibrationReport:
         """The report of one job: the model over every pair, counted into one histogram."""
         served, params = job.served, job.params
-        params.check()
         progress = _Progress(self.store, job.id, len(job.dataset.pairs))
 
         def pairs() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -293,10 +290,7 @@ class CalibrationJobs:
         return calibrate_model(
             served.network,
             pairs(),
-            params.strategy,
-            params.target,
-            params.cost_fp,
-            params.cost_fn,
+            params.criterion,
             on_image=on_image,
             predict_fn=lambda _network, image: self._predict(served, image),
         )

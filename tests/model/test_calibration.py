@@ -16,10 +16,11 @@ import model.calibration.histogram as histogram_module
 from model.calibration import (
     STRATEGIES,
     CalibrationError,
+    CalibrationReport,
+    Criterion,
     ScoreHistogram,
     build_report,
     calibrate_arrays,
-    check_strategy,
 )
 from model.calibration.strategies import cumulative_counts, select
 
@@ -106,9 +107,10 @@ class Case:
         self._reports: dict[str, dict[str, Any]] = {}
 
     def report(self, strategy: str) -> dict[str, Any]:
+        """The report's JSON form: what the API and the CLI give out."""
         if strategy not in self._reports:
-            target = TARGETS.get(strategy)
-            self._reports[strategy] = build_report(self.hist, strategy, target, **COSTS)
+            criterion = Criterion(strategy, TARGETS.get(strategy), **COSTS)
+            self._reports[strategy] = build_report(self.hist, criterion).to_dict()
         return self._reports[strategy]
 
     def counts_at(self, t: float) -> tuple[int, int]:
@@ -282,7 +284,7 @@ def test_bootstrap_interval_and_per_image_spread(case: Case) -> None:
     assert 0 < spread["n_images"] <= 24 and spread["sampled"] is False
     # Reproducible: the same seed gives the same interval.
     again = calibrate_arrays(case.pairs, SCALE[case.head])
-    assert again["threshold_ci"] == report["threshold_ci"]
+    assert again.threshold_ci == tuple(report["threshold_ci"])
 
 
 def test_brier_ece_and_reliability_match_raw_pixels() -> None:
@@ -311,17 +313,18 @@ def test_logits_keep_the_order_a_float32_sigmoid_loses() -> None:
     z = np.concatenate([zi.ravel() for zi, _ in pairs])
     y = np.concatenate([m.ravel() for _, m in pairs])
     by_logit = calibrate_arrays(pairs, "probability", logits=True)
-    assert by_logit["quantisation"]["logits_binned"] is True
-    assert abs(by_logit["auc"] - roc_auc_score(y, z)) < 1e-4
+    assert by_logit.quantisation.logits_binned is True
+    assert abs(by_logit.auc - roc_auc_score(y, z)) < 1e-4
     fpr, tpr, thr = roc_curve(y, z)
     best = thr[np.argmax(tpr - fpr)]
-    assert abs(by_logit["quantisation"]["threshold_logit"] - best) < 2e-3
+    assert by_logit.quantisation.threshold_logit is not None
+    assert abs(by_logit.quantisation.threshold_logit - best) < 2e-3
     # The same maps through a float32 sigmoid: the pixels above a logit of 16.6 tie at 1.0.
     p = [(head_output("sigmoid", zi), m) for zi, m in pairs]
     by_prob = calibrate_arrays(p, "probability")
-    assert by_prob["score_range"]["tied_at_max_fraction"] > 0.01
-    assert by_logit["score_range"]["tied_at_max_fraction"] < 1e-3
-    assert by_logit["threshold"] == pytest.approx(by_prob["threshold"], abs=2e-3)
+    assert by_prob.score_range.tied_at_max_fraction > 0.01
+    assert by_logit.score_range.tied_at_max_fraction < 1e-3
+    assert by_logit.threshold == pytest.approx(by_prob.threshold, abs=2e-3)
 
 
 def test_threshold_near_one_is_not_rounded() -> None:
@@ -330,8 +333,8 @@ def test_threshold_near_one_is_not_rounded() -> None:
     z = rng.normal(0, 3, (64, 64)) + 20.0
     mask = z > 20.7 + rng.normal(0, 0.3, z.shape)
     report = calibrate_arrays([(z, mask)], "probability", logits=True)
-    assert 0.999999 < report["threshold"] < 1.0
-    assert report["quantisation"]["threshold_logit"] == pytest.approx(20.7, abs=0.3)
+    assert 0.999999 < report.threshold < 1.0
+    assert report.quantisation.threshold_logit == pytest.approx(20.7, abs=0.3)
 
 
 def test_streaming_equals_one_shot_and_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,7 +345,7 @@ def test_streaming_equals_one_shot_and_paths_agree(monkeypatch: pytest.MonkeyPat
     whole = ScoreHistogram("probability")
     whole.update(np.concatenate([s for s, _ in pairs]), np.concatenate([m for _, m in pairs]))
     np.testing.assert_array_equal(streamed.counts, whole.counts)
-    a, b = build_report(streamed), build_report(whole)
+    a, b = build_report(streamed).to_dict(), build_report(whole).to_dict()
     for key in ("threshold", "auc", "average_precision", "confusion", "roc", "ece", "reliability"):
         assert a[key] == b[key], key
     assert a["brier"] == pytest.approx(b["brier"], rel=1e-6)
@@ -362,26 +365,27 @@ def test_dtypes_and_masks() -> None:
     p32 = head_output("sigmoid", z)
     ref = calibrate_arrays([(p32, m)], "probability")
     same = calibrate_arrays([(p32.astype(np.float64), (m * 255).astype(np.uint8))], "probability")
-    assert same["auc"] == ref["auc"] and same["threshold"] == ref["threshold"]
+    assert same.auc == ref.auc and same.threshold == ref.threshold
     counts = np.clip(z * 10, 0, 255).astype(np.uint8)  # an integer-valued unbounded head
     report = calibrate_arrays([(counts, m)], "unbounded")
-    assert report["auc"] == pytest.approx(roc_auc_score(m.ravel(), counts.ravel()), abs=1e-12)
-    assert float(report["threshold"]).is_integer()
+    assert report.auc == pytest.approx(roc_auc_score(m.ravel(), counts.ravel()), abs=1e-12)
+    assert float(report.threshold).is_integer()
 
 
 def test_one_image_has_no_interval() -> None:
     z, m = logit_maps(n_images=1)[0]
     report = calibrate_arrays([(z, m)], "unbounded")
-    assert report["threshold_ci"] is None
-    assert report["per_image_thresholds"]["n_images"] == 1
+    assert report.threshold_ci is None
+    assert report.per_image_thresholds is not None
+    assert report.per_image_thresholds.n_images == 1
 
 
 def test_reservoir_samples_when_images_exceed_it() -> None:
     hist = ScoreHistogram("unbounded", max_images_kept=4)
     for z, m in logit_maps(n_images=10, side=32):
         hist.update(z, m)
-    spread = build_report(hist)["per_image_thresholds"]
-    assert spread["sampled"] is True and spread["n_images"] <= 4
+    spread = build_report(hist).per_image_thresholds
+    assert spread is not None and spread.sampled is True and spread.n_images <= 4
 
 
 # -- strategies on hand-made counts ---------------------------------------------------------------
@@ -395,24 +399,24 @@ def test_tie_breaking_on_small_counts() -> None:
     assert tp.tolist() == [0, 3, 4, 6, 6, 7, 7]
     assert fp.tolist() == [0, 0, 1, 1, 2, 4, 8]
     # TPR >= 0.8 first holds at index 3 (6/7); index 3 has FP 1 like index 2: the higher TPR wins.
-    assert select(tp, fp, "target_tpr", 0.8) == 3
+    assert select(tp, fp, Criterion("target_tpr", 0.8)) == 3
     # FPR <= 0.25 allows up to index 4 (2/8); TP 6 first reached at index 3 (lower FPR) wins.
-    assert select(tp, fp, "target_fpr", 0.25) == 3
+    assert select(tp, fp, Criterion("target_fpr", 0.25)) == 3
     # Precision >= 0.85: index 1 (1.0), 2 (0.8 no), 3 (6/7 = 0.857 yes): highest recall is 3.
-    assert select(tp, fp, "target_precision", 0.85) == 3
-    assert select(tp, fp, "youden") == 3
+    assert select(tp, fp, Criterion("target_precision", 0.85)) == 3
+    assert select(tp, fp, Criterion("youden")) == 3
     # Only false negatives cost: the highest threshold with no FN.
-    assert select(tp, fp, "cost", cost_fp=0.0, cost_fn=1.0) == 5
+    assert select(tp, fp, Criterion("cost", cost_fp=0.0, cost_fn=1.0)) == 5
     # Only false positives cost: nothing positive (index 0) ties with index 1; the higher wins.
-    assert select(tp, fp, "cost", cost_fp=1.0, cost_fn=0.0) == 0
+    assert select(tp, fp, Criterion("cost", cost_fp=1.0, cost_fn=0.0)) == 0
 
 
 def test_unreachable_targets_say_so() -> None:
     tp, fp = cumulative_counts(np.array([5, 1]), np.array([5, 4]))
     with pytest.raises(CalibrationError, match="precision"):
-        select(tp, fp, "target_precision", 0.5)
+        select(tp, fp, Criterion("target_precision", 0.5))
     with pytest.raises(CalibrationError, match="FPR"):
-        select(tp, fp, "target_fpr", 0.1)
+        select(tp, fp, Criterion("target_fpr", 0.1))
 
 
 # -- errors a person can act on ------------------------------------------------------------------
@@ -441,15 +445,17 @@ P = np.linspace(0, 1, 64).reshape(8, 8)
         (lambda: calibrate_arrays([(P[None], HALF)], "probability"), "shape"),
         (lambda: calibrate_arrays([(P[:0], HALF[:0])], "probability"), "empty"),
         (lambda: calibrate_arrays([(P, HALF)], "logit"), "unknown scale"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="otsu"), "unknown strategy"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="target_tpr"), "needs a target"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="target_tpr", target=1.0), "between"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="target_fpr", target=0.0), "between"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="target_fpr", target=-0.5), "between"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="target_tpr", target=95), "between"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="f1", target=0.5), "takes no target"),
-        (lambda: calibrate_arrays([(P, HALF)], strategy="cost", cost_fp=-1), "cost_fp"),
-        (lambda: calibrate_arrays([(P, HALF)], cost_fp=0, cost_fn=0), "both be 0"),
+        (lambda: Criterion("otsu"), "unknown strategy"),
+        (lambda: Criterion("target_tpr"), "needs a target"),
+        (lambda: Criterion("target_tpr", target=1.0), "between"),
+        (lambda: Criterion("target_fpr", target=0.0), "between"),
+        (lambda: Criterion("target_fpr", target=-0.5), "between"),
+        (lambda: Criterion("target_tpr", target=95), "between"),
+        (lambda: Criterion("f1", target=0.5), "takes no target"),
+        (lambda: Criterion("cost", cost_fp=-1), "cost_fp"),
+        (lambda: Criterion(cost_fp=0, cost_fn=0), "both be 0"),
+        (lambda: Criterion("cost", cost_fn=math.inf), "finite"),
+        (lambda: Criterion("target_fpr", target="a lot"), "must be a number"),
         (lambda: calibrate_arrays([(P, HALF)], "unbounded", logits=True), "logits=True"),
         (lambda: calibrate_arrays([(P.astype(complex), HALF)]), "real numbers"),
     ],
@@ -461,7 +467,7 @@ def test_bad_input_raises_calibration_error(call: Callable[[], Any], message: st
 
 def test_nan_target_and_calibration_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="NaN"):
-        check_strategy("target_tpr", float("nan"))
+        Criterion("target_tpr", float("nan"))
 
 
 def test_rejected_image_leaves_the_histogram_as_it_was() -> None:
@@ -488,8 +494,8 @@ def _peak_mb(run: Callable[[], Any]) -> float:
     return peak / 2**20
 
 
-def _stream(n_images: int, side: int) -> Callable[[], dict[str, Any]]:
-    def run() -> dict[str, Any]:
+def _stream(n_images: int, side: int) -> Callable[[], CalibrationReport]:
+    def run() -> CalibrationReport:
         def images() -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for i in range(n_images):
                 yield from logit_maps(n_images=1, side=side, seed=i)
@@ -516,3 +522,60 @@ def test_memory_does_not_grow_with_the_number_of_pixels() -> None:
     large = _peak_mb(one(z_large, m_large))
     assert large <= 1.25 * small, (small, large)
     assert large < 100
+
+
+# -- the typed report and its JSON ---------------------------------------------------------------
+
+NESTED_KEYS = {
+    "roc": {"fpr", "tpr", "thresholds"},
+    "confusion": {"tp", "fp", "tn", "fn"},
+    "score_range": {"min", "max", "tied_at_max_fraction"},
+    "per_image_thresholds": {"median", "q25", "q75", "min", "max", "n_images", "sampled"},
+}
+QUANTISATION_KEYS = {"scheme", "n_bins", "mantissa_bits", "threshold_bin", "threshold_logit"} | {
+    "logits_binned"
+}
+LAYOUT_KEYS = {
+    "probability": {"max_step_probability", "max_step_logit", "resolved_logit_range"},
+    "unbounded": {"max_relative_step", "resolved_range"},
+}
+ROW_KEYS = {"lo", "hi", "mean_predicted", "observed_frequency", "count"}
+
+
+def test_typed_report_round_trips_through_the_documented_json(case: Case) -> None:
+    report = build_report(case.hist, Criterion("target_fpr", 0.05, **COSTS))
+    data = report.to_dict()
+    assert set(data) == DESIGN_KEYS | EXTRA_KEYS
+    for key, keys in NESTED_KEYS.items():
+        assert set(data[key]) == keys, key
+    assert set(data["quantisation"]) == QUANTISATION_KEYS | LAYOUT_KEYS[SCALE[case.head]]
+    assert all(set(point) == POINT_KEYS for point in data["operating_points"].values())
+    if data["reliability"] is not None:
+        assert all(set(row) == ROW_KEYS for row in data["reliability"])
+    assert _plain(data)  # lists, not tuples; no NaN
+    # The JSON the store keeps reads back to the same report, value for value.
+    assert json.loads(report.to_json()) == data
+    again = CalibrationReport.from_dict(json.loads(json.dumps(data)))
+    assert again == report and again.to_dict() == data
+    assert report.threshold == data["threshold"] == report.chosen.threshold
+    assert report.target == 0.05 and report.strategy == "target_fpr"
+
+
+def test_a_report_is_frozen_and_from_dict_refuses_other_shapes(case: Case) -> None:
+    report = build_report(case.hist)
+    with pytest.raises(ValueError, match="frozen"):
+        report.threshold = 0.5  # type: ignore[misc]
+    data = report.to_dict()
+    with pytest.raises(ValueError, match="auc"):
+        CalibrationReport.from_dict({k: v for k, v in data.items() if k != "auc"})
+    with pytest.raises(ValueError, match="surprise"):
+        CalibrationReport.from_dict({**data, "surprise": 1})
+
+
+def test_criterion_is_checked_once_and_holds_plain_floats() -> None:
+    criterion = Criterion("target_tpr", np.float32(0.5), cost_fp=np.int64(2))
+    assert criterion.target == 0.5 and type(criterion.target) is float
+    assert criterion.cost_fp == 2.0 and type(criterion.cost_fp) is float
+    # Other strategies keep the costs and drop a target they do not take.
+    assert criterion.with_strategy("cost") == Criterion("cost", None, 2.0, 1.0)
+    assert criterion.with_strategy("target_tpr") == criterion

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from model.calibrate import add_to_histogram
-from model.calibration import STRATEGIES, ScoreHistogram, build_report
+from model.calibration import STRATEGIES, Criterion, ScoreHistogram, build_report
 from model.checkpoint import load_checkpoint
 from model.data import iter_pairs
 from model.predict import predict
@@ -41,7 +41,7 @@ def outputs(shipped_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.parametrize("head", ["sigmoid", "relu"])
 def test_auc_matches_raw_pixels(outputs: dict, head: str) -> None:
     hist, scores, labels = outputs[head]
-    assert abs(build_report(hist)["auc"] - roc_auc_score(labels, scores)) <= 2e-3
+    assert abs(build_report(hist).auc - roc_auc_score(labels, scores)) <= 2e-3
 
 
 @pytest.mark.parametrize("head", ["sigmoid", "relu"])
@@ -50,12 +50,12 @@ def test_each_strategy_lands_on_the_raw_optimum(outputs: dict, head: str) -> Non
     fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     for strategy in STRATEGIES:
-        report = build_report(hist, strategy, **PARAMS.get(strategy, {}))
+        report = build_report(hist, Criterion(strategy, **PARAMS.get(strategy, {})))
         raw_value, raw_ok = _raw_objective(
             strategy, np.rint(tpr * n_pos), np.rint(fpr * n_neg), n_pos, n_neg
         )
         best = int(np.flatnonzero(raw_ok)[np.argmax(raw_value[raw_ok])])
-        chosen = report["threshold"]
+        chosen = report.threshold
         selected = scores >= np.float32(chosen)
         tp, fp = int((selected & labels).sum()), int((selected & ~labels).sum())
         value, ok = _raw_objective(strategy, np.array([tp]), np.array([fp]), n_pos, n_neg)

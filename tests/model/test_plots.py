@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.calibration import calibrate_arrays
+from model.calibration import CalibrationReport, Criterion, calibrate_arrays
 from model.calibration.plots import roc_png
 
 
-def report(scale: str = "probability", **options: Any) -> dict[str, Any]:
+def report(scale: str = "probability", **options: Any) -> CalibrationReport:
     """A calibration report of noisy synthetic scores (AUC about 0.9)."""
     rng = np.random.default_rng(0)
     pairs = []
@@ -24,7 +24,7 @@ def report(scale: str = "probability", **options: Any) -> dict[str, Any]:
         relu = np.maximum(scores * 4 - 1, 0)
         scores = np.clip(scores, 0, 1) if scale == "probability" else relu
         pairs.append((scores, mask))
-    return calibrate_arrays(pairs, scale, n_bootstrap=20, **options)
+    return calibrate_arrays(pairs, scale, Criterion(**options), n_bootstrap=20)
 
 
 def decoded(png: bytes) -> np.ndarray:
@@ -54,6 +54,7 @@ def test_roc_png_is_a_png_with_the_marks(scale: str, options: dict[str, Any]) ->
 
 
 def test_roc_png_without_a_fixed_point() -> None:
-    plain = report()
-    del plain["operating_points"]["fixed_0.5"]
+    full = report()
+    points = {name: p for name, p in full.operating_points.items() if name != "fixed_0.5"}
+    plain = full.model_copy(update={"operating_points": points})
     assert decoded(roc_png(plain)).size > 0

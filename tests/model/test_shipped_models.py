@@ -48,5 +48,5 @@ def test_relu_head_threshold_is_not_the_conventional_half(
     data = tmp_path / "set"
     write_dataset(data, n=8, seed=503)
     report = calibrate_checkpoint(shipped_weights / "unet-relu.safetensors", data)
-    assert not report["is_probability"]
-    assert report["tied_at_min_fraction"] > 0.3  # most background pixels sit at exactly 0
+    assert not report.is_probability
+    assert report.tied_at_min_fraction > 0.3  # most background pixels sit at exactly 0

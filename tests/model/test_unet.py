@@ -80,6 +80,22 @@ def test_padding_does_not_shift_the_output() -> None:
     assert torch.allclose(whole[..., 8:20, 8:20], padded_view[..., 8:20, 8:20], atol=1e-2)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (30, 27), (3, 5)])
+def test_pad_to_grid_is_the_padding_logits_uses(size: tuple[int, int]) -> None:
+    """The public padding puts the input at the returned offset of a grid-sized tensor."""
+    torch.manual_seed(0)
+    network = UNet(UNetConfig(depth=2, base_channels=4, norm="none")).eval()
+    image = torch.rand(1, 1, *size)
+    padded, (top, left) = network.pad_to_grid(image)
+    height, width = size
+    assert padded.shape[-2] % network.multiple == 0 and padded.shape[-1] % network.multiple == 0
+    assert torch.equal(padded[..., top : top + height, left : left + width], image)
+    with torch.inference_mode():
+        # `logits` of the image is `logits` of the padded tensor cropped at the offset.
+        cropped = network.logits(padded)[..., top : top + height, left : left + width]
+        assert torch.equal(network.logits(image), cropped)
+
+
 @pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_every_normalisation_builds(norm: str) -> None:
     network = UNet(UNetConfig(depth=2, base_channels=8, norm=norm)).eval()

@@ -7,7 +7,13 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
-from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError
+from model.calibration import (
+    STRATEGIES,
+    TARGET_STRATEGIES,
+    CalibrationError,
+    CalibrationReport,
+    Criterion,
+)
 from model.calibration.plots import roc_png
 from service.api.dependencies import Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
@@ -116,9 +122,8 @@ async def start_calibration(
     ] = True,
 ) -> Calibration:
     """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
-    params = CalibrationParams(strategy.strip().lower(), target, cost_fp, cost_fn, activate)
     try:
-        params.check()
+        criterion = Criterion(strategy.strip().lower(), target, cost_fp, cost_fn)
     except CalibrationError as error:
         raise ProblemError(
             422, "Invalid calibration parameters", str(error), slug="invalid-calibration"
@@ -126,6 +131,7 @@ async def start_calibration(
     data = await read_upload(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
+    params = CalibrationParams(criterion, activate)
     calibration_id = await services.jobs.start(served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (
@@ -173,7 +179,7 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
     assert record.report is not None  # a succeeded calibration always has its report
     # A succeeded calibration never changes, so its plot may be cached for good.
     return Response(
-        roc_png(record.report),
+        roc_png(CalibrationReport.from_dict(record.report)),
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )

@@ -1,0 +1,148 @@
+"""The calibration report as typed, frozen values (DESIGN.md, "The calibration report").
+
+`CalibrationReport.to_dict()` is the JSON schema the API, the CLI and the store have always used,
+key for key; `from_dict()` reads it back (a stored report, a CLI's JSON) and rejects anything
+else. Pydantic does the nesting, the checking and the JSON, so readers use attributes instead of
+string keys and a misspelt key fails at the type checker instead of at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Frozen(BaseModel):
+    # Unknown keys are errors: a report holds exactly its schema's keys. NaN and infinities are
+    # too, since JSON has neither: the builder writes an undefined number as None.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Roc(_Frozen):
+    """At most 512 points of the ROC curve, highest threshold first."""
+
+    fpr: tuple[float, ...]
+    tpr: tuple[float, ...]
+    thresholds: tuple[float, ...]
+
+
+class OperatingPoint(_Frozen):
+    """One threshold and its rates; precision is None where nothing is selected."""
+
+    threshold: float
+    tpr: float
+    fpr: float
+    precision: float | None
+    f1: float
+    iou: float
+    youden_j: float
+
+
+class Confusion(_Frozen):
+    """Pixel counts at the chosen threshold."""
+
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+
+class ReliabilityRow(_Frozen):
+    """One equal-width probability bin of the reliability table (None: no pixel in it)."""
+
+    lo: float
+    hi: float
+    mean_predicted: float | None
+    observed_frequency: float | None
+    count: int
+
+
+class PerImageSpread(_Frozen):
+    """Quantiles of each image's own optimal threshold under the chosen strategy."""
+
+    median: float
+    q25: float
+    q75: float
+    min: float
+    max: float
+    n_images: int
+    sampled: bool
+
+
+class ScoreRange(_Frozen):
+    """The lowest and highest score seen, and the share of pixels tied at the highest."""
+
+    min: float
+    max: float
+    tied_at_max_fraction: float
+
+
+class ProbabilityQuantisation(_Frozen):
+    """The bin layout of a probability head and where the chosen threshold falls in it."""
+
+    scheme: str
+    n_bins: int
+    mantissa_bits: int
+    max_step_probability: float
+    max_step_logit: float
+    resolved_logit_range: tuple[float, float]
+    threshold_bin: tuple[float | None, float | None]
+    threshold_logit: float | None
+    logits_binned: bool
+
+
+class UnboundedQuantisation(_Frozen):
+    """The bin layout of an unbounded head and where the chosen threshold falls in it."""
+
+    scheme: str
+    n_bins: int
+    mantissa_bits: int
+    max_relative_step: float
+    resolved_range: tuple[float, float]
+    threshold_bin: tuple[float | None, float | None]
+    threshold_logit: float | None
+    logits_binned: bool
+
+
+class CalibrationReport(_Frozen):
+    """A calibration's threshold and the evidence for it."""
+
+    threshold: float
+    strategy: str
+    target: float | None
+    auc: float
+    average_precision: float
+    n_images: int
+    n_pixels: int
+    positive_fraction: float
+    is_probability: bool
+    roc: Roc
+    operating_points: dict[str, OperatingPoint]
+    confusion: Confusion
+    threshold_ci: tuple[float, float] | None
+    brier: float | None
+    ece: float | None
+    reliability: tuple[ReliabilityRow, ...] | None
+    tied_at_min_fraction: float
+    per_image_thresholds: PerImageSpread | None
+    score_range: ScoreRange
+    quantisation: ProbabilityQuantisation | UnboundedQuantisation
+
+    @property
+    def chosen(self) -> OperatingPoint:
+        """The operating point of the chosen threshold."""
+        return self.operating_points[self.strategy]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON values (lists, not tuples), in the documented schema."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        """The report as one line of JSON."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:
+        """A report read back from its `to_dict()` form; ValidationError if it is not one."""
+        return cls.model_validate(data)

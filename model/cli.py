@@ -1,0 +1,229 @@
+"""The model's commands: synth, train, evaluate, calibrate and make-weights.
+
+`add_commands` puts them on any argparse sub-command set, so the `unet` script (service/cli.py)
+offers them next to `serve`; `python -m model.cli COMMAND` runs them without the service.
+Each handler imports its own work, so building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from model.activations import ACTIVATIONS
+from model.blocks import NORMS
+from model.heads import HEADS
+
+DESCRIPTION = "The model's commands: synth, train, evaluate, calibrate, make-weights."
+EXIT_USAGE = 2  # bad input, like argparse's own usage errors
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m model.cli`."""
+    parser = argparse.ArgumentParser(prog="python -m model.cli", description=DESCRIPTION)
+    add_commands(parser.add_subparsers(required=True, metavar="COMMAND"))
+    return run(parser, argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the chosen command and return its exit code."""
+    args = parser.parse_args(argv)
+    command: Handler = args.command
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError) as error:
+        # Every input problem surfaces as one line naming the file and the fix, never a traceback.
+        print(f"{parser.prog} {args.name}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Handler,
+    help: str,
+    *,
+    json_option: bool = True,
+) -> argparse.ArgumentParser:
+    """A sub-command that runs `handler`; with `json_option`, it takes `--json`."""
+    sub = commands.add_parser(name, help=help, description=help)
+    sub.set_defaults(command=handler, name=name)
+    if json_option:
+        sub.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    return sub
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add synth, train, evaluate, calibrate and make-weights to `commands`."""
+    synth = add_command(commands, "synth", _synth, "write a synthetic microscopy-like data set")
+    synth.add_argument("--out", type=Path, required=True, help="folder to create images/ masks/ in")
+    synth.add_argument("--n", type=int, required=True, help="number of images")
+    synth.add_argument("--seed", type=int, required=True, help="seed; same seed, same images")
+    synth.add_argument("--size", type=int, default=128, help="side in pixels (default 128)")
+
+    train = add_command(commands, "train", _train, "train a U-Net and write a checkpoint")
+    train.add_argument("--data", type=Path, required=True, help="data set: images/ + masks/")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint path (NAME.safetensors)")
+    train.add_argument("--val", type=Path, help="validation set (default: hold out 10%% of --data)")
+    train.add_argument("--head", choices=HEADS, default="sigmoid")
+    train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    train.add_argument("--norm", choices=NORMS, default="batch")
+    train.add_argument("--depth", type=int, default=3)
+    train.add_argument("--base-channels", type=int, default=16)
+    train.add_argument("--in-channels", type=int, default=1)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--dice-weight", type=float, default=0.0, help="add soft Dice to the loss")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    evaluate = add_command(
+        commands, "evaluate", _evaluate, "Dice, IoU, AUC and activation statistics"
+    )
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--threshold", type=float, help="default: the checkpoint's own")
+
+    calibrate = add_command(
+        commands, "calibrate", _calibrate, "pick a threshold from the ROC curve"
+    )
+    calibrate.add_argument("--checkpoint", type=Path, required=True)
+    calibrate.add_argument("--data", type=Path, required=True)
+    calibrate.add_argument("--strategy", default="youden")
+    calibrate.add_argument(
+        "--target", type=float, help="for target_tpr/target_fpr/target_precision"
+    )
+    calibrate.add_argument("--cost-fp", type=float, default=1.0, help="cost of a false positive")
+    calibrate.add_argument("--cost-fn", type=float, default=1.0, help="cost of a false negative")
+    calibrate.add_argument("--plot", type=Path, help="also write the ROC curve as a PNG here")
+
+    _add_make_weights(commands)
+
+
+def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    weights = add_command(
+        commands,
+        "make-weights",
+        _make_weights,
+        "reproduce the shipped checkpoints in model/weights (trains for many minutes on CPU; "
+        "--calibrate-only redoes just their default thresholds)",
+    )
+    weights.add_argument("--work", type=Path, default=Path("runs/weights"), help="scratch folder")
+    weights.add_argument("--out", type=Path, help="where the checkpoints go (model/weights)")
+    weights.add_argument("--n-train", type=int, default=384)
+    weights.add_argument("--n-val", type=int, default=64)
+    weights.add_argument("--epochs", type=int, default=12)
+    weights.add_argument(
+        "--heads", nargs="+", choices=HEADS, default=["sigmoid", "relu"], metavar="HEAD"
+    )
+    weights.add_argument("--strategy", default="f1", help="how the default threshold is chosen")
+    weights.add_argument(
+        "--calibrate-only", action="store_true", help="keep the weights, redo the thresholds"
+    )
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from model.synth import write_dataset
+
+    write_dataset(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json)
+    emit(args, {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size})
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train
+    from model.unet import UNetConfig
+
+    architecture = UNetConfig(
+        in_channels=args.in_channels,
+        depth=args.depth,
+        base_channels=args.base_channels,
+        activation=args.activation,
+        head=args.head,
+        norm=args.norm,
+        out_channels=2 if args.head == "softmax" else 1,
+    )
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dice_weight=args.dice_weight,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = train(architecture, args.data, args.out, config, args.val, progress=not args.json)
+    best = result.val_dice[result.best_epoch - 1] if result.val_dice else None
+    emit(
+        args,
+        {"checkpoint": str(result.checkpoint), "best_epoch": result.best_epoch, "val_dice": best},
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, args.threshold, progress=not args.json)
+    emit(args, report)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from model.calibrate import calibrate_checkpoint
+    from model.calibration import Criterion
+
+    criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
+    report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
+    if args.plot:
+        from model.calibration.plots import roc_png
+
+        args.plot.write_bytes(roc_png(report))
+    emit(args, report.to_dict())
+    return 0
+
+
+def _make_weights(args: argparse.Namespace) -> int:
+    from model.calibration import Criterion
+    from model.make_weights import WEIGHTS, WeightsPlan, make_weights
+
+    out = args.out or WEIGHTS
+    plan = WeightsPlan(
+        work=args.work,
+        out=out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        epochs=args.epochs,
+        heads=tuple(args.heads),
+        criterion=Criterion(args.strategy),
+        calibrate_only=args.calibrate_only,
+    )
+    thresholds = make_weights(plan, progress=not args.json)
+    if not args.json:
+        for name, threshold in thresholds.items():
+            print(f"{name}: threshold {threshold:.4g} ({args.strategy})")
+    emit(args, {"out": str(out), "strategy": args.strategy, "thresholds": thresholds})
+    return 0
+
+
+def emit(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """`--json`: one JSON object on stdout and nothing else; otherwise a readable summary."""
+    if args.json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        if not isinstance(value, dict | list):
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
