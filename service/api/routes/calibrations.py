@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
+from anyio import to_thread
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError
@@ -130,7 +131,10 @@ async def start_calibration(
     response.headers["Location"] = (
         f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{calibration_id}"
     )
-    return _view(services, served, _record(services, served, calibration_id))
+    # SQLite reads in a worker thread: this route is async, and the event loop must not wait.
+    return await to_thread.run_sync(
+        lambda: _view(services, served, _record(services, served, calibration_id))
+    )
 
 
 @router.get("", summary="List a model's calibrations", responses=problem_responses(404))
