@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError
 from model.calibration.plots import roc_png
-from service.api.dependencies import Authorized, ModelDep, ServicesDep
+from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
@@ -182,12 +182,14 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
     responses=problem_responses(401, 404, 409),
 )
 def activate_calibration(
-    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
+    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId, actor: Actor = None
 ) -> Threshold:
     """The calibration's threshold is in force from now on (source `calibration`)."""
     _succeeded(_record(services, served, calibration_id), "activation")
     try:
-        active = services.store.activate_calibration(served.name, served.digest, calibration_id)
+        active = services.store.activate_calibration(
+            served.name, served.digest, calibration_id, actor=actor
+        )
     except CalibrationNotFound:
         _record(services, served, calibration_id)  # raises the 404
         raise
