@@ -16,6 +16,8 @@ from model.predict import predict
 from model.synth import write_dataset
 from tests.helpers import COSTS, TARGETS, raw_objective
 
+pytestmark = pytest.mark.slow  # its module fixture is among the slowest (--durations)
+
 PARAMS = {name: {"target": target} for name, target in TARGETS.items()} | {"cost": COSTS}
 
 
