@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from model.device import pick_device
@@ -81,10 +82,7 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     """Models, store, engine and jobs for the app's lifetime."""
     device = pick_device(settings.device)
     registry = ModelRegistry.from_folder(settings.model_dir, device)
-    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
-    interrupted = store.fail_interrupted("the service restarted while this calibration ran")
-    if interrupted:
-        log.warning("marked %d interrupted calibration(s) failed", interrupted)
+    store = await to_thread.run_sync(_open_store, settings, registry)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics)
@@ -100,3 +98,18 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         await jobs.stop()
         await engine.stop()
         store.close()
+
+
+def _open_store(settings: Settings, registry: ModelRegistry) -> ThresholdStore:
+    """The store with the last process's leftovers settled and every model's threshold in memory.
+
+    Run in a worker thread: SQLite never blocks the event loop.
+    """
+    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
+    interrupted = store.fail_interrupted("the service restarted while this calibration ran")
+    if interrupted:
+        log.warning("marked %d interrupted calibration(s) failed", interrupted)
+    for served in registry:
+        store.note_checkpoint(served.name, served.digest)
+        store.active_threshold(served.name, served.digest)  # first requests then read memory
+    return store

@@ -25,13 +25,21 @@ class Services:
 
     def active_threshold(self, served: ServedModel) -> ActiveThreshold:
         """The threshold in force: stored for this exact checkpoint, else the checkpoint default."""
-        stored = self.store.active_threshold(served.name, served.digest)
-        if stored is not None:
-            return stored
-        return ActiveThreshold(
-            value=served.default_threshold,
-            source="default",
-            calibration_id=None,
-            digest=served.digest,
-            updated=None,
-        )
+        return _or_default(served, self.store.active_threshold(served.name, served.digest))
+
+    async def active_threshold_async(self, served: ServedModel) -> ActiveThreshold:
+        """`active_threshold` for async code: never waits on SQLite on the event loop."""
+        stored = await self.store.active_threshold_async(served.name, served.digest)
+        return _or_default(served, stored)
+
+
+def _or_default(served: ServedModel, stored: ActiveThreshold | None) -> ActiveThreshold:
+    if stored is not None:
+        return stored
+    return ActiveThreshold(
+        value=served.default_threshold,
+        source="default",
+        calibration_id=None,
+        digest=served.digest,
+        updated=None,
+    )

@@ -44,6 +44,7 @@ def test_synth_writes_matching_binary_pairs(data: Path) -> None:
     assert set(np.unique(mask)) <= {0, 255}
 
 
+@pytest.mark.slow
 def test_train_evaluate_calibrate_round_trip(
     capsys: pytest.CaptureFixture[str], data: Path, tmp_path: Path
 ) -> None:
@@ -97,6 +98,7 @@ def test_train_evaluate_calibrate_round_trip(
     assert Image.open(plot).format == "PNG"
 
 
+@pytest.mark.slow
 def test_console_script_prints_only_json(data: Path) -> None:
     unet = Path(sys.executable).with_name("unet")
     result = subprocess.run(

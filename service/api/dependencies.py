@@ -66,3 +66,14 @@ async def require_api_key(
 
 
 Authorized = Depends(require_api_key)
+
+
+# Free text, not authenticated: the API key says a caller may change state, not who they are.
+Actor = Annotated[
+    str | None,
+    Header(
+        alias="X-Actor",
+        max_length=200,
+        description="Who makes the change (e.g. a user name), kept in the threshold's history.",
+    ),
+]

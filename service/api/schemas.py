@@ -66,6 +66,49 @@ class ThresholdUpdate(BaseModel):
     value: float = Field(description="New threshold, inside the head's output range.")
 
 
+class ThresholdChange(BaseModel):
+    """One change of a model's active threshold, as the audit trail keeps it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "at": "2026-11-22T09:30:00.004Z",
+                    "value": 0.3871,
+                    "source": "calibration",
+                    "calibration_id": "0193a1c2e4f57a1b2c3d4e5f6a7b8c9d",
+                    "actor": None,
+                    "previous_value": 0.5,
+                    "previous_source": "default",
+                    "digest": "5f0c…",
+                    "reason": None,
+                }
+            ]
+        }
+    )
+
+    at: datetime = Field(description="When the change took effect.")
+    value: float | None = Field(
+        description="The threshold from then on; null only for the default of a checkpoint that "
+        "is no longer served."
+    )
+    source: ThresholdSource = Field(description="default, calibration or manual.")
+    calibration_id: str | None = Field(None, description="The calibration it came from, if any.")
+    actor: str | None = Field(None, description="Who made it, as their X-Actor header said.")
+    previous_value: float | None = Field(None, description="The threshold before the change.")
+    previous_source: ThresholdSource = Field(description="Where the previous threshold came from.")
+    digest: str = Field(description="SHA-256 of the checkpoint the change applies to.")
+    reason: str | None = Field(
+        None, description="Why the service changed it by itself, e.g. a changed checkpoint."
+    )
+
+
+class ThresholdHistory(BaseModel):
+    """A model's threshold changes, newest first."""
+
+    changes: list[ThresholdChange]
+
+
 class ModelInfo(BaseModel):
     """A served model."""
 

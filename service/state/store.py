@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from anyio import to_thread
+
 log = logging.getLogger(__name__)
 
 ThresholdSource = Literal["default", "calibration", "manual"]
@@ -185,11 +187,11 @@ class ThresholdStore:
         # A pool rather than one locked connection: in WAL mode readers on the event loop never
         # wait for a writer's fsync, and a pooled connection skips the ~0.5 ms cost of opening one.
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._ignored_lock = threading.Lock()
-        self._ignored: set[tuple[str, str]] = set()
         # Every inference request reads its model's active threshold. This process is the
         # store's only writer (one process per state folder), so the answers are kept in memory
-        # and dropped at every write; `_generation` keeps a read that raced a write out.
+        # and dropped when a threshold changes (not at other writes: a calibration's progress
+        # ticks must not send inference back to SQLite); `_generation` keeps a read that raced
+        # a threshold change out.
         self._active: dict[tuple[str, str], ActiveThreshold | None] = {}
         self._generation = 0
         self._cache_lock = threading.Lock()
@@ -233,15 +235,17 @@ class ThresholdStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A transaction that takes the write lock at once, so its reads cannot go stale."""
-        try:
-            with self._connection() as db:
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-                db.execute("COMMIT")
-        finally:
-            with self._cache_lock:
-                self._generation += 1
-                self._active.clear()
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+
+    def _thresholds_changed(self) -> None:
+        # Called after the commit: a read that began before it sees a newer generation and
+        # leaves the cache alone, so a stale answer never outlives the change.
+        with self._cache_lock:
+            self._generation += 1
+            self._active.clear()
 
     def close(self) -> None:
         """Close the idle connections (call once no other thread uses the store)."""
@@ -313,9 +317,11 @@ class ThresholdStore:
             )
             if not (bool(row["activate"]) if activate is None else activate):
                 return None
-            return self._set_active(
+            active = self._set_active(
                 db, row["model"], row["digest"], threshold, "calibration", calibration_id, None
             )
+        self._thresholds_changed()
+        return active
 
     def fail_calibration(self, calibration_id: str, error: str) -> None:
         """Mark a queued or running job failed with a message a person can act on."""
@@ -385,52 +391,56 @@ class ThresholdStore:
                 self._active[key] = active
         return active
 
+    async def active_threshold_async(self, model: str, digest: str) -> ActiveThreshold | None:
+        """`active_threshold` for async code: from memory, or read from SQLite in a thread."""
+        with self._cache_lock:
+            if (model, digest) in self._active:
+                return self._active[(model, digest)]
+        return await to_thread.run_sync(self.active_threshold, model, digest)
+
     def _read_active(self, model: str, digest: str) -> ActiveThreshold | None:
-        # One recorded for another digest of the model is ignored, with a warning and an audit
-        # entry the first time.
         with self._connection() as db:
             row = db.execute(
                 "SELECT value, source, calibration_id, digest, updated FROM active_thresholds "
                 "WHERE model = ? AND digest = ?",
                 (model, digest),
             ).fetchone()
-            if row is not None:
-                return _active(row)
+        return None if row is None else _active(row)
+
+    def note_checkpoint(self, model: str, digest: str) -> bool:
+        """At start-up: log and audit (once) a threshold of `model` left by another checkpoint.
+
+        A threshold recorded for one checkpoint never applies to another, so a changed checkpoint
+        runs on its default; this says so, and returns whether a stored threshold was ignored.
+        """
+        # A write of its own, called once per model at start-up: a read must never write.
+        with self._write() as db:
+            if self._current(db, model, digest) is not None:
+                return False
             stale = db.execute(
                 "SELECT value, source, digest FROM active_thresholds WHERE model = ? "
                 "ORDER BY updated DESC LIMIT 1",
                 (model,),
             ).fetchone()
-        if stale is not None:
-            self._note_ignored(model, digest, stale)
-        return None
-
-    def _note_ignored(self, model: str, digest: str, stale: sqlite3.Row) -> None:
-        with self._ignored_lock:
-            if (model, digest) in self._ignored:
-                return
-            self._ignored.add((model, digest))
-        reason = (
-            f"checkpoint changed: the {stale['source']} threshold {stale['value']:g} recorded for "
-            f"digest {stale['digest'][:12]} does not apply to digest {digest[:12]}"
-        )
-        log.warning("model %s: %s; using the checkpoint's default", model, reason)
-        try:
-            with self._write() as db:
-                seen = db.execute(
-                    "SELECT 1 FROM threshold_history WHERE model = ? AND digest = ? AND reason = ?",
-                    (model, digest, reason),
-                ).fetchone()
-                if seen is None:
-                    db.execute(
-                        "INSERT INTO threshold_history (at, model, digest, value, source,"
-                        " previous_value, previous_source, reason)"
-                        " VALUES (?, ?, ?, NULL, 'default', ?, ?, ?)",
-                        (_now(), model, digest, stale["value"], stale["source"], reason),
-                    )
-        except sqlite3.Error:
-            # The audit note is a courtesy; a busy or read-only database must not fail inference.
-            log.exception("model %s: could not record the ignored threshold", model)
+            if stale is None:
+                return False
+            reason = (
+                f"checkpoint changed: the {stale['source']} threshold {stale['value']:g} recorded "
+                f"for digest {stale['digest'][:12]} does not apply to digest {digest[:12]}"
+            )
+            log.warning("model %s: %s; using the checkpoint's default", model, reason)
+            seen = db.execute(
+                "SELECT 1 FROM threshold_history WHERE model = ? AND digest = ? AND reason = ?",
+                (model, digest, reason),
+            ).fetchone()
+            if seen is None:
+                db.execute(
+                    "INSERT INTO threshold_history (at, model, digest, value, source,"
+                    " previous_value, previous_source, reason)"
+                    " VALUES (?, ?, ?, NULL, 'default', ?, ?, ?)",
+                    (_now(), model, digest, stale["value"], stale["source"], reason),
+                )
+            return True
 
     def set_manual(
         self, model: str, digest: str, value: float, actor: str | None = None
@@ -438,7 +448,9 @@ class ThresholdStore:
         """Make `value` the active threshold of this checkpoint (source `manual`)."""
         value = _finite(value, "threshold")
         with self._write() as db:
-            return self._set_active(db, model, digest, value, "manual", None, actor)
+            active = self._set_active(db, model, digest, value, "manual", None, actor)
+        self._thresholds_changed()
+        return active
 
     def activate_calibration(
         self, model: str, digest: str, calibration_id: str, actor: str | None = None
@@ -462,9 +474,11 @@ class ThresholdStore:
                     f"{row['digest'][:12]}, but model {model!r} now has digest {digest[:12]}; "
                     "calibrate the current checkpoint"
                 )
-            return self._set_active(
+            active = self._set_active(
                 db, model, digest, row["threshold"], "calibration", calibration_id, actor
             )
+        self._thresholds_changed()
+        return active
 
     def reset_to_default(self, model: str, digest: str, actor: str | None = None) -> bool:
         """Drop this checkpoint's stored threshold so its default applies; False if none was set."""
@@ -476,7 +490,8 @@ class ThresholdStore:
                 "DELETE FROM active_thresholds WHERE model = ? AND digest = ?", (model, digest)
             )
             self._audit(db, model, digest, None, "default", None, previous, actor)
-            return True
+        self._thresholds_changed()
+        return True
 
     def history(self, model: str) -> list[ThresholdChange]:
         """The audit trail of `model`'s threshold changes, newest first."""

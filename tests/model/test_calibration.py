@@ -23,6 +23,7 @@ from model.calibration import (
     calibrate_arrays,
 )
 from model.calibration.strategies import cumulative_counts, select
+from tests.helpers import COSTS, DESIGN_KEYS, POINT_KEYS, TARGETS, raw_objective
 
 HEADS = ("sigmoid", "hard_sigmoid", "relu", "identity")
 SCALE = {
@@ -31,28 +32,7 @@ SCALE = {
     "relu": "unbounded",
     "identity": "unbounded",
 }
-TARGETS = {"target_tpr": 0.9, "target_fpr": 0.05, "target_precision": 0.8}
-COSTS = {"cost_fp": 1.0, "cost_fn": 4.0}
-DESIGN_KEYS = {
-    "threshold",
-    "strategy",
-    "target",
-    "auc",
-    "average_precision",
-    "n_images",
-    "n_pixels",
-    "positive_fraction",
-    "is_probability",
-    "roc",
-    "operating_points",
-    "confusion",
-    "threshold_ci",
-    "brier",
-    "ece",
-    "reliability",
-}
 EXTRA_KEYS = {"tied_at_min_fraction", "per_image_thresholds", "score_range", "quantisation"}
-POINT_KEYS = {"threshold", "tpr", "fpr", "precision", "f1", "iou", "youden_j"}
 
 
 def logit_maps(
@@ -157,45 +137,20 @@ def test_roc_points_are_exact_on_raw_pixels(case: Case) -> None:
     assert (roc["fpr"][-1], roc["tpr"][-1]) == (1.0, 1.0)
 
 
-def _raw_objective(
-    strategy: str, tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The criterion to maximise at each raw threshold, and where the constraint holds."""
-    tp = np.asarray(tp, dtype=np.float64)
-    fp = np.asarray(fp, dtype=np.float64)
-    tpr, fpr = tp / n_pos, fp / n_neg
-    always = np.ones_like(tp, dtype=bool)
-    if strategy == "youden":
-        return tpr - fpr, always
-    if strategy == "closest":
-        return -np.hypot(fpr, 1 - tpr), always
-    if strategy == "f1":
-        return 2 * tp / (tp + fp + n_pos), always
-    if strategy == "cost":
-        return -(COSTS["cost_fp"] * fp + COSTS["cost_fn"] * (n_pos - tp)) / (n_pos + n_neg), always
-    if strategy == "target_tpr":
-        return -fpr, tpr >= TARGETS[strategy]
-    if strategy == "target_fpr":
-        return tpr, fpr <= TARGETS[strategy]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-    return tpr, precision >= TARGETS[strategy]
-
-
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_matches_raw_optimum(case: Case, strategy: str) -> None:
     """Criterion within a few pixels of the raw optimum, threshold within 2e-3 of the raw argmax."""
     report = case.report(strategy)
     fpr, tpr, thr = roc_curve(case.y, case.scores, drop_intermediate=False)
     n_pos, n_neg = case.pos.size, case.neg.size
-    raw_value, raw_ok = _raw_objective(
+    raw_value, raw_ok = raw_objective(
         strategy, np.rint(tpr * n_pos), np.rint(fpr * n_neg), n_pos, n_neg
     )
     best = int(np.flatnonzero(raw_ok)[np.argmax(raw_value[raw_ok])])
 
     t = report["threshold"]
     tp, fp = case.counts_at(t)
-    value, ok = _raw_objective(strategy, np.array([tp]), np.array([fp]), n_pos, n_neg)
+    value, ok = raw_objective(strategy, np.array([tp]), np.array([fp]), n_pos, n_neg)
     assert ok[0], "the chosen threshold breaks the strategy's constraint on the raw pixels"
     assert value[0] >= raw_value[best] - 5 / min(n_pos, n_neg)
     assert value[0] <= raw_value[best] + 1e-12

@@ -14,7 +14,9 @@ from model.checkpoint import load_checkpoint
 from model.data import iter_pairs
 from model.predict import predict
 from model.synth import write_dataset
-from tests.model.test_calibration import COSTS, TARGETS, _raw_objective
+from tests.helpers import COSTS, TARGETS, raw_objective
+
+pytestmark = pytest.mark.slow  # its module fixture is among the slowest (--durations)
 
 PARAMS = {name: {"target": target} for name, target in TARGETS.items()} | {"cost": COSTS}
 
@@ -51,14 +53,14 @@ def test_each_strategy_lands_on_the_raw_optimum(outputs: dict, head: str) -> Non
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     for strategy in STRATEGIES:
         report = build_report(hist, Criterion(strategy, **PARAMS.get(strategy, {})))
-        raw_value, raw_ok = _raw_objective(
+        raw_value, raw_ok = raw_objective(
             strategy, np.rint(tpr * n_pos), np.rint(fpr * n_neg), n_pos, n_neg
         )
         best = int(np.flatnonzero(raw_ok)[np.argmax(raw_value[raw_ok])])
         chosen = report.threshold
         selected = scores >= np.float32(chosen)
         tp, fp = int((selected & labels).sum()), int((selected & ~labels).sum())
-        value, ok = _raw_objective(strategy, np.array([tp]), np.array([fp]), n_pos, n_neg)
+        value, ok = raw_objective(strategy, np.array([tp]), np.array([fp]), n_pos, n_neg)
         assert ok[0], f"{strategy}: the threshold breaks its constraint on the served scores"
         assert value[0] >= raw_value[best] - 2e-3, strategy
         # Where the criterion is flat the argmax may sit elsewhere; then the value must match.

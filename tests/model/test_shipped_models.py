@@ -11,6 +11,8 @@ from benchmarks.accuracy import measure
 from model.calibrate import calibrate_checkpoint
 from model.synth import write_dataset
 
+pytestmark = pytest.mark.slow  # its module fixture is among the slowest (--durations)
+
 
 @pytest.fixture(scope="module")
 def accuracy(shipped_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

@@ -90,6 +90,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
+@pytest.mark.slow
 def test_tiled_agrees_with_whole_image_on_1024_pixels() -> None:
     """Dice >= 0.98 between tiled and whole-image masks on a 1024 x 1024 image.
 

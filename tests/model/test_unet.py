@@ -29,6 +29,7 @@ def small_config(activation: str, head: str) -> UNetConfig:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("activation", "head"), COMBINATIONS)
 def test_every_combination_trains_saves_loads_and_keeps_its_range(
     activation: str, head: str, tmp_path: Path

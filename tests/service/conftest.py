@@ -12,8 +12,7 @@ import torch
 from model import UNet, UNetConfig, save
 from model.losses import head_loss
 from model.synth import generate_pair, pair_rng
-
-TINY_MODEL = "tiny"
+from tests.helpers import TINY_MODEL
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from model.synth import generate_pair, pair_rng
@@ -23,6 +24,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_python_m_service_serves_masks_over_a_real_socket(
     shipped_weights: Path, tmp_path: Path
 ) -> None:

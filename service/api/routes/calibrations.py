@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
+from anyio import to_thread
 from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 
 from model.calibration import (
@@ -15,7 +16,7 @@ from model.calibration import (
     Criterion,
 )
 from model.calibration.plots import roc_png
-from service.api.dependencies import Authorized, ModelDep, ServicesDep
+from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
@@ -137,7 +138,10 @@ async def start_calibration(
     response.headers["Location"] = (
         f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{calibration_id}"
     )
-    return _view(services, served, _record(services, served, calibration_id))
+    # SQLite reads in a worker thread: this route is async, and the event loop must not wait.
+    return await to_thread.run_sync(
+        lambda: _view(services, served, _record(services, served, calibration_id))
+    )
 
 
 @router.get(
@@ -193,12 +197,14 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
     responses=problem_responses(401, 404, 409),
 )
 def activate_calibration(
-    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
+    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId, actor: Actor = None
 ) -> Threshold:
     """The calibration's threshold is in force from now on (source `calibration`)."""
     _succeeded(_record(services, served, calibration_id), "activation")
     try:
-        active = services.store.activate_calibration(served.name, served.digest, calibration_id)
+        active = services.store.activate_calibration(
+            served.name, served.digest, calibration_id, actor=actor
+        )
     except CalibrationNotFound:
         _record(services, served, calibration_id)  # raises the 404
         raise

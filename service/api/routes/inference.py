@@ -55,7 +55,7 @@ async def _infer(
     if threshold is not None:
         cut = Cut(threshold, "request")
     else:
-        active = services.active_threshold(served)
+        active = await services.active_threshold_async(served)
         cut = Cut(active.value, active.source)
     result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
     return result, cut

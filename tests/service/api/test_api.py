@@ -19,15 +19,9 @@ from model.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.inference.encoding import rle_decode
 from service.settings import Settings
+from tests.helpers import PROBLEM, assert_problem, png
 
 SIGMOID, RELU = "/v1/models/unet-sigmoid", "/v1/models/unet-relu"
-PROBLEM = "application/problem+json"
-
-
-def png(array: np.ndarray, mode: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +49,6 @@ def post_image(client: TestClient, path: str, data: bytes, name: str = "x.png", 
     return client.post(
         path, files={"image": (name, data, "application/octet-stream")}, params=params
     )
-
-
-def assert_problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["detail"]
-    return body
 
 
 def test_models_describe_heads_and_default_thresholds(client: TestClient, shipped_weights) -> None:

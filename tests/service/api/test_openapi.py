@@ -245,6 +245,10 @@ def test_every_response_is_one_the_document_describes(
             client.put(f"{SIGMOID}/threshold", json={"value": 3}, headers=AUTH).status_code == 422
         )
         assert client.put(f"{SIGMOID}/threshold", json={}, headers=AUTH).status_code == 422
+        assert client.get(f"{SIGMOID}/threshold/history").status_code == 200
+        assert client.get("/v1/models/nope/threshold/history").status_code == 404
+        assert client.delete(f"{SIGMOID}/threshold").status_code == 401
+        assert client.delete(f"{SIGMOID}/threshold", headers=AUTH).status_code == 200
 
     assert not check.missing(), "add a request for each to this test:\n" + "\n".join(
         check.missing()

@@ -6,7 +6,7 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,17 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.settings import Settings
 from service.state.store import ThresholdStore
-from tests.model.test_calibration import DESIGN_KEYS, POINT_KEYS
-from tests.service.calibration.test_intake import dataset_files, make_zip, patch_central_size, png
-from tests.service.conftest import TINY_MODEL
+from tests.helpers import (
+    DESIGN_KEYS,
+    POINT_KEYS,
+    TINY_MODEL,
+    assert_problem,
+    dataset_files,
+    make_zip,
+    patch_central_size,
+    png,
+    until,
+)
 
 MiB = 1 << 20
 BASE = f"/v1/models/{TINY_MODEL}"
@@ -73,16 +81,6 @@ def finished(client: TestClient, response: Response) -> dict[str, Any]:
             return body
         assert time.monotonic() < deadline, f"calibration still {body['status']}"
         time.sleep(0.05)
-
-
-def assert_problem(response: Response, status: int) -> dict[str, Any]:
-    """`response` is an RFC 9457 problem with `status`; returns its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert body["title"] and body["detail"]
-    return body
 
 
 def uploads_left(settings: Settings) -> list[Path]:
@@ -299,14 +297,6 @@ def test_shutdown_finishes_every_job(settings: Settings) -> None:
         if job["status"] == "failed":
             assert "the service stopped" in job["error"], job["error"]
     assert not uploads_left(settings)
-
-
-def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll `condition` until it holds; fail saying `what` did not happen within POLL_S."""
-    deadline = time.monotonic() + POLL_S
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def wait_ready(client: TestClient) -> None:

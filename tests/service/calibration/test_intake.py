@@ -2,72 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import stat
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from model.synth import generate_pair, pair_rng
 from service.api.problems import ProblemError
 from service.calibration.intake import extract_dataset
 from service.settings import Settings
+from tests.helpers import dataset_files, make_zip, patch_central, patch_central_size, png
 
 MiB = 1 << 20
-
-
-def png(array: np.ndarray) -> bytes:
-    """`array` (uint8 or bool) encoded as PNG."""
-    buffer = io.BytesIO()
-    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else array
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def dataset_files(n: int = 3, size: int = 64, prefix: str = "", seed: int = 1) -> dict[str, bytes]:
-    """Zip member name -> bytes of a synthetic data set."""
-    files = {}
-    for i in range(n):
-        image, mask = generate_pair(pair_rng(seed, i), size)
-        files[f"{prefix}images/{i:04d}.png"] = png(image)
-        files[f"{prefix}masks/{i:04d}.png"] = png(mask)
-    return files
-
-
-def make_zip(
-    files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] | None = None
-) -> bytes:
-    """A zip of `files` (deflated) plus hand-made entries."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-        for info, data in extra or []:
-            archive.writestr(info, data)
-    return buffer.getvalue()
-
-
-def patch_central(data: bytes, name: str, offset: int, fmt: str, value: int) -> bytes:
-    """`data` with one field of `name`'s central directory record replaced (forged headers)."""
-    encoded = name.encode()
-    at = data.index(b"PK\x01\x02")
-    while struct.unpack_from("<H", data, at + 28)[0] != len(encoded) or (
-        data[at + 46 : at + 46 + len(encoded)] != encoded
-    ):
-        at = data.index(b"PK\x01\x02", at + 4)
-    patched = bytearray(data)
-    struct.pack_into(fmt, patched, at + offset, value)
-    return bytes(patched)
-
-
-def patch_central_size(data: bytes, name: str, size: int) -> bytes:
-    """`data` with the uncompressed size the central directory declares for `name` replaced."""
-    return patch_central(data, name, 24, "<I", size)
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from service.state.store import (
     ThresholdStore,
     new_id,
 )
+from tests.helpers import trace_sql
 
 ROOT = Path(__file__).resolve().parents[3]
 DIGEST = "a" * 64
@@ -157,20 +158,90 @@ def test_threshold_of_another_checkpoint_never_applies(
     store: ThresholdStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     store.set_manual("unet-sigmoid", OTHER, 0.8)
+    assert store.active_threshold("unet-sigmoid", DIGEST) is None
+    assert not store.note_checkpoint("unet-sigmoid", OTHER)  # its own threshold: nothing to say
     with caplog.at_level(logging.WARNING, logger="service.state.store"):
-        assert store.active_threshold("unet-sigmoid", DIGEST) is None
-        assert store.active_threshold("unet-sigmoid", DIGEST) is None
+        assert store.note_checkpoint("unet-sigmoid", DIGEST)
     assert len([r for r in caplog.records if "checkpoint changed" in r.getMessage()]) == 1
     note = store.history("unet-sigmoid")[0]
     assert (note.digest, note.value, note.source) == (DIGEST, None, "default")
     assert note.previous_value == 0.8 and note.reason and "checkpoint changed" in note.reason
-    # A fresh process notes it again in the log but not twice in the audit trail.
-    ThresholdStore(store.path).active_threshold("unet-sigmoid", DIGEST)
+    # The next start-up notes it again in the log but not twice in the audit trail.
+    assert ThresholdStore(store.path).note_checkpoint("unet-sigmoid", DIGEST)
     assert len(store.history("unet-sigmoid")) == 2
+    assert store.active_threshold("unet-sigmoid", DIGEST) is None
 
     # The old checkpoint's threshold comes back with the old checkpoint.
     back = store.active_threshold("unet-sigmoid", OTHER)
     assert back is not None and back.value == 0.8
+
+
+def test_a_read_never_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    statements = trace_sql(monkeypatch)
+    store = ThresholdStore(tmp_path / "t.sqlite3")
+    store.set_manual("unet-sigmoid", OTHER, 0.8)  # a threshold the read below must ignore
+    statements.clear()
+    assert store.active_threshold("unet-sigmoid", DIGEST) is None
+    assert store.history("unet-sigmoid")[0].source == "manual"
+    store.list_calibrations("unet-sigmoid")
+    assert [sql for _, sql in statements if not sql.lstrip().upper().startswith("SELECT")] == []
+    assert len(store.history("unet-sigmoid")) == 1
+
+
+def test_only_threshold_changes_send_reads_back_to_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements = trace_sql(monkeypatch)
+    store = ThresholdStore(tmp_path / "t.sqlite3")
+    model = "unet-sigmoid"
+
+    def went_to_sqlite() -> bool:
+        """Whether reading the active threshold queried SQLite rather than memory."""
+        before = len(statements)
+        store.active_threshold(model, DIGEST)
+        return any("FROM active_thresholds" in sql for _, sql in statements[before:])
+
+    assert went_to_sqlite()
+    # A calibration's whole life without activation, progress ticks included: memory answers.
+    cid = store.create_calibration(model, DIGEST, "youden", None, {}, False)
+    store.mark_running(cid)
+    for tick in (0.1, 0.2, 0.3):
+        store.set_progress(cid, tick)
+        assert not went_to_sqlite()
+    store.finish_calibration(cid, {}, 0.4, 0.9)
+    failed = store.create_calibration(model, DIGEST, "youden", None, {}, True)
+    store.fail_calibration(failed, "boom")
+    store.fail_interrupted("restart")
+    assert not went_to_sqlite()
+    # Every threshold change is read back once, then memory answers again.
+    changes = [
+        lambda: store.set_manual(model, DIGEST, 0.3),
+        lambda: store.activate_calibration(model, DIGEST, cid),
+        lambda: store.reset_to_default(model, DIGEST),
+        lambda: succeeded(store, 0.6, activate=True),
+    ]
+    for change in changes:
+        change()
+        assert went_to_sqlite()
+        assert not went_to_sqlite()
+    assert store.active_threshold(model, DIGEST).value == 0.6  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_async_reads_answer_from_memory_or_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statements = trace_sql(monkeypatch)
+    store = ThresholdStore(tmp_path / "t.sqlite3")
+    store.set_manual("unet-sigmoid", DIGEST, 0.3)
+    statements.clear()
+    loop_thread = threading.get_ident()
+    first = await store.active_threshold_async("unet-sigmoid", DIGEST)
+    assert first is not None and first.value == 0.3
+    assert statements and all(thread != loop_thread for thread, _ in statements)
+    statements.clear()
+    assert await store.active_threshold_async("unet-sigmoid", DIGEST) == first
+    assert statements == []  # from memory
 
 
 def test_history_records_every_change(store: ThresholdStore) -> None:

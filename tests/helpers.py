@@ -1,0 +1,208 @@
+"""Plain helpers shared by test modules, so that no test module imports another."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+import struct
+import threading
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+from httpx import Response
+from PIL import Image
+
+from model.synth import generate_pair, pair_rng
+from service.inference.engine import InferenceEngine
+from service.inference.registry import ModelRegistry
+from service.ops.metrics import Metrics
+from service.settings import Settings
+from service.state.store import ThresholdStore
+
+TINY_MODEL = "tiny"  # the model the `tiny_model_dir` fixture serves
+PROBLEM = "application/problem+json"
+BOUND_S = 60.0  # no wait for something to happen may take longer than this
+
+# What the design promises in a calibration report and in each of its operating points.
+DESIGN_KEYS = {
+    "threshold",
+    "strategy",
+    "target",
+    "auc",
+    "average_precision",
+    "n_images",
+    "n_pixels",
+    "positive_fraction",
+    "is_probability",
+    "roc",
+    "operating_points",
+    "confusion",
+    "threshold_ci",
+    "brier",
+    "ece",
+    "reliability",
+}
+POINT_KEYS = {"threshold", "tpr", "fpr", "precision", "f1", "iou", "youden_j"}
+# The parameters the calibration tests give the target and cost strategies.
+TARGETS = {"target_tpr": 0.9, "target_fpr": 0.05, "target_precision": 0.8}
+COSTS = {"cost_fp": 1.0, "cost_fn": 4.0}
+
+
+# Images and data sets ----------------------------------------------------------------------
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    """`array` encoded as PNG; a bool mask becomes 0/255."""
+    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else array
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def dataset_files(n: int = 3, size: int = 64, prefix: str = "", seed: int = 1) -> dict[str, bytes]:
+    """Zip member name -> bytes of a synthetic data set."""
+    files = {}
+    for i in range(n):
+        image, mask = generate_pair(pair_rng(seed, i), size)
+        files[f"{prefix}images/{i:04d}.png"] = png(image)
+        files[f"{prefix}masks/{i:04d}.png"] = png(mask)
+    return files
+
+
+def make_zip(
+    files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] | None = None
+) -> bytes:
+    """A zip of `files` (deflated) plus hand-made entries."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        for info, data in extra or []:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def patch_central(data: bytes, name: str, offset: int, fmt: str, value: int) -> bytes:
+    """`data` with one field of `name`'s central directory record replaced (forged headers)."""
+    encoded = name.encode()
+    at = data.index(b"PK\x01\x02")
+    while struct.unpack_from("<H", data, at + 28)[0] != len(encoded) or (
+        data[at + 46 : at + 46 + len(encoded)] != encoded
+    ):
+        at = data.index(b"PK\x01\x02", at + 4)
+    patched = bytearray(data)
+    struct.pack_into(fmt, patched, at + offset, value)
+    return bytes(patched)
+
+
+def patch_central_size(data: bytes, name: str, size: int) -> bytes:
+    """`data` with the uncompressed size the central directory declares for `name` replaced."""
+    return patch_central(data, name, 24, "<I", size)
+
+
+# HTTP ---------------------------------------------------------------------------------------
+
+
+def assert_problem(response: Response, status: int) -> dict[str, Any]:
+    """`response` is an RFC 9457 problem with `status` that says what went wrong; its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    return body
+
+
+# Waiting -------------------------------------------------------------------------------------
+
+
+def until(condition: Callable[[], bool], what: str = "condition not reached in time") -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within BOUND_S."""
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+async def until_async(
+    condition: Callable[[], bool], what: str = "condition not reached in time"
+) -> None:
+    """Yield to the event loop until `condition` holds; fail after BOUND_S."""
+    deadline = time.monotonic() + BOUND_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.005)
+
+
+# The inference engine ------------------------------------------------------------------------
+
+
+async def started_engine(registry: ModelRegistry, settings: Settings) -> InferenceEngine:
+    """An engine that has finished its warm-up; the caller stops it."""
+    engine = InferenceEngine(registry, settings, Metrics())
+    await engine.start()
+    assert engine.ready
+    return engine
+
+
+@asynccontextmanager
+async def running_engine(
+    registry: ModelRegistry, settings: Settings
+) -> AsyncIterator[InferenceEngine]:
+    """A warmed-up engine for the `async with` block, stopped after it."""
+    engine = await started_engine(registry, settings)
+    try:
+        yield engine
+    finally:
+        await engine.stop()
+
+
+# The threshold store -------------------------------------------------------------------------
+
+
+def trace_sql(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """(thread id, statement) of every SQL statement run by stores opened from now on."""
+    statements: list[tuple[int, str]] = []
+    connect = ThresholdStore._connect
+
+    def traced(store: ThresholdStore) -> sqlite3.Connection:
+        db = connect(store)
+        db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+        return db
+
+    monkeypatch.setattr(ThresholdStore, "_connect", traced)
+    return statements
+
+
+# Calibration -----------------------------------------------------------------------------------
+
+
+def raw_objective(
+    strategy: str, tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The criterion a strategy maximises at each raw threshold, and where its constraint holds."""
+    tp = np.asarray(tp, dtype=np.float64)
+    fp = np.asarray(fp, dtype=np.float64)
+    tpr, fpr = tp / n_pos, fp / n_neg
+    always = np.ones_like(tp, dtype=bool)
+    if strategy == "youden":
+        return tpr - fpr, always
+    if strategy == "closest":
+        return -np.hypot(fpr, 1 - tpr), always
+    if strategy == "f1":
+        return 2 * tp / (tp + fp + n_pos), always
+    if strategy == "cost":
+        return -(COSTS["cost_fp"] * fp + COSTS["cost_fn"] * (n_pos - tp)) / (n_pos + n_neg), always
+    if strategy == "target_tpr":
+        return -fpr, tpr >= TARGETS[strategy]
+    if strategy == "target_fpr":
+        return tpr, fpr <= TARGETS[strategy]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+    return tpr, precision >= TARGETS[strategy]
