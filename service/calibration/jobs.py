@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from anyio import to_thread
 
 from model.calibrate import calibrate_model
 from model.calibration import CalibrationError, check_strategy
 from model.data import DatasetError, load_pair
 from model.predict import Prediction
-from service.api.problems import ProblemError
+from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
 from service.calibration.intake import Dataset, extract_dataset, relative
 from service.inference.engine import InferenceEngine
+from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -49,9 +49,10 @@ IMAGES_SHARE = 0.95  # of the progress bar; building the report takes the rest
 INTERNAL_ERROR = "internal error; this is a bug in the service and it has been logged"
 STOPPED_QUEUED = "the service stopped before this calibration started; start it again"
 STOPPED_RUNNING = "the service stopped while this calibration ran; start it again"
+SHUTTING_DOWN = "the service is shutting down; start the calibration again once it is back"
 # The engine's answers that mean "not now": its queue is full, the wait ran out, or it is
 # warming up. A calibration image then waits its turn like any client would.
-ENGINE_BUSY = {"overloaded", "inference-timeout", "not-ready"}
+ENGINE_BUSY = (EngineBusy, EngineTimeout, EngineNotReady)
 ENGINE_RETRY_S = 0.2
 POLL_S = 0.5  # how often a job waiting on the engine checks whether the service is stopping
 
@@ -147,23 +148,14 @@ class CalibrationJobs:
 
     def _refuse_if_busy(self, served: ServedModel) -> None:
         if self._stopping.is_set():
-            raise ProblemError(
-                503,
-                "Service stopping",
-                "the service is shutting down; start the calibration again once it is back",
-                slug="stopping",
-                headers={"Retry-After": "5"},
-            )
+            raise CalibrationsStopping(SHUTTING_DOWN, retry_after=5)
         with self._lock:
             pending = sum(job.served.name == served.name for job in self._jobs.values())
         if pending >= MAX_PENDING:
-            raise ProblemError(
-                429,
-                "Too many calibrations",
+            raise TooManyCalibrations(
                 f"model {served.name!r} already has {pending} calibrations queued or running; "
                 "wait for one to finish",
-                slug="too-many-calibrations",
-                headers={"Retry-After": "10"},
+                retry_after=10,
             )
 
     def _submit(
@@ -194,9 +186,7 @@ class CalibrationJobs:
                 job.future = executor.submit(self._run, job)
             except RuntimeError:  # the executor was shut down: the service is stopping
                 self.store.fail_calibration(calibration_id, STOPPED_QUEUED)
-                raise ProblemError(
-                    503, "Service stopping", STOPPED_QUEUED, slug="stopping"
-                ) from None
+                raise CalibrationsStopping(STOPPED_QUEUED, retry_after=None) from None
             self._jobs[calibration_id] = job
         self.metrics.calibrations_started.labels(served.name).inc()
         log.info(
@@ -260,7 +250,7 @@ class CalibrationJobs:
             self._fail(job, STOPPED_RUNNING)
         except (DatasetError, CalibrationError) as error:
             self._fail(job, relative(str(error), job.workdir / "data"))
-        except (torch.OutOfMemoryError, MemoryError):
+        except (DeviceOutOfMemory, MemoryError):
             log.exception("calibration %s of model %s ran out of memory", job.id, name)
             self._fail(job, "the service ran out of memory; calibrate with smaller images")
         except Exception:
@@ -313,11 +303,8 @@ class CalibrationJobs:
                 return self._wait(
                     asyncio.run_coroutine_threadsafe(self.engine.predict(served, image), self._loop)
                 )
-            except ProblemError as error:
-                if error.slug == "out-of-memory":
-                    raise MemoryError(error.detail) from None
-                if error.slug not in ENGINE_BUSY:
-                    raise
+            except ENGINE_BUSY:
+                pass
             if self._stopping.wait(ENGINE_RETRY_S):
                 raise _Stopped
 

@@ -29,8 +29,8 @@ import torch
 from anyio import to_thread
 
 from model.predict import Prediction, to_predictions
-from service.api.problems import ProblemError
 from service.inference.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
+from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.inference.units import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
 from service.ops.metrics import Metrics
@@ -205,10 +205,13 @@ class InferenceEngine:
     async def _run(
         self, served: ServedModel, image: np.ndarray, then: Finish, timeout: float | None
     ) -> Any:
-        """Queue one image and wait for its result, at most `timeout` seconds."""
+        """Queue one image and wait for its result, at most `timeout` seconds.
+
+        Raises the errors of `service.inference.errors`.
+        """
         batcher = self._batchers.get(served.name)
         if batcher is None:
-            raise _not_ready("the inference engine is starting or stopping; retry shortly")
+            raise EngineNotReady("the inference engine is starting or stopping; retry shortly")
         _, height, width = image.shape
         # A large image holds a few full-size planes while its tiles run; a few at a time are
         # enough to keep every worker busy, so the rest wait here instead of holding memory.
@@ -222,43 +225,21 @@ class InferenceEngine:
                 batcher.submit(job)
                 return await job.future
         except QueueFull as full:
-            raise ProblemError(
-                503,
-                "Service overloaded",
-                f"model {served.name!r} already has {batcher.limits.queue_size} requests "
-                f"waiting (UNET_QUEUE_SIZE); retry after {full.retry_after} s",
-                slug="overloaded",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from None
+            raise EngineBusy(served.name, batcher.limits.queue_size, full.retry_after) from None
         except TimeoutError:
             if job is not None:
                 batcher.cancel(job)
-            retry = batcher.retry_after()
-            raise ProblemError(
-                503,
-                "Request timed out",
-                f"model {served.name!r} did not answer within {timeout} s "
-                f"(UNET_REQUEST_TIMEOUT_S) because the service is busy; retry after {retry} s",
-                slug="inference-timeout",
-                headers={"Retry-After": str(retry)},
-            ) from None
+            raise EngineTimeout(served.name, timeout, batcher.retry_after()) from None
         except asyncio.CancelledError:
             if job is not None:
                 batcher.cancel(job)  # the client went away: its work is not worth doing
             raise
         except Stopped:
-            raise _not_ready(
+            raise EngineNotReady(
                 "the inference engine stopped before answering; retry shortly"
             ) from None
         except torch.OutOfMemoryError:
-            raise ProblemError(
-                503,
-                "Out of memory",
-                f"the device ran out of memory running model {served.name!r}; retry later "
-                "or lower UNET_MAX_BATCH or UNET_TILE_SIZE",
-                slug="out-of-memory",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise DeviceOutOfMemory(served.name) from None
 
     def queue_depth(self, name: str) -> int:
         """Jobs waiting for model `name`."""
@@ -317,7 +298,3 @@ class InferenceEngine:
         with autocast, shared:
             logits = served.network.logits(batch)
         return logits.float()
-
-
-def _not_ready(detail: str) -> ProblemError:
-    return ProblemError(503, "Not ready", detail, slug="not-ready", headers={"Retry-After": "1"})

@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from model.synth import generate_pair, pair_rng
+from service.api.errors import problem_for
 from service.api.problems import ProblemError
+from service.calibration.errors import DatasetRejected
 from service.calibration.intake import extract_dataset
 from service.settings import Settings
 
@@ -92,12 +94,13 @@ def extract(tmp_path: Path, data: bytes, **overrides: Any) -> Any:
 
 
 def rejected(tmp_path: Path, data: bytes, status: int, **overrides: Any) -> ProblemError:
-    """The problem extracting `data` raises; it must have `status`."""
-    with pytest.raises(ProblemError) as caught:
+    """The problem that answers the rejection of `data`; it must have `status`."""
+    with pytest.raises(DatasetRejected) as caught:
         extract(tmp_path, data, **overrides)
-    assert caught.value.status == status, caught.value.detail
-    assert caught.value.detail
-    return caught.value
+    problem = problem_for(caught.value)
+    assert problem.status == status, problem.detail
+    assert problem.detail
+    return problem
 
 
 def files_under(folder: Path) -> list[str]:
@@ -250,5 +253,5 @@ def test_no_input_gives_anything_but_a_4xx(tmp_path: Path) -> None:
         dest = tmp_path / f"fuzz{attempt}"
         try:
             extract_dataset(bytes(data), dest, settings(tmp_path))
-        except ProblemError as problem:
-            assert 400 <= problem.status < 500
+        except DatasetRejected as rejection:
+            assert 400 <= problem_for(rejection).status < 500

@@ -16,8 +16,9 @@ import torch
 from model import UNet, UNetConfig, save
 from model.predict import predict
 from model.tiling import predict_tiled
-from service.api.problems import ProblemError
+from service.api.errors import problem_for
 from service.inference.engine import CoreShare, InferenceEngine, plan_engine, usable_cores
+from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -195,10 +196,12 @@ async def test_full_queue_answers_503_with_retry_after_and_recovers(
         await until(lambda: gate.entered == workers)  # every worker busy
         queued = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(2)]
         await until(lambda: engine.queue_depth("m") == 2)
-        with pytest.raises(ProblemError) as refused:
+        with pytest.raises(EngineBusy) as refused:
             await engine.predict(served, image(32, 32))
-        assert refused.value.status == 503
-        assert int(refused.value.headers["Retry-After"]) >= 1
+        assert refused.value.retry_after >= 1
+        problem = problem_for(refused.value)
+        assert problem.status == 503 and problem.slug == "overloaded"
+        assert problem.headers["Retry-After"] == str(refused.value.retry_after)
         assert (
             engine.metrics.registry.get_sample_value("unet_rejected_requests_total", {"model": "m"})
             == 1
@@ -224,9 +227,10 @@ async def test_timeout_answers_503_and_drops_the_waiting_job(
         workers = engine.plan.limits.workers
         held = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(workers)]
         await until(lambda: gate.entered == workers)
-        with pytest.raises(ProblemError) as timed_out:
+        with pytest.raises(EngineTimeout) as timed_out:
             await engine.predict(served, image(32, 32))  # waits in the queue past its deadline
-        assert timed_out.value.status == 503 and "Retry-After" in timed_out.value.headers
+        problem = problem_for(timed_out.value)
+        assert problem.status == 503 and "Retry-After" in problem.headers
         assert engine.queue_depth("m") == 0  # dropped, never run
         entered = gate.entered
         gate.open()
@@ -321,9 +325,10 @@ async def test_stop_refuses_new_work_and_restores_torch_threads(
     assert served is not None
     await engine.stop()
     assert not engine.ready and torch.get_num_threads() == threads
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(EngineNotReady) as refused:
         await engine.predict(served, image(8, 8))
-    assert refused.value.status == 503 and "Retry-After" in refused.value.headers
+    problem = problem_for(refused.value)
+    assert problem.status == 503 and problem.headers["Retry-After"] == "1"
 
 
 def test_per_device_defaults(tmp_path: Path) -> None:
