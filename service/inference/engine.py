@@ -147,6 +147,7 @@ class InferenceEngine:
         self._previous_threads = torch.get_num_threads()
         self._cores = CoreShare(self.plan.share_cores) if self.plan.share_cores else None
         self._large = asyncio.Semaphore(self.plan.limits.workers)
+        self._started = asyncio.Event()  # set once the batchers take work
 
     async def start(self) -> None:
         """Start the workers, then warm every model up so that the first request is not slow."""
@@ -170,6 +171,7 @@ class InferenceEngine:
             )
             batcher.start()
             self._batchers[served.name] = batcher
+        self._started.set()
         try:
             for served in self.registry:
                 await self._warm_up(served)
@@ -191,9 +193,21 @@ class InferenceEngine:
         if self.plan.torch_threads is not None:
             torch.set_num_threads(self._previous_threads)
 
-    async def predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
-        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1]."""
-        return await self.run(served, image, _unchanged)
+    async def predict(
+        self, served: ServedModel, image: np.ndarray, *, wait: bool = False
+    ) -> Prediction:
+        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1].
+
+        A request is refused at once when the queue is full and dropped past its deadline
+        (EngineBusy, EngineTimeout). With `wait`, the image waits for room in the queue and for
+        its answer as long as it takes, as work that must be done rather than answered quickly
+        (calibration images) does; cancel the caller to give up.
+        """
+        if not wait:
+            return await self.run(served, image, _unchanged)
+        await self._started.wait()  # a job may start before the engine does
+        result: Prediction = await self._run(served, image, _unchanged, None, wait=True)
+        return result
 
     async def run(
         self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
@@ -203,11 +217,16 @@ class InferenceEngine:
         return result
 
     async def _run(
-        self, served: ServedModel, image: np.ndarray, then: Finish, timeout: float | None
+        self,
+        served: ServedModel,
+        image: np.ndarray,
+        then: Finish,
+        timeout: float | None,
+        wait: bool = False,
     ) -> Any:
         """Queue one image and wait for its result, at most `timeout` seconds.
 
-        Raises the errors of `service.inference.errors`.
+        Raises the errors of `service.inference.errors`; `wait` waits for room in the queue.
         """
         batcher = self._batchers.get(served.name)
         if batcher is None:
@@ -220,9 +239,14 @@ class InferenceEngine:
         job: Job | None = None
         try:
             async with asyncio.timeout(timeout), admission:
-                batcher.check_room()  # before a large job's planes are allocated
-                job = await make_job(served, image, self.settings, then)
-                batcher.submit(job)
+                if wait:  # for room before a large job's planes are allocated, then again
+                    await batcher.wait_for_room()
+                    job = await make_job(served, image, self.settings, then)
+                    await batcher.submit_waiting(job)
+                else:
+                    batcher.check_room()
+                    job = await make_job(served, image, self.settings, then)
+                    batcher.submit(job)
                 return await job.future
         except QueueFull as full:
             raise EngineBusy(served.name, batcher.limits.queue_size, full.retry_after) from None
@@ -252,9 +276,12 @@ class InferenceEngine:
         count = max(limits.max_batch, limits.workers)
         typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)
-        # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for.
-        await asyncio.gather(*(self._run(served, typical, _unchanged, None) for _ in range(count)))
-        await self._run(served, tile, _unchanged, None)
+        # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for;
+        # and waiting for room, since a small UNET_QUEUE_SIZE may not hold the whole batch.
+        await asyncio.gather(
+            *(self._run(served, typical, _unchanged, None, wait=True) for _ in range(count))
+        )
+        await self._run(served, tile, _unchanged, None, wait=True)
 
     @torch.inference_mode()
     def _execute(self, served: ServedModel, units: list[Unit]) -> list[tuple[Job, Any]]:
