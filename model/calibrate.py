@@ -35,6 +35,11 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
+def new_histogram(network: UNet) -> ScoreHistogram:
+    """An empty histogram for the scores of `network`'s head."""
+    return ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+
+
 def calibrate_model(
     network: UNet,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
@@ -51,7 +56,7 @@ def calibrate_model(
     `predict_fn` lets a caller run large images the way it serves them, in tiles.
     """
     check_strategy(strategy, target, cost_fp, cost_fn)  # fail before the long pass
-    hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+    hist = new_histogram(network)
     for done, (name, image, mask) in enumerate(pairs, start=1):
         add_to_histogram(hist, network.config.head, predict_fn(network, image), mask, name)
         if on_image is not None:
