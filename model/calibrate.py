@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +40,20 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
+def new_histogram(network: UNet) -> ScoreHistogram:
+    """An empty histogram for the scores of `network`'s head."""
+    return ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+
+
 def calibrate_model(
     network: UNet,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     criterion: Criterion = Criterion(),
-    on_image: Callable[[int], None] | None = None,
-    predict_fn: Callable[[UNet, np.ndarray], Prediction] = predict,
 ) -> CalibrationReport:
-    """The calibration report of `network` on (name, image, mask) triples, in one pass.
-
-    `on_image(n)` is called after the n-th image (progress; raising there stops the pass);
-    `predict_fn` lets a caller run large images the way it serves them, in tiles.
-    """
-    hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
-    for done, (name, image, mask) in enumerate(pairs, start=1):
-        add_to_histogram(hist, network.config.head, predict_fn(network, image), mask, name)
-        if on_image is not None:
-            on_image(done)
+    """The calibration report of `network` on (name, image, mask) triples, in one pass."""
+    hist = new_histogram(network)
+    for name, image, mask in pairs:
+        add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
     return build_report(hist, criterion)
 
 

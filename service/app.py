@@ -11,6 +11,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from model.device import pick_device
+from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.problems import install_problem_handlers
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_openapi(app)
     install_problem_handlers(app)
+    install_error_answers(app)
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
     install_metrics(app, metrics)
     for router in (health, models, inference, calibrations, thresholds):

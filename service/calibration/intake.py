@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.data import EXTENSIONS, DatasetError, ImageTooLargeError, find_pairs, image_size
-from service.api.problems import ProblemError
+from service.calibration.errors import DatasetRejected, Rejection
 from service.settings import Settings
 
 DATA_DIRS = ("images", "masks")
@@ -42,7 +42,7 @@ def extract_dataset(data: bytes, dest: Path, settings: Settings) -> Dataset:
     """Check the zip in `data` and extract its `images/` and `masks/` into the empty folder `dest`.
 
     The two folders may sit at the zip's top level or under one top-level folder. Every problem is
-    a 4xx ProblemError whose detail names the entry and what to fix.
+    a DatasetRejected whose message names the entry and what to fix.
     """
     with _open(data) as archive:
         infos = archive.infolist()
@@ -68,7 +68,7 @@ def relative(message: str, folder: Path) -> str:
 
 
 def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> None:
-    """413 for an image over the pixel limit, 422 for an unreadable one; reads headers only."""
+    """DatasetRejected for an image over the pixel limit or unreadable; reads headers only."""
     for path in paths:
         try:
             width, height = image_size(path)
@@ -76,8 +76,8 @@ def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> N
             # Pillow's decompression-bomb guard refused to open it.
             raise _too_large_image(relative(str(error), folder)) from None
         except DatasetError as error:
-            raise ProblemError(
-                422, "Unreadable image", relative(str(error), folder), slug="unreadable-image"
+            raise DatasetRejected(
+                Rejection.UNREADABLE_IMAGE, relative(str(error), folder)
             ) from None
         if width * height > max_pixels:
             name = relative(str(path), folder)
@@ -96,12 +96,10 @@ def _open(data: bytes) -> zipfile.ZipFile:
 
 def _check_counts(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
     if len(infos) > settings.max_zip_entries:
-        raise ProblemError(
-            413,
-            "Zip has too many entries",
+        raise DatasetRejected(
+            Rejection.TOO_MANY_ENTRIES,
             f"the zip holds {len(infos)} entries, over the limit of {settings.max_zip_entries} "
             "(UNET_MAX_ZIP_ENTRIES); send fewer files",
-            slug="zip-too-many-entries",
         )
     declared = sum(info.file_size for info in infos)
     if declared > settings.max_zip_uncompressed_bytes:
@@ -112,7 +110,7 @@ def _check_counts(infos: list[zipfile.ZipInfo], settings: Settings) -> None:
 
 
 def _safe_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
-    """The entry's path components, or 422 for a name or type that extraction must not follow."""
+    """The entry's path components; DatasetRejected for a name or type not to extract."""
     name = info.filename
     shown = name[:200]
     mode = info.external_attr >> 16
@@ -221,23 +219,21 @@ def _reason(error: Exception) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:200] or type(error).__name__
 
 
-def _unreadable(detail: str) -> ProblemError:
-    return ProblemError(422, "Unreadable zip", detail, slug="unreadable-zip")
+def _unreadable(detail: str) -> DatasetRejected:
+    return DatasetRejected(Rejection.UNREADABLE_ZIP, detail)
 
 
-def _unsafe(detail: str) -> ProblemError:
-    return ProblemError(422, "Unsafe zip entry", detail, slug="unsafe-zip-entry")
+def _unsafe(detail: str) -> DatasetRejected:
+    return DatasetRejected(Rejection.UNSAFE_ENTRY, detail)
 
 
-def _invalid(detail: str) -> ProblemError:
-    return ProblemError(422, "Invalid data set", detail, slug="invalid-dataset")
+def _invalid(detail: str) -> DatasetRejected:
+    return DatasetRejected(Rejection.INVALID_DATASET, detail)
 
 
-def _too_large(detail: str) -> ProblemError:
-    return ProblemError(
-        413, "Zip too large", detail + "; send a smaller data set", slug="zip-too-large"
-    )
+def _too_large(detail: str) -> DatasetRejected:
+    return DatasetRejected(Rejection.ZIP_TOO_LARGE, detail + "; send a smaller data set")
 
 
-def _too_large_image(detail: str) -> ProblemError:
-    return ProblemError(413, "Image too large", detail, slug="image-too-large")
+def _too_large_image(detail: str) -> DatasetRejected:
+    return DatasetRejected(Rejection.IMAGE_TOO_LARGE, detail)

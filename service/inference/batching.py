@@ -82,6 +82,8 @@ class Batcher:
         self._metrics = metrics
         self._queue: deque[Job] = deque()
         self._arrived = asyncio.Event()
+        self._freed = asyncio.Event()  # set when the queue has room again
+        self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
         self._seconds_per_job = 0.1  # running estimate, for Retry-After
 
@@ -93,7 +95,9 @@ class Batcher:
         ]
 
     async def stop(self) -> None:
-        """Stop dispatching and fail every queued job."""
+        """Stop dispatching and fail every queued job and every submitter waiting for room."""
+        self._stopped = True
+        self._freed.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -104,7 +108,7 @@ class Batcher:
             job = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(Stopped("the engine stopped"))
-        self._publish_depth()
+        self._queue_changed()
 
     @property
     def depth(self) -> int:
@@ -121,8 +125,34 @@ class Batcher:
         """Queue `job`, or raise QueueFull when `queue_size` jobs wait already."""
         self.check_room()
         self._queue.append(job)
-        self._publish_depth()
+        self._queue_changed()
         self._arrived.set()
+
+    async def wait_for_room(self) -> None:
+        """Until the queue has room for one more job; Stopped when the batcher stops first.
+
+        For work that must wait its turn rather than be refused (calibration images): it is not
+        counted as rejected, but as waiting (`unet_queue_waiting`).
+        """
+        if self._stopped:
+            raise Stopped("the engine stopped")
+        if len(self._queue) < self.limits.queue_size:
+            return
+        waiting = self._metrics.queue_waiting.labels(self.name)
+        waiting.inc()
+        try:
+            while len(self._queue) >= self.limits.queue_size:
+                self._freed.clear()
+                await self._freed.wait()
+                if self._stopped:
+                    raise Stopped("the engine stopped")
+        finally:
+            waiting.dec()
+
+    async def submit_waiting(self, job: Job) -> None:
+        """Queue `job` as soon as the queue has room; Stopped when the batcher stops first."""
+        await self.wait_for_room()
+        self.submit(job)  # no await since the wait: the room is still there
 
     def cancel(self, job: Job) -> None:
         """Drop `job`: its unstarted units never run and its result is discarded."""
@@ -134,7 +164,7 @@ class Batcher:
         job.cancelled = True
         if job in self._queue:
             self._queue.remove(job)
-            self._publish_depth()
+            self._queue_changed()
 
     def retry_after(self) -> int:
         """Whole seconds until the queue has likely drained enough to take a new job."""
@@ -185,7 +215,7 @@ class Batcher:
             job.claimed += count
             if job.claimed == job.units:
                 self._queue.remove(job)
-        self._publish_depth()
+        self._queue_changed()
         return units
 
     async def _run(self, batch: list[Unit]) -> None:
@@ -215,5 +245,7 @@ class Batcher:
             else:
                 job.future.set_result(result)
 
-    def _publish_depth(self) -> None:
+    def _queue_changed(self) -> None:
         self._metrics.queue_depth.labels(self.name).set(len(self._queue))
+        if len(self._queue) < self.limits.queue_size:
+            self._freed.set()

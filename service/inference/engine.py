@@ -29,8 +29,8 @@ import torch
 from anyio import to_thread
 
 from model.predict import Prediction, to_predictions
-from service.api.problems import ProblemError
 from service.inference.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
+from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.inference.units import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
 from service.ops.metrics import Metrics
@@ -147,6 +147,7 @@ class InferenceEngine:
         self._previous_threads = torch.get_num_threads()
         self._cores = CoreShare(self.plan.share_cores) if self.plan.share_cores else None
         self._large = asyncio.Semaphore(self.plan.limits.workers)
+        self._started = asyncio.Event()  # set once the batchers take work
 
     async def start(self) -> None:
         """Start the workers, then warm every model up so that the first request is not slow."""
@@ -170,6 +171,7 @@ class InferenceEngine:
             )
             batcher.start()
             self._batchers[served.name] = batcher
+        self._started.set()
         try:
             for served in self.registry:
                 await self._warm_up(served)
@@ -191,9 +193,21 @@ class InferenceEngine:
         if self.plan.torch_threads is not None:
             torch.set_num_threads(self._previous_threads)
 
-    async def predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
-        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1]."""
-        return await self.run(served, image, _unchanged)
+    async def predict(
+        self, served: ServedModel, image: np.ndarray, *, wait: bool = False
+    ) -> Prediction:
+        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1].
+
+        A request is refused at once when the queue is full and dropped past its deadline
+        (EngineBusy, EngineTimeout). With `wait`, the image waits for room in the queue and for
+        its answer as long as it takes, as work that must be done rather than answered quickly
+        (calibration images) does; cancel the caller to give up.
+        """
+        if not wait:
+            return await self.run(served, image, _unchanged)
+        await self._started.wait()  # a job may start before the engine does
+        result: Prediction = await self._run(served, image, _unchanged, None, wait=True)
+        return result
 
     async def run(
         self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
@@ -203,12 +217,20 @@ class InferenceEngine:
         return result
 
     async def _run(
-        self, served: ServedModel, image: np.ndarray, then: Finish, timeout: float | None
+        self,
+        served: ServedModel,
+        image: np.ndarray,
+        then: Finish,
+        timeout: float | None,
+        wait: bool = False,
     ) -> Any:
-        """Queue one image and wait for its result, at most `timeout` seconds."""
+        """Queue one image and wait for its result, at most `timeout` seconds.
+
+        Raises the errors of `service.inference.errors`; `wait` waits for room in the queue.
+        """
         batcher = self._batchers.get(served.name)
         if batcher is None:
-            raise _not_ready("the inference engine is starting or stopping; retry shortly")
+            raise EngineNotReady("the inference engine is starting or stopping; retry shortly")
         _, height, width = image.shape
         # A large image holds a few full-size planes while its tiles run; a few at a time are
         # enough to keep every worker busy, so the rest wait here instead of holding memory.
@@ -217,48 +239,31 @@ class InferenceEngine:
         job: Job | None = None
         try:
             async with asyncio.timeout(timeout), admission:
-                batcher.check_room()  # before a large job's planes are allocated
-                job = await make_job(served, image, self.settings, then)
-                batcher.submit(job)
+                if wait:  # for room before a large job's planes are allocated, then again
+                    await batcher.wait_for_room()
+                    job = await make_job(served, image, self.settings, then)
+                    await batcher.submit_waiting(job)
+                else:
+                    batcher.check_room()
+                    job = await make_job(served, image, self.settings, then)
+                    batcher.submit(job)
                 return await job.future
         except QueueFull as full:
-            raise ProblemError(
-                503,
-                "Service overloaded",
-                f"model {served.name!r} already has {batcher.limits.queue_size} requests "
-                f"waiting (UNET_QUEUE_SIZE); retry after {full.retry_after} s",
-                slug="overloaded",
-                headers={"Retry-After": str(full.retry_after)},
-            ) from None
+            raise EngineBusy(served.name, batcher.limits.queue_size, full.retry_after) from None
         except TimeoutError:
             if job is not None:
                 batcher.cancel(job)
-            retry = batcher.retry_after()
-            raise ProblemError(
-                503,
-                "Request timed out",
-                f"model {served.name!r} did not answer within {timeout} s "
-                f"(UNET_REQUEST_TIMEOUT_S) because the service is busy; retry after {retry} s",
-                slug="inference-timeout",
-                headers={"Retry-After": str(retry)},
-            ) from None
+            raise EngineTimeout(served.name, timeout, batcher.retry_after()) from None
         except asyncio.CancelledError:
             if job is not None:
                 batcher.cancel(job)  # the client went away: its work is not worth doing
             raise
         except Stopped:
-            raise _not_ready(
+            raise EngineNotReady(
                 "the inference engine stopped before answering; retry shortly"
             ) from None
         except torch.OutOfMemoryError:
-            raise ProblemError(
-                503,
-                "Out of memory",
-                f"the device ran out of memory running model {served.name!r}; retry later "
-                "or lower UNET_MAX_BATCH or UNET_TILE_SIZE",
-                slug="out-of-memory",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise DeviceOutOfMemory(served.name) from None
 
     def queue_depth(self, name: str) -> int:
         """Jobs waiting for model `name`."""
@@ -271,9 +276,12 @@ class InferenceEngine:
         count = max(limits.max_batch, limits.workers)
         typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)
-        # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for.
-        await asyncio.gather(*(self._run(served, typical, _unchanged, None) for _ in range(count)))
-        await self._run(served, tile, _unchanged, None)
+        # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for;
+        # and waiting for room, since a small UNET_QUEUE_SIZE may not hold the whole batch.
+        await asyncio.gather(
+            *(self._run(served, typical, _unchanged, None, wait=True) for _ in range(count))
+        )
+        await self._run(served, tile, _unchanged, None, wait=True)
 
     @torch.inference_mode()
     def _execute(self, served: ServedModel, units: list[Unit]) -> list[tuple[Job, Any]]:
@@ -317,7 +325,3 @@ class InferenceEngine:
         with autocast, shared:
             logits = served.network.logits(batch)
         return logits.float()
-
-
-def _not_ready(detail: str) -> ProblemError:
-    return ProblemError(503, "Not ready", detail, slug="not-ready", headers={"Retry-After": "1"})

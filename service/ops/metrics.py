@@ -43,6 +43,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "unet_queue_depth", "Images waiting for a forward pass", ["model"], registry=r
         )
+        self.queue_waiting = Gauge(
+            "unet_queue_waiting",
+            "Calibration images waiting for room in a full queue (requests are refused instead)",
+            ["model"],
+            registry=r,
+        )
         self.rejected = Counter(
             "unet_rejected_requests",
             "Requests refused because the queue was full",

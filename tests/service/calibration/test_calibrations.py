@@ -355,16 +355,63 @@ def test_a_calibration_waits_its_turn_when_the_engine_is_full(
             until(lambda: metric(client, "unet_queue_depth") == 2, "the queue never filled")
             rejected = metric(client, "unet_rejected_requests_total")
             response = start(client, dataset_zip(2))
-            # ... so the calibration's first image is turned away, and it keeps trying.
+            # ... so the calibration's first image waits for room, and is not refused.
             until(
-                lambda: metric(client, "unet_rejected_requests_total") > rejected,
+                lambda: metric(client, "unet_queue_waiting") == 1,
                 "the calibration never met the full queue",
             )
+            assert metric(client, "unet_rejected_requests_total") == rejected
             held.set()
             done = finished(client, response)
             for thread in live:
                 thread.join(POLL_S)
+            assert metric(client, "unet_queue_waiting") == 0
         finally:
             held.set()  # never leave a pass waiting, whatever failed
     assert done["status"] == "succeeded", done["error"]
     assert answers == [200] * 4  # the live requests were served
+
+
+def test_a_stop_ends_a_job_waiting_on_the_engine_and_the_jobs_queued_behind_it(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = threading.Event()
+    app = create_app(settings)
+    with TestClient(app) as client:
+        wait_ready(client)
+        services = app.state.services
+        served = services.registry.get(TINY_MODEL)
+        logits = served.network.logits
+        entered: list[int] = []
+
+        def stuck(x: Any) -> Any:
+            entered.append(1)
+            held.wait(POLL_S)  # a pass that does not end before the service stops
+            return logits(x)
+
+        monkeypatch.setattr(served.network, "logits", stuck)
+        running = start(client, dataset_zip(2)).json()["id"]
+        queued = start(client, dataset_zip(2, seed=2)).json()["id"]
+        until(lambda: len(entered) == 1, "the first job's image never reached the model")
+
+        def failed() -> float:
+            name, labels = "unet_calibrations_failed_total", {"model": TINY_MODEL}
+            return services.metrics.registry.get_sample_value(name, labels) or 0.0
+
+        def free_the_pass_once_both_failed() -> None:
+            until(lambda: failed() == 2, "the stop did not end the jobs")
+            held.set()
+
+        # Leaving the block stops the service, whose engine waits for the stuck pass: the jobs
+        # must fail without waiting for that pass to end.
+        opener = threading.Thread(target=free_the_pass_once_both_failed)
+        opener.start()
+    held.set()  # whatever happened, leave no pass waiting
+    opener.join(POLL_S)
+    assert failed() == 2
+    with TestClient(create_app(settings)) as client:
+        ran = client.get(f"{BASE}/calibrations/{running}").json()
+        waited = client.get(f"{BASE}/calibrations/{queued}").json()
+    assert ran["status"] == "failed" and "stopped while this calibration ran" in ran["error"]
+    assert waited["status"] == "failed" and "stopped before this calibration" in waited["error"]
+    assert not uploads_left(settings)

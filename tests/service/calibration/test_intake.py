@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.api.errors import problem_for
 from service.api.problems import ProblemError
+from service.calibration.errors import DatasetRejected
 from service.calibration.intake import extract_dataset
 from service.settings import Settings
 from tests.helpers import dataset_files, make_zip, patch_central, patch_central_size, png
@@ -40,12 +42,13 @@ def extract(tmp_path: Path, data: bytes, **overrides: Any) -> Any:
 
 
 def rejected(tmp_path: Path, data: bytes, status: int, **overrides: Any) -> ProblemError:
-    """The problem extracting `data` raises; it must have `status`."""
-    with pytest.raises(ProblemError) as caught:
+    """The problem that answers the rejection of `data`; it must have `status`."""
+    with pytest.raises(DatasetRejected) as caught:
         extract(tmp_path, data, **overrides)
-    assert caught.value.status == status, caught.value.detail
-    assert caught.value.detail
-    return caught.value
+    problem = problem_for(caught.value)
+    assert problem.status == status, problem.detail
+    assert problem.detail
+    return problem
 
 
 def files_under(folder: Path) -> list[str]:
@@ -198,5 +201,5 @@ def test_no_input_gives_anything_but_a_4xx(tmp_path: Path) -> None:
         dest = tmp_path / f"fuzz{attempt}"
         try:
             extract_dataset(bytes(data), dest, settings(tmp_path))
-        except ProblemError as problem:
-            assert 400 <= problem.status < 500
+        except DatasetRejected as rejection:
+            assert 400 <= problem_for(rejection).status < 500

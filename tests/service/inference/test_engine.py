@@ -15,8 +15,9 @@ import torch
 from model import UNet, UNetConfig, save
 from model.predict import predict
 from model.tiling import predict_tiled
-from service.api.problems import ProblemError
+from service.api.errors import problem_for
 from service.inference.engine import CoreShare, InferenceEngine, plan_engine, usable_cores
+from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from tests.helpers import started_engine, until_async
@@ -178,10 +179,12 @@ async def test_full_queue_answers_503_with_retry_after_and_recovers(
         await until_async(lambda: gate.entered == workers)  # every worker busy
         queued = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(2)]
         await until_async(lambda: engine.queue_depth("m") == 2)
-        with pytest.raises(ProblemError) as refused:
+        with pytest.raises(EngineBusy) as refused:
             await engine.predict(served, image(32, 32))
-        assert refused.value.status == 503
-        assert int(refused.value.headers["Retry-After"]) >= 1
+        assert refused.value.retry_after >= 1
+        problem = problem_for(refused.value)
+        assert problem.status == 503 and problem.slug == "overloaded"
+        assert problem.headers["Retry-After"] == str(refused.value.retry_after)
         assert (
             engine.metrics.registry.get_sample_value("unet_rejected_requests_total", {"model": "m"})
             == 1
@@ -196,6 +199,70 @@ async def test_full_queue_answers_503_with_retry_after_and_recovers(
         await engine.stop()
 
 
+def sample(engine: InferenceEngine, name: str) -> float:
+    """A per-model sample of the engine's metrics (0 when absent)."""
+    return engine.metrics.registry.get_sample_value(name, {"model": "m"}) or 0.0
+
+
+async def test_an_image_that_waits_takes_room_as_it_frees_and_has_no_deadline(
+    tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, queue_size=2, request_timeout_s=0.3)
+    engine = await started_engine(registry, settings)
+    try:
+        served = registry.get("m")
+        assert served is not None
+        gate = Gate(served, monkeypatch)
+        workers = engine.plan.limits.workers
+
+        def waiting_for(x: np.ndarray) -> asyncio.Task[Any]:
+            return asyncio.create_task(engine.predict(served, x, wait=True))
+
+        held = [waiting_for(image(32, 32)) for _ in range(workers)]
+        await until_async(lambda: gate.entered == workers)
+        queued = [waiting_for(image(32, 32)) for _ in range(2)]
+        await until_async(lambda: engine.queue_depth("m") == 2)
+        x = image(32, 32, seed=1)
+        waiting = waiting_for(x)
+        await until_async(lambda: sample(engine, "unet_queue_waiting") == 1)
+        with pytest.raises(EngineBusy):  # a request is still refused at once
+            await engine.predict(served, image(32, 32))
+        await asyncio.sleep(2 * settings.request_timeout_s)
+        assert not waiting.done()  # a request would have timed out by now
+        gate.open()
+        result = await asyncio.wait_for(waiting, BOUND_S)
+        np.testing.assert_allclose(result.output, predict(served.network, x).output, atol=1e-5)
+        await asyncio.wait_for(asyncio.gather(*held, *queued), BOUND_S)
+        assert sample(engine, "unet_queue_waiting") == 0
+        assert sample(engine, "unet_rejected_requests_total") == 1  # the request, only
+    finally:
+        await engine.stop()
+
+
+async def test_stop_fails_an_image_waiting_for_room(
+    tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = await started_engine(registry, make_settings(tmp_path, queue_size=1))
+    served = registry.get("m")
+    assert served is not None
+    gate = Gate(served, monkeypatch)
+    workers = engine.plan.limits.workers
+    busy = [
+        asyncio.create_task(engine.predict(served, image(32, 32), wait=True))
+        for _ in range(workers + 1)
+    ]
+    await until_async(lambda: gate.entered == workers and engine.queue_depth("m") == 1)
+    waiting = asyncio.create_task(engine.predict(served, image(32, 32), wait=True))
+    await until_async(lambda: sample(engine, "unet_queue_waiting") == 1)
+    stopping = asyncio.create_task(engine.stop())
+    with pytest.raises(EngineNotReady):
+        await asyncio.wait_for(waiting, BOUND_S)
+    gate.open()  # let the running passes end, so that the stop can finish
+    await asyncio.wait_for(stopping, BOUND_S)
+    await asyncio.gather(*busy, return_exceptions=True)
+    assert sample(engine, "unet_queue_waiting") == 0
+
+
 async def test_timeout_answers_503_and_drops_the_waiting_job(
     tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,9 +274,10 @@ async def test_timeout_answers_503_and_drops_the_waiting_job(
         workers = engine.plan.limits.workers
         held = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(workers)]
         await until_async(lambda: gate.entered == workers)
-        with pytest.raises(ProblemError) as timed_out:
+        with pytest.raises(EngineTimeout) as timed_out:
             await engine.predict(served, image(32, 32))  # waits in the queue past its deadline
-        assert timed_out.value.status == 503 and "Retry-After" in timed_out.value.headers
+        problem = problem_for(timed_out.value)
+        assert problem.status == 503 and "Retry-After" in problem.headers
         assert engine.queue_depth("m") == 0  # dropped, never run
         entered = gate.entered
         gate.open()
@@ -302,9 +370,10 @@ async def test_stop_refuses_new_work_and_restores_torch_threads(
     assert served is not None
     await engine.stop()
     assert not engine.ready and torch.get_num_threads() == threads
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(EngineNotReady) as refused:
         await engine.predict(served, image(8, 8))
-    assert refused.value.status == 503 and "Retry-After" in refused.value.headers
+    problem = problem_for(refused.value)
+    assert problem.status == 503 and problem.headers["Retry-After"] == "1"
 
 
 def test_per_device_defaults(tmp_path: Path) -> None:
