@@ -10,7 +10,7 @@ import numpy as np
 
 from model.calibration import CalibrationError, ScoreHistogram, build_report, check_strategy
 from model.checkpoint import load_checkpoint
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
 from model.unet import UNet

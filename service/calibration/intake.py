@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.data import EXTENSIONS, DatasetError, ImageTooLargeError, find_pairs, image_size
+from model.datasets import EXTENSIONS, find_pairs
+from model.decoding import DatasetError, ImageTooLargeError, check_header, read_header
 from service.api.problems import ProblemError
 from service.settings import Settings
 
@@ -68,23 +69,21 @@ def relative(message: str, folder: Path) -> str:
 
 
 def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> None:
-    """413 for an image over the pixel limit, 422 for an unreadable one; reads headers only."""
+    """413 for an image over the pixel or decoded-byte limit, 422 for an unreadable one.
+
+    Reads headers only: a small compressed file must not be decoded to learn it is too large.
+    """
     for path in paths:
         try:
-            width, height = image_size(path)
+            check_header(str(path), read_header(path, str(path)), max_pixels)
         except ImageTooLargeError as error:
-            # Pillow's decompression-bomb guard refused to open it.
-            raise _too_large_image(relative(str(error), folder)) from None
+            raise _too_large_image(
+                f"{relative(str(error), folder)} (limits follow UNET_MAX_IMAGE_PIXELS)"
+            ) from None
         except DatasetError as error:
             raise ProblemError(
                 422, "Unreadable image", relative(str(error), folder), slug="unreadable-image"
             ) from None
-        if width * height > max_pixels:
-            name = relative(str(path), folder)
-            raise _too_large_image(
-                f"{name}: image is {width} x {height} = {width * height} pixels, over the limit "
-                f"of {max_pixels} pixels (UNET_MAX_IMAGE_PIXELS); send smaller images"
-            )
 
 
 def _open(data: bytes) -> zipfile.ZipFile:

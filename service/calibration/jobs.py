@@ -29,7 +29,8 @@ from anyio import to_thread
 
 from model.calibrate import calibrate_model
 from model.calibration import CalibrationError, check_strategy
-from model.data import DatasetError, load_pair
+from model.datasets import load_pair
+from model.decoding import DatasetError
 from model.predict import Prediction
 from service.api.problems import ProblemError
 from service.calibration.intake import Dataset, extract_dataset, relative
