@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=4096 * 4096,
         gt=0,
-        description="Largest accepted image, width x height; larger ones get 413.",
+        description="Largest accepted image, width x height; larger ones get 413. It also "
+        "bounds an image's decoded size, read from its header before any decoding: at most "
+        "16 bytes (4 samples x 4 bytes) per allowed pixel.",
         json_schema_extra=_shown_as("16777216 (4096 x 4096)"),
     )
     max_zip_entries: int = Field(
