@@ -26,6 +26,9 @@ from service.calibration.jobs import INTERNAL_ERROR
 from service.settings import Settings
 from tests.hostile.make_corpus import SIDE, dataset_zip, images, png, tiff, write_corpus
 
+# Pillow warns about the corpus's broken TIFF headers before refusing them; that is expected.
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
 MODEL = "/v1/models/unet-sigmoid"
 PROBLEM = "application/problem+json"
 UPLOADS = [
