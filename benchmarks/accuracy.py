@@ -14,7 +14,7 @@ from pathlib import Path
 
 from model.calibrate import calibrate_checkpoint
 from model.calibration import Criterion
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.evaluate import dice_iou, evaluate_checkpoint
 from model.otsu import otsu_mask
 from model.synth import write_dataset

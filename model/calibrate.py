@@ -15,7 +15,7 @@ from model.calibration import (
     build_report,
 )
 from model.checkpoint import load_checkpoint
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
 from model.unet import UNet

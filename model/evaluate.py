@@ -12,7 +12,7 @@ from model.activation_stats import HeadStats, HiddenActivationStats
 from model.calibrate import add_to_histogram
 from model.calibration import ScoreHistogram, build_report
 from model.checkpoint import load_checkpoint
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import predict
 from model.unet import UNet

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.decoding import DatasetError
 from model.heads import foreground_channel
 from model.unet import UNet
+
+
+class NonFiniteOutputError(DatasetError):
+    """The network answered NaN or infinity for a finite image: no mask can be read from it."""
 
 
 @dataclass
@@ -17,6 +22,19 @@ class Prediction:
 
     output: np.ndarray  # float32 (H, W), what the head returns
     logits: np.ndarray  # float32 (H, W), before the head; keeps order where a sigmoid rounds to 1
+
+
+def check_finite(prediction: Prediction, name: str = "the image") -> Prediction:
+    """`prediction` if its output and logits are finite, else NonFiniteOutputError."""
+    bad = prediction.output.size - int(np.count_nonzero(np.isfinite(prediction.output)))
+    bad = max(bad, prediction.logits.size - int(np.count_nonzero(np.isfinite(prediction.logits))))
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model's output for {name} has {bad} NaN or infinite values of "
+            f"{prediction.output.size}; its pixel values drive the network out of range, so "
+            "rescale the image (for example to 8 or 16 bits) and send it again"
+        )
+    return prediction
 
 
 def foreground(model: UNet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,4 +63,4 @@ def predict(model: UNet, image: np.ndarray) -> Prediction:
     """The foreground output and logits for one (C, H, W) float image in [0, 1]."""
     device = next(model.parameters()).device
     batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    return to_predictions(model, model.logits(batch))[0]
+    return check_finite(to_predictions(model, model.logits(batch))[0])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.predict import Prediction, to_predictions
+from model.predict import Prediction, check_finite, to_predictions
 from model.unet import UNet
 
 
@@ -184,4 +184,4 @@ def predict_tiled(
         logits = forward(crops).float().cpu().numpy()
         for index, tile_logits in zip(group, logits, strict=True):
             tiled.add(index, tile_logits)
-    return tiled.finish()
+    return check_finite(tiled.finish())

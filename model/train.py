@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from model.checkpoint import CheckpointMeta, default_preprocessing, save
-from model.data import SegmentationFolder
+from model.datasets import SegmentationFolder
 from model.device import pick_device
 from model.heads import foreground_channel
 from model.losses import head_loss

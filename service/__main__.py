@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uvicorn
-
+from service import server
 from service.app import create_app
 from service.settings import Settings
 
@@ -11,13 +10,7 @@ from service.settings import Settings
 def run(host: str | None = None, port: int | None = None) -> None:
     """Run the service with uvicorn; arguments override UNET_HOST and UNET_PORT."""
     settings = Settings()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level,
-        access_log=False,  # requests are logged by the service's own structured middleware
-    )
+    server.run(create_app(settings), settings, host or settings.host, port or settings.port)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from model.device import pick_device
+from service.api.auth import KeyBeforeBody
+from service.api.dependencies import require_api_key
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
@@ -65,10 +67,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     install_problem_handlers(app)
     install_error_answers(app)
-    app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
+    app.add_middleware(
+        BodySizeLimit,
+        limit_for=lambda path: _body_limit(settings, path),
+        timeout_s=settings.body_timeout_s,
+    )
+    routers = [module.router for module in (health, models, inference, calibrations, thresholds)]
+    # Added after the body limit, so it runs before it: no body byte is read without the key.
+    app.add_middleware(
+        KeyBeforeBody,
+        routes=[route for router in routers for route in router.routes],
+        settings=settings,
+        needs_key=require_api_key,
+    )
     install_metrics(app, metrics)
-    for router in (health, models, inference, calibrations, thresholds):
-        app.include_router(router.router)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

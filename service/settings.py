@@ -72,7 +72,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=4096 * 4096,
         gt=0,
-        description="Largest accepted image, width x height; larger ones get 413.",
+        description="Largest accepted image, width x height; larger ones get 413. It also "
+        "bounds an image's decoded size, read from its header before any decoding: at most "
+        "16 bytes (4 samples x 4 bytes) per allowed pixel.",
         json_schema_extra=_shown_as("16777216 (4096 x 4096)"),
     )
     max_zip_entries: int = Field(
@@ -83,6 +85,36 @@ class Settings(BaseSettings):
         gt=0,
         description="Most bytes a calibration zip may expand to (guards against zip bombs).",
         json_schema_extra=_shown_as("1073741824 (1 GiB)"),
+    )
+    # Connection limits (issue 10): bound what one client can make the server hold.
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Largest request head (request line and headers); larger ones get 431 "
+        "and the connection is closed.",
+        json_schema_extra=_shown_as("65536 (64 KiB)"),
+    )
+    max_header_count: int = Field(
+        default=100, gt=0, description="Most headers a request may have; more get 431."
+    )
+    head_timeout_s: float = Field(
+        default=10,
+        gt=0,
+        description="Seconds a client has to send a complete request head once it connects or "
+        "starts a request; slower ones get 408 and are disconnected.",
+    )
+    body_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        description="Seconds a request body may stall between chunks; then 408 and disconnect.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, gt=0, description="Seconds an idle keep-alive connection stays open."
+    )
+    max_connections: int = Field(
+        default=256,
+        gt=0,
+        description="Most open client connections; one more gets 503 and is closed at once.",
     )
     max_batch: int | None = Field(
         default=None,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
+from service.api.auth import key_matches, unauthorized
 from service.api.problems import ProblemError
 from service.container import Services
 from service.inference.registry import ServedModel
@@ -47,22 +47,12 @@ async def require_api_key(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
-    """When UNET_API_KEY is set, mutating endpoints need `Authorization: Bearer <key>`."""
-    expected = services.settings.api_key
-    if expected is None:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    # compare_digest takes the same time whatever the first mismatching byte.
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        token.strip().encode(), expected.get_secret_value().encode()
-    ):
-        raise ProblemError(
-            401,
-            "Unauthorized",
-            "this endpoint changes state; send 'Authorization: Bearer <UNET_API_KEY>'",
-            slug="unauthorized",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """When UNET_API_KEY is set, mutating endpoints need `Authorization: Bearer <key>`.
+
+    `KeyBeforeBody` answers first, before the body is read; this is the second check.
+    """
+    if not key_matches(services.settings, authorization):
+        raise unauthorized()
 
 
 Authorized = Depends(require_api_key)

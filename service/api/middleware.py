@@ -1,7 +1,8 @@
-"""ASGI middleware: body limits enforced while the body streams in, and request metrics."""
+"""ASGI middleware: body limits and stall timeouts enforced while the body streams in, metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -20,15 +21,19 @@ MULTIPART_ALLOWANCE = 64 * 1024
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed.
+    """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed, and 408 for
+    a body that stalls for `timeout_s` between chunks.
 
     Starlette spools a multipart upload to disk before any route code runs, so a limit checked
     in the route would still let a client fill the disk; this one stops reading at the limit.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], timeout_s: float | None = None
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, refusing it once its body exceeds the limit."""
@@ -41,13 +46,23 @@ class BodySizeLimit:
             await _refuse(send, limit)
             return
         received = 0
-        started = refused = False
+        started = refused = complete = False
 
         async def counting_receive() -> Message:
-            nonlocal received, refused
+            nonlocal received, refused, complete
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            try:
+                # Only a body still arriving has a deadline: after it, receive() waits for the
+                # client to leave, which may rightly take as long as the answer does.
+                async with asyncio.timeout(None if complete else self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                refused = True
+                if not started:
+                    await _send_problem(send, 408, _stalled(self.timeout_s))
+                return {"type": "http.disconnect"}
+            complete = complete or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > limit and not started:
                 # Answer now and tell the app the client left: it stops reading the body.
@@ -71,20 +86,34 @@ class BodySizeLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "type": "https://unet-service.dev/problems/upload-too-large",
-            "title": "Upload too large",
-            "status": 413,
-            "detail": f"the request body is larger than the {limit} byte limit for this "
-            "endpoint (UNET_MAX_UPLOAD_BYTES for images, UNET_MAX_DATASET_BYTES for "
-            "calibration zips); send a smaller file",
-        }
-    ).encode()
+    problem = {
+        "type": "https://unet-service.dev/problems/upload-too-large",
+        "title": "Upload too large",
+        "status": 413,
+        "detail": f"the request body is larger than the {limit} byte limit for this "
+        "endpoint (UNET_MAX_UPLOAD_BYTES for images, UNET_MAX_DATASET_BYTES for "
+        "calibration zips); send a smaller file",
+    }
+    await _send_problem(send, 413, problem)
+
+
+def _stalled(timeout_s: float | None) -> dict[str, object]:
+    return {
+        "type": "https://unet-service.dev/problems/body-timeout",
+        "title": "Request body timed out",
+        "status": 408,
+        "detail": f"the request body stalled for {timeout_s} s (UNET_BODY_TIMEOUT_S); "
+        "send it without pauses",
+    }
+
+
+async def _send_problem(send: Send, status: int, problem: dict[str, object]) -> None:
+    """A complete problem response that asks the server to close the connection."""
+    body = json.dumps(problem).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),

@@ -61,7 +61,10 @@ class Threshold(BaseModel):
 class ThresholdUpdate(BaseModel):
     """A manual override of a model's threshold."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"value": 0.35}]})
+    # Strict: `true` or `" 0.5"` is a client's mistake, not a threshold of 1.0 or 0.5.
+    model_config = ConfigDict(
+        strict=True, extra="forbid", json_schema_extra={"examples": [{"value": 0.35}]}
+    )
 
     value: float = Field(description="New threshold, inside the head's output range.")
 

@@ -6,7 +6,7 @@ import numpy as np
 from anyio import to_thread
 from fastapi import UploadFile
 
-from model.data import DatasetError, ImageTooLargeError, image_from_bytes
+from model.decoding import DatasetError, ImageTooLargeError, image_from_bytes
 from service.api.problems import ProblemError
 from service.inference.registry import ServedModel
 from service.settings import Settings

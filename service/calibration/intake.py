@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.data import EXTENSIONS, DatasetError, ImageTooLargeError, find_pairs, image_size
+from model.datasets import EXTENSIONS, find_pairs
+from model.decoding import DatasetError, ImageTooLargeError, check_header, read_header
 from service.calibration.errors import DatasetRejected, Rejection
 from service.settings import Settings
 
@@ -68,23 +69,21 @@ def relative(message: str, folder: Path) -> str:
 
 
 def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> None:
-    """DatasetRejected for an image over the pixel limit or unreadable; reads headers only."""
+    """DatasetRejected for an image over the pixel or decoded-byte limit, or unreadable.
+
+    Reads headers only: a small compressed file must not be decoded to learn it is too large.
+    """
     for path in paths:
         try:
-            width, height = image_size(path)
+            check_header(str(path), read_header(path, str(path)), max_pixels)
         except ImageTooLargeError as error:
-            # Pillow's decompression-bomb guard refused to open it.
-            raise _too_large_image(relative(str(error), folder)) from None
+            raise _too_large_image(
+                f"{relative(str(error), folder)} (limits follow UNET_MAX_IMAGE_PIXELS)"
+            ) from None
         except DatasetError as error:
             raise DatasetRejected(
                 Rejection.UNREADABLE_IMAGE, relative(str(error), folder)
             ) from None
-        if width * height > max_pixels:
-            name = relative(str(path), folder)
-            raise _too_large_image(
-                f"{name}: image is {width} x {height} = {width * height} pixels, over the limit "
-                f"of {max_pixels} pixels (UNET_MAX_IMAGE_PIXELS); send smaller images"
-            )
 
 
 def _open(data: bytes) -> zipfile.ZipFile:

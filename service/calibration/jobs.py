@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from model.calibrate import add_to_histogram, new_histogram
 from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
-from model.data import DatasetError, load_pair
+from model.datasets import load_pair
+from model.decoding import DatasetError
 from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
 from service.calibration.intake import Dataset, extract_dataset, relative
 from service.inference.engine import InferenceEngine

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 
-from model.predict import Prediction
+from model.predict import Prediction, check_finite
 from model.tiling import TiledImage
 from service.inference.batching import Job
 from service.inference.registry import ServedModel
@@ -94,6 +94,6 @@ def finish(job: Job, prediction: Prediction) -> Any:
     """The job's post-processing of its finished prediction; an error becomes its result."""
     assert isinstance(job, ImageJob | TiledJob), f"not a job of this engine: {job!r}"
     try:
-        return job.finish(prediction)
+        return job.finish(check_finite(prediction))
     except Exception as error:  # fails this request only, not the others of its batch
         return error

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from model.calibrate import add_to_histogram
 from model.calibration import STRATEGIES, Criterion, ScoreHistogram, build_report
 from model.checkpoint import load_checkpoint
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.predict import predict
 from model.synth import write_dataset
 from tests.helpers import COSTS, TARGETS, raw_objective

@@ -13,14 +13,11 @@ import tifffile
 import torch
 from PIL import Image
 
-from model.data import (
+from model.datasets import SegmentationFolder, find_pairs, iter_pairs, load_pair
+from model.decoding import (
     DatasetError,
     ImageTooLargeError,
-    SegmentationFolder,
-    find_pairs,
     image_from_bytes,
-    iter_pairs,
-    load_pair,
     read_image,
     read_mask,
 )

@@ -91,6 +91,25 @@ def _succeeded(record: CalibrationRecord, what: str) -> CalibrationRecord:
     return record
 
 
+FORM_FIELDS = ("strategy", "target", "cost_fp", "cost_fn", "activate")
+
+
+async def _refuse_blank_fields(request: Request) -> None:
+    """422 for a form field sent empty: FastAPI would quietly take its default instead."""
+    form = await request.form()  # already parsed for the route's parameters: no second read
+    for name in FORM_FIELDS:
+        values = form.getlist(name)
+        if any(isinstance(value, str) and not value.strip() for value in values):
+            hint = f"one of {', '.join(STRATEGIES)}" if name == "strategy" else "a value"
+            raise ProblemError(
+                422,
+                "Invalid calibration parameters",
+                f"form field {name!r} is empty; give {hint}, or leave the field out for its "
+                "default",
+                slug="invalid-calibration",
+            )
+
+
 @router.post(
     "",
     status_code=202,
@@ -123,6 +142,7 @@ async def start_calibration(
     ] = True,
 ) -> Calibration:
     """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
+    await _refuse_blank_fields(request)
     try:
         criterion = Criterion(strategy.strip().lower(), target, cost_fp, cost_fn)
     except CalibrationError as error:

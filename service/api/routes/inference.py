@@ -8,7 +8,7 @@ from typing import Annotated, Literal, NamedTuple, TypeVar
 import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from model.predict import Prediction
+from model.predict import NonFiniteOutputError, Prediction
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
@@ -57,7 +57,12 @@ async def _infer(
     else:
         active = await services.active_threshold_async(served)
         cut = Cut(active.value, active.source)
-    result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
+    try:
+        result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
+    except NonFiniteOutputError as error:
+        raise ProblemError(
+            422, "Non-finite model output", str(error), slug="non-finite-output"
+        ) from None
     return result, cut
 
 

@@ -1,0 +1,201 @@
+"""Generate the hostile-input corpus: images and zips an attacker or a broken instrument sends.
+
+`python -m tests.hostile.make_corpus FOLDER` writes every case into FOLDER; the tests call
+`write_corpus` on a temporary folder. Each case is small on disk; several declare or expand to
+far more than the service allows. Cases:
+- `dtype-*`: TIFFs of every integer and float sample type, with random, extreme (the type's
+  limits, +-1.7e308 for float64) and constant values, plus booleans;
+- `nonfinite-*`: float TIFFs holding NaN, +inf or -inf; `complex-*`: complex samples;
+- `truncated-*`, `lying-*`: cut-off files and headers that promise data that is not there;
+- `huge-*`: headers declaring 100,000 x 100,000 pixels; `bomb-*`: compressed images that expand
+  past the pixel or byte limits (the 9000 x 9000 float64 TIFF of issue 10 among them);
+- `zip-*.zip`: calibration data sets holding one such image next to a valid mask.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+SIDE = 32  # decodable cases are small: the model runs on every one of them
+INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+FLOATS = ("float16", "float32", "float64")
+
+
+def tiff(array: np.ndarray, **options: object) -> bytes:
+    """`array` as a TIFF file."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def png(array: np.ndarray) -> bytes:
+    """`array` (uint8 or bool) as a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8) * 255 if array.dtype == bool else array).save(
+        buffer, "PNG"
+    )
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_stream(width: int, height: int, colour: int, idat: bytes) -> bytes:
+    """A PNG whose header says `width` x `height` whatever the IDAT holds."""
+    header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", idat)
+        + _chunk(b"IEND", b"")
+    )
+
+
+def png_bomb(width: int, height: int, channels: int) -> bytes:
+    """A real PNG of zeros, compressed row by row so that writing it takes little memory."""
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * channels)
+    parts = [compressor.compress(row) for _ in range(height)]
+    colour = {1: 0, 3: 2, 4: 6}[channels]
+    return png_stream(width, height, colour, b"".join(parts) + compressor.flush())
+
+
+def tiff_bomb(height: int, width: int, samples: int, dtype: str) -> bytes:
+    """A tiled, deflated TIFF of zeros: small on disk, huge decoded.
+
+    One tile is compressed once and written for every tile position (tifffile takes encoded
+    tiles as bytes), so making a 2.5 GiB image costs milliseconds.
+    """
+    tile = (512, 512)
+    shape = (height, width, samples) if samples > 1 else (height, width)
+    zeros = np.zeros((*tile, samples) if samples > 1 else tile, dtype=dtype)
+    encoded = zlib.compress(zeros.tobytes(), 9)
+    count = -(-height // tile[0]) * -(-width // tile[1])
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=(encoded for _ in range(count)),
+        shape=shape,
+        dtype=dtype,
+        tile=tile,
+        compression="zlib",
+        photometric="rgb" if samples in (3, 4) else "minisblack",
+        extrasamples=["unassalpha"] if samples == 4 else None,
+    )
+    return buffer.getvalue()
+
+
+def _values(dtype: str, kind: str, rng: np.random.Generator) -> np.ndarray:
+    info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
+    if kind == "extreme":  # alternating columns at the type's two limits
+        array = np.full((SIDE, SIDE), info.max, dtype=dtype)
+        array[:, ::2] = info.min
+        return array
+    if kind == "constant":
+        return np.full((SIDE, SIDE), info.max, dtype=dtype)
+    if dtype.startswith("float"):
+        return (rng.standard_normal((SIDE, SIDE)) * 1000).astype(dtype)
+    assert isinstance(info, np.iinfo)
+    return rng.integers(info.min, info.max, (SIDE, SIDE), dtype=dtype, endpoint=True)
+
+
+def images() -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes) of every hostile image."""
+    rng = np.random.default_rng(10)
+    for dtype in INTEGERS + FLOATS:
+        for kind in ("random", "extreme", "constant"):
+            yield f"dtype-{dtype}-{kind}.tif", tiff(_values(dtype, kind, rng))
+    yield "dtype-bool.tif", tiff(rng.random((SIDE, SIDE)) > 0.5)
+    yield (
+        "dtype-float64-rgb-extreme.tif",
+        tiff(np.stack([_values("float64", "extreme", rng)] * 3, axis=-1), photometric="rgb"),
+    )
+    yield (
+        "dtype-float64-tiny-span.tif",
+        tiff(1.0 + np.arange(SIDE * SIDE).reshape(SIDE, SIDE) * 1e-16),
+    )
+    for dtype in FLOATS:
+        for name, value in (("nan", np.nan), ("posinf", np.inf), ("neginf", -np.inf)):
+            array = rng.random((SIDE, SIDE)).astype(dtype)
+            array[3, 5] = value
+            yield f"nonfinite-{dtype}-{name}.tif", tiff(array)
+    yield "complex-complex64.tif", tiff((rng.random((SIDE, SIDE)) + 1j).astype("complex64"))
+    good_png = png(rng.integers(0, 256, (SIDE, SIDE), dtype=np.uint8))
+    good_tiff = tiff(rng.random((SIDE, SIDE)).astype("float32"))
+    yield "truncated-png.png", good_png[: len(good_png) // 2]
+    yield "truncated-tiff.tif", good_tiff[: len(good_tiff) // 2]
+    yield "truncated-header.tif", good_tiff[:12]
+    yield "lying-png-short-idat.png", png_stream(64, 64, 0, zlib.compress(b"\x00" * 65))
+    lying = bytearray(good_tiff)
+    offset = lying.find(struct.pack("<HHI", 256, 3, 1))  # ImageWidth, SHORT, count 1
+    if offset >= 0:
+        lying[offset + 8 : offset + 10] = struct.pack("<H", 60000)
+    yield "lying-tiff-width.tif", bytes(lying)
+    yield "huge-png-declared.png", png_stream(100_000, 100_000, 0, zlib.compress(b"\x00" * 64))
+    yield "huge-tiff-declared.tif", _tiff_declaring(100_000, 100_000)
+    yield "bomb-png-grey-6000.png", png_bomb(6000, 6000, 1)
+    yield "bomb-png-rgba-4100.png", png_bomb(4100, 4100, 4)
+    yield "bomb-tiff-float64-9000.tif", tiff_bomb(9000, 9000, 1, "float64")
+    yield "bomb-tiff-float64-rgba-9000.tif", tiff_bomb(9000, 9000, 4, "float64")
+    # At the pixel limit, over the byte limit: 4096 x 4096 float64 RGBA decodes to 512 MiB.
+    yield "bomb-tiff-float64-rgba-4096.tif", tiff_bomb(4096, 4096, 4, "float64")
+
+
+def _tiff_declaring(width: int, height: int) -> bytes:
+    """A little-endian TIFF whose one strip of float64 samples is declared but absent."""
+    entries = [
+        (256, 4, 1, width),  # ImageWidth
+        (257, 4, 1, height),  # ImageLength
+        (258, 3, 1, 64),  # BitsPerSample
+        (259, 3, 1, 1),  # Compression: none
+        (262, 3, 1, 1),  # Photometric: min-is-black
+        (273, 4, 1, 8),  # StripOffsets
+        (277, 3, 1, 1),  # SamplesPerPixel
+        (278, 4, 1, height),  # RowsPerStrip
+        (279, 4, 1, width * height * 8 % (1 << 32)),  # StripByteCounts
+        (339, 3, 1, 3),  # SampleFormat: IEEE float
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        packed = struct.pack("<H", value) + b"\x00\x00" if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+def dataset_zip(name: str, image: bytes) -> bytes:
+    """A calibration zip holding `image` and a valid SIDE x SIDE half-foreground mask."""
+    mask = np.zeros((SIDE, SIDE), dtype=bool)
+    mask[:, : SIDE // 2] = True
+    stem = Path(name).stem
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(f"images/{stem}{Path(name).suffix}", image)
+        archive.writestr(f"masks/{stem}.png", png(mask))
+    return buffer.getvalue()
+
+
+def write_corpus(folder: Path) -> list[Path]:
+    """Write every case into `folder`: images, and a `zip-` data set for each; returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in images():
+        for path, content in ((folder / name, data), (folder / f"zip-{name}.zip", None)):
+            path.write_bytes(content if content is not None else dataset_zip(name, data))
+            written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_corpus(Path(sys.argv[1] if len(sys.argv) > 1 else "hostile-corpus")):
+        print(path, path.stat().st_size)
