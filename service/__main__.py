@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service import server
+from service.api import server
 from service.app import create_app
 from service.settings import Settings
 

@@ -13,8 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HTTP = ("fastapi", "starlette", "service.api")
-# The HTTP edge: the routes, problems and middleware, and the app that assembles them.
-EDGE = (ROOT / "service" / "api", ROOT / "service" / "app.py")
+# The HTTP edge: the routes, problems, middleware and server, and the entry points that
+# assemble them.
+EDGE = (ROOT / "service" / "api", ROOT / "service" / "app.py", ROOT / "service" / "__main__.py")
 
 
 def module_name(path: Path) -> str:
