@@ -46,18 +46,20 @@ def calibrate_model(
     criterion: Criterion = Criterion(),
     on_image: Callable[[int], None] | None = None,
     predict_fn: Callable[[UNet, np.ndarray], Prediction] = predict,
+    reference_auc: float | None = None,
 ) -> CalibrationReport:
     """The calibration report of `network` on (name, image, mask) triples, in one pass.
 
     `on_image(n)` is called after the n-th image (progress; raising there stops the pass);
-    `predict_fn` lets a caller run large images the way it serves them, in tiles.
+    `predict_fn` lets a caller run large images the way it serves them, in tiles;
+    `reference_auc` is the model's known AUC, for the `auc_drop` warning.
     """
     hist = ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
     for done, (name, image, mask) in enumerate(pairs, start=1):
         add_to_histogram(hist, network.config.head, predict_fn(network, image), mask, name)
         if on_image is not None:
             on_image(done)
-    return build_report(hist, criterion)
+    return build_report(hist, criterion, reference_auc)
 
 
 def calibrate_checkpoint(
@@ -67,6 +69,6 @@ def calibrate_checkpoint(
     progress: bool = False,
 ) -> CalibrationReport:
     """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
-    network, _ = load_checkpoint(checkpoint)
+    network, meta = load_checkpoint(checkpoint)
     pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
-    return calibrate_model(network, pairs, criterion)
+    return calibrate_model(network, pairs, criterion, reference_auc=meta.reference_auc)
