@@ -32,6 +32,7 @@ from model.calibration import CalibrationError, CalibrationReport, Criterion
 from model.data import DatasetError, load_pair
 from model.predict import Prediction
 from service.api.problems import ProblemError
+from service.calibration.gate import reference_auc
 from service.calibration.intake import Dataset, extract_dataset, relative
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry, ServedModel
@@ -62,6 +63,7 @@ class CalibrationParams:
 
     criterion: Criterion
     activate: bool = True
+    force: bool = False  # activate even with blocking warnings
 
 
 @dataclass
@@ -173,6 +175,7 @@ class CalibrationJobs:
             "cost_fn": params.criterion.cost_fn,
             "dataset": (filename or "")[:255],
             "n_images": len(dataset.pairs),
+            "force": params.force,
         }
         calibration_id = self.store.create_calibration(
             served.name,
@@ -239,8 +242,10 @@ class CalibrationJobs:
             self.store.mark_running(job.id)
             started = time.monotonic()
             report = self._calibrate(job)
+            # A blocked report is stored but not activated; its record says why (gate.py).
+            activate = job.params.activate and (job.params.force or not report.blocking)
             active = self.store.finish_calibration(
-                job.id, report.to_dict(), report.threshold, report.auc, activate=job.params.activate
+                job.id, report.to_dict(), report.threshold, report.auc, activate=activate
             )
             if active is not None:
                 self.metrics.set_threshold(name, active.value)
@@ -293,6 +298,7 @@ class CalibrationJobs:
             params.criterion,
             on_image=on_image,
             predict_fn=lambda _network, image: self._predict(served, image),
+            reference_auc=reference_auc(served, self.store),
         )
 
     def _predict(self, served: ServedModel, image: np.ndarray) -> Prediction:
