@@ -13,14 +13,16 @@ from model.device import pick_device
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.problems import install_problem_handlers
-from service.api.routes import calibrations, health, inference, models, thresholds
+from service.api.routes import calibrations, drift, health, inference, models, thresholds
 from service.calibration.jobs import CalibrationJobs
 from service.container import Services
+from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry
 from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
+from service.state.drift_windows import DriftWindows
 from service.state.lock import StateLock
 from service.state.store import ThresholdStore
 
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
     install_metrics(app, metrics)
-    for router in (health, models, inference, calibrations, thresholds):
+    for router in (health, models, inference, calibrations, thresholds, drift):
         app.include_router(router.router)
     return app
 
@@ -87,7 +89,9 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         log.warning("marked %d interrupted calibration(s) failed", interrupted)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
-    services = Services(settings, registry, store, engine, jobs, metrics)
+    drift_windows = DriftWindows(store.path)
+    monitor = DriftMonitor(store, drift_windows, settings, metrics)
+    services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
     for served in registry:
         metrics.set_threshold(served.name, services.active_threshold(served).value)
@@ -99,4 +103,6 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         warmup.cancel()
         await jobs.stop()
         await engine.stop()
+        monitor.save_all()
+        drift_windows.close()
         store.close()

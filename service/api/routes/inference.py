@@ -52,12 +52,11 @@ async def _infer(
     if threshold is not None:
         check_threshold(served, threshold)
     pixels = await decode_image(image, served, services.settings)
-    if threshold is not None:
-        cut = Cut(threshold, "request")
-    else:
-        active = services.active_threshold(served)
-        cut = Cut(active.value, active.source)
-    result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
+    active = services.active_threshold(served)
+    cut = Cut(threshold, "request") if threshold is not None else Cut(active.value, active.source)
+    # Drift watches every served image against the active calibration, whatever the cut.
+    observe = services.drift.watch(served.name, active.calibration_id)
+    result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
     return result, cut
 
 
