@@ -94,7 +94,9 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
     for served in registry:
-        metrics.set_threshold(served.name, services.active_threshold(served).value)
+        active = services.active_threshold(served)
+        metrics.set_threshold(served.name, active.value)
+        monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
     try:
