@@ -76,14 +76,14 @@ def prepare_models(checkpoint: Path, folder: Path) -> tuple[str, str]:
     return weights.stem, "random (same architecture; speed does not depend on the weights)"
 
 
-def synthetic_pngs(side: int, count: int, seed: int = 0) -> list[bytes]:
-    """`count` synthetic microscopy images of `side` x `side`, PNG-encoded."""
+def synthetic_pngs(side: int, count: int, seed: int = 0, masks: bool = False) -> list[bytes]:
+    """`count` synthetic microscopy images (or, with `masks`, their masks), PNG-encoded."""
     rng = np.random.default_rng(seed)
     pngs = []
     for _ in range(count):
-        image, _ = generate_pair(rng, side)
+        image, mask = generate_pair(rng, side)
         buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
+        Image.fromarray(mask.astype(np.uint8) * 255 if masks else image).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
     return pngs
 

@@ -49,12 +49,16 @@ def calibrate_model(
     network: UNet,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     criterion: Criterion = Criterion(),
+    reference_auc: float | None = None,
 ) -> CalibrationReport:
-    """The calibration report of `network` on (name, image, mask) triples, in one pass."""
+    """The calibration report of `network` on (name, image, mask) triples, in one pass.
+
+    `reference_auc` is the model's known AUC, for the `auc_drop` warning.
+    """
     hist = new_histogram(network)
     for name, image, mask in pairs:
         add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
-    return build_report(hist, criterion)
+    return build_report(hist, criterion, reference_auc)
 
 
 def calibrate_checkpoint(
@@ -64,6 +68,6 @@ def calibrate_checkpoint(
     progress: bool = False,
 ) -> CalibrationReport:
     """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
-    network, _ = load_checkpoint(checkpoint)
+    network, meta = load_checkpoint(checkpoint)
     pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
-    return calibrate_model(network, pairs, criterion)
+    return calibrate_model(network, pairs, criterion, reference_auc=meta.reference_auc)

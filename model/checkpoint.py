@@ -37,6 +37,12 @@ class CheckpointMeta:
         """The recorded default threshold, or the conventional 0.5 when there is none."""
         return float(self.default_threshold["value"]) if self.default_threshold else 0.5
 
+    @property
+    def reference_auc(self) -> float | None:
+        """The pixel AUC recorded with the default threshold's evidence, if any."""
+        auc = (self.default_threshold or {}).get("auc")
+        return float(auc) if isinstance(auc, int | float) else None
+
     def to_dict(self) -> dict[str, Any]:
         """The metadata as written to `NAME.json`."""
         return {

@@ -21,6 +21,7 @@ from model.heads import HEADS
 DESCRIPTION = "The model's commands: synth, train, evaluate, calibrate, make-weights."
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+EXIT_BLOCKED = 3  # `calibrate --strict`: the report carries a blocking warning
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,13 +100,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     calibrate.add_argument("--checkpoint", type=Path, required=True)
     calibrate.add_argument("--data", type=Path, required=True)
-    calibrate.add_argument("--strategy", default="youden")
+    calibrate.add_argument(
+        "--strategy", default="f1", help="how the threshold is chosen (default: f1, i.e. Dice)"
+    )
     calibrate.add_argument(
         "--target", type=float, help="for target_tpr/target_fpr/target_precision"
     )
     calibrate.add_argument("--cost-fp", type=float, default=1.0, help="cost of a false positive")
     calibrate.add_argument("--cost-fn", type=float, default=1.0, help="cost of a false negative")
     calibrate.add_argument("--plot", type=Path, help="also write the ROC curve as a PNG here")
+    calibrate.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit {EXIT_BLOCKED} when a warning has severity block (the service would refuse "
+        "to activate the threshold)",
+    )
 
     _add_make_weights(commands)
 
@@ -189,7 +198,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
         args.plot.write_bytes(roc_png(report))
     emit(args, report.to_dict())
-    return 0
+    # On stderr, so that --json keeps stdout to the one JSON object.
+    for warning in report.warnings:
+        print(f"{warning.severity}: {warning.code}: {warning.message}", file=sys.stderr)
+    return EXIT_BLOCKED if args.strict and report.blocking else 0
 
 
 def _make_weights(args: argparse.Namespace) -> int:

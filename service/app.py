@@ -17,14 +17,16 @@ from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.problems import install_problem_handlers
-from service.api.routes import calibrations, health, inference, models, thresholds
+from service.api.routes import calibrations, drift, health, inference, models, thresholds
 from service.calibration.jobs import CalibrationJobs
 from service.container import Services
+from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry
 from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
+from service.state.drift_windows import DriftWindows
 from service.state.lock import StateLock
 from service.state.store import ThresholdStore
 
@@ -72,7 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit_for=lambda path: _body_limit(settings, path),
         timeout_s=settings.body_timeout_s,
     )
-    routers = [module.router for module in (health, models, inference, calibrations, thresholds)]
+    routers = [
+        module.router for module in (health, models, inference, calibrations, thresholds, drift)
+    ]
     # Added after the body limit, so it runs before it: no body byte is read without the key.
     app.add_middleware(
         KeyBeforeBody,
@@ -101,10 +105,14 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     store = await to_thread.run_sync(_open_store, settings, registry)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
-    services = Services(settings, registry, store, engine, jobs, metrics)
+    drift_windows = DriftWindows(store.path)
+    monitor = DriftMonitor(store, drift_windows, settings, metrics)
+    services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
     for served in registry:
-        metrics.set_threshold(served.name, services.active_threshold(served).value)
+        active = services.active_threshold(served)
+        metrics.set_threshold(served.name, active.value)
+        monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
     try:
@@ -113,6 +121,8 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         warmup.cancel()
         await jobs.stop()
         await engine.stop()
+        monitor.save_all()
+        drift_windows.close()
         store.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.calibration.jobs import CalibrationJobs
+from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
@@ -22,6 +23,7 @@ class Services:
     engine: InferenceEngine
     jobs: CalibrationJobs
     metrics: Metrics
+    drift: DriftMonitor
 
     def active_threshold(self, served: ServedModel) -> ActiveThreshold:
         """The threshold in force: stored for this exact checkpoint, else the checkpoint default."""

@@ -165,6 +165,17 @@ class Settings(BaseSettings):
         default="info", description="Least severe log level written."
     )
     log_json: bool = Field(default=False, description="Write logs as one JSON object per line.")
+    # Threshold health (drift on live traffic).
+    drift_window: int = Field(
+        default=200,
+        ge=10,
+        description="Served images per model whose scores are compared with the calibration's.",
+    )
+    drift_min_images: int = Field(
+        default=20,
+        ge=1,
+        description="Served images needed before drift can be `warn` or `alert`.",
+    )
 
     @field_validator("device")
     @classmethod

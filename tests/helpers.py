@@ -47,6 +47,7 @@ DESIGN_KEYS = {
     "brier",
     "ece",
     "reliability",
+    "warnings",
 }
 POINT_KEYS = {"threshold", "tpr", "fpr", "precision", "f1", "iou", "youden_j"}
 # The parameters the calibration tests give the target and cost strategies.

@@ -39,7 +39,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from model.calibration.drift import score_profile
 from model.calibration.errors import CalibrationError
+from model.calibration.health import assess
 from model.calibration.histogram import ScoreHistogram
 from model.calibration.reliability import calibration_quality
 from model.calibration.schema import (
@@ -68,8 +70,14 @@ FIXED_CUT = 0.5
 _MIN_REPLICATES = 20
 
 
-def build_report(hist: ScoreHistogram, criterion: Criterion = Criterion()) -> CalibrationReport:
-    """The calibration report of a filled histogram, its threshold chosen by `criterion`."""
+def build_report(
+    hist: ScoreHistogram, criterion: Criterion = Criterion(), reference_auc: float | None = None
+) -> CalibrationReport:
+    """The calibration report of a filled histogram, its threshold chosen by `criterion`.
+
+    Its `warnings` (`model.calibration.health`) compare the AUC with `reference_auc`, the
+    model's known AUC, when given; its `score_profile` is the reference for drift.
+    """
     if hist.n_images == 0:
         raise CalibrationError("the calibration set is empty: give at least one image and mask")
     idx, pos, neg = hist.nonempty()
@@ -112,7 +120,7 @@ def build_report(hist: ScoreHistogram, criterion: Criterion = Criterion()) -> Ca
         brier, ece, table = calibration_quality(hist)
 
     b_chosen = int(idx[len(idx) - chosen]) if chosen > 0 else None
-    return CalibrationReport(
+    report = CalibrationReport(
         threshold=threshold,
         strategy=criterion.strategy,
         target=criterion.target,
@@ -142,7 +150,9 @@ def build_report(hist: ScoreHistogram, criterion: Criterion = Criterion()) -> Ca
             tied_at_max_fraction=hist.n_at_max / hist.n_pixels,
         ),
         quantisation=_quantisation(hist, b_chosen, threshold),
+        score_profile=score_profile(hist, threshold),
     )
+    return report.model_copy(update={"warnings": assess(report, criterion, reference_auc)})
 
 
 def calibrate_arrays(
@@ -153,12 +163,13 @@ def calibrate_arrays(
     logits: bool = False,
     n_bootstrap: int = 200,
     seed: int = 0,
+    reference_auc: float | None = None,
 ) -> CalibrationReport:
     """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
     hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed)
     for scores, mask in pairs:
         hist.update(scores, mask, logits=logits)
-    return build_report(hist, criterion)
+    return build_report(hist, criterion, reference_auc)
 
 
 def _sklearn_roc(

@@ -8,9 +8,11 @@ string keys and a misspelt key fails at the type checker instead of at run time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+Severity = Literal["info", "warn", "block"]
 
 
 class _Frozen(BaseModel):
@@ -105,6 +107,29 @@ class UnboundedQuantisation(_Frozen):
     logits_binned: bool
 
 
+class HealthWarning(_Frozen):
+    """One finding about the calibration's trustworthiness; `block` keeps it from activation."""
+
+    code: str
+    severity: Severity
+    message: str
+
+
+class ScoreProfile(_Frozen):
+    """The calibration set's score distribution in a few quantile bins, the reference for drift.
+
+    ``edges`` are ascending cut points (bin i holds edges[i-1] <= score < edges[i]), each a fine
+    bin edge of the calibration's own binning; ``fractions`` the share of pixels in each of the
+    ``len(edges) + 1`` bins; ``foreground_fraction`` the share of pixels at or above
+    ``threshold``.
+    """
+
+    edges: tuple[float, ...]
+    fractions: tuple[float, ...]
+    threshold: float
+    foreground_fraction: float
+
+
 class CalibrationReport(_Frozen):
     """A calibration's threshold and the evidence for it."""
 
@@ -128,6 +153,14 @@ class CalibrationReport(_Frozen):
     per_image_thresholds: PerImageSpread | None
     score_range: ScoreRange
     quantisation: ProbabilityQuantisation | UnboundedQuantisation
+    # Defaults: reports stored before threshold health carry neither.
+    warnings: tuple[HealthWarning, ...] = ()
+    score_profile: ScoreProfile | None = None
+
+    @property
+    def blocking(self) -> tuple[HealthWarning, ...]:
+        """The warnings that keep this calibration from becoming active without force."""
+        return tuple(w for w in self.warnings if w.severity == "block")
 
     @property
     def chosen(self) -> OperatingPoint:

@@ -9,6 +9,64 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ThresholdSource = Literal["default", "calibration", "manual"]
 CalibrationStatus = Literal["queued", "running", "succeeded", "failed"]
+DriftStatus = Literal["ok", "warn", "alert", "no_reference"]
+
+
+class CalibrationWarning(BaseModel):
+    """A calibration report's finding about its own trustworthiness."""
+
+    code: str = Field(
+        description="auc_below_chance, auc_drop, few_positives, wide_interval, images_disagree, "
+        "tied_scores, not_a_probability or worse_than_fixed."
+    )
+    severity: Literal["info", "warn", "block"] = Field(
+        description="block: the calibration is not activated unless force=true."
+    )
+    message: str = Field(description="What it means and what to do.")
+
+
+class ForegroundFractions(BaseModel):
+    """Mean share of pixels at or above the calibration's threshold."""
+
+    served: float | None = Field(description="Over the window's served images (null: none).")
+    calibration: float | None = Field(description="On the calibration set.")
+
+
+class Drift(BaseModel):
+    """How far a model's served scores have moved from its active calibration's."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "n_images": 200,
+                    "window": 200,
+                    "score_distance": 0.031,
+                    "foreground_fraction": {"served": 0.22, "calibration": 0.24},
+                    "calibration_id": "0193a1c2e4f57a1b2c3d4e5f6a7b8c9d",
+                    "metric": "psi",
+                    "cutoffs": {"warn": 0.1, "alert": 0.25},
+                    "min_images": 20,
+                }
+            ]
+        }
+    )
+
+    status: DriftStatus = Field(
+        description="ok, warn (PSI >= cutoffs.warn), alert (PSI >= cutoffs.alert) or "
+        "no_reference (no active calibration to compare with); ok until min_images are in."
+    )
+    n_images: int = Field(description="Served images in the window.")
+    window: int = Field(description="The window's length in images (UNET_DRIFT_WINDOW).")
+    score_distance: float | None = Field(
+        description="PSI of the window's scores against the calibration's (null: no images)."
+    )
+    foreground_fraction: ForegroundFractions
+    calibration_id: str | None = Field(description="The calibration compared with.")
+    metric: Literal["psi"] = "psi"
+    cutoffs: dict[str, float] = Field(description="The PSI at which status becomes warn, alert.")
+    min_images: int = Field(description="Images needed before the status can leave ok.")
 
 
 class Liveness(BaseModel):
@@ -134,6 +192,8 @@ class ModelInfo(BaseModel):
                     "threshold": {"value": 0.41, "source": "default", "calibration_id": None},
                     "default_threshold": 0.41,
                     "digest": "5f0c…",
+                    "warnings": [],
+                    "drift_status": "no_reference",
                 }
             ]
         }
@@ -148,6 +208,12 @@ class ModelInfo(BaseModel):
     threshold: Threshold = Field(description="The active threshold.")
     default_threshold: float = Field(description="The checkpoint's own threshold (0.5 if none).")
     digest: str = Field(description="SHA-256 of the checkpoint; thresholds are tied to it.")
+    warnings: list[CalibrationWarning] = Field(
+        default_factory=list, description="The active calibration's warnings (none otherwise)."
+    )
+    drift_status: DriftStatus = Field(
+        "no_reference", description="GET /v1/models/{model}/drift has the figures."
+    )
 
 
 class ModelList(BaseModel):
@@ -207,6 +273,7 @@ class CalibrationSummary(BaseModel):
                         "cost_fn": 1.0,
                         "dataset": "calibration.zip",
                         "n_images": 48,
+                        "force": False,
                     },
                     "created": "2026-11-22T09:29:41.120Z",
                     "started": "2026-11-22T09:29:41.131Z",
@@ -227,7 +294,7 @@ class CalibrationSummary(BaseModel):
     activate: bool = Field(description="Whether it was to become the active threshold.")
     active: bool = Field(description="Whether its threshold is the one in force now.")
     params: dict[str, Any] = Field(
-        description="Costs (cost_fp, cost_fn), the uploaded file's name and the image count."
+        description="Costs (cost_fp, cost_fn), the uploaded file's name, the image count and force."
     )
     created: datetime
     started: datetime | None = None
@@ -244,7 +311,7 @@ class Calibration(CalibrationSummary):
                     "id": "0193a1c2e4f57a1b2c3d4e5f6a7b8c9d",
                     "status": "running",
                     "progress": 0.42,
-                    "strategy": "youden",
+                    "strategy": "f1",
                     "target": None,
                     "threshold": None,
                     "auc": None,
@@ -256,6 +323,7 @@ class Calibration(CalibrationSummary):
                         "cost_fn": 1.0,
                         "dataset": "calibration.zip",
                         "n_images": 48,
+                        "force": False,
                     },
                     "created": "2026-11-22T09:29:41.120Z",
                     "started": "2026-11-22T09:29:41.131Z",
@@ -266,6 +334,11 @@ class Calibration(CalibrationSummary):
         }
     )
 
+    activation_blocked: str | None = Field(
+        None,
+        description="Why a succeeded calibration asked to activate was not: its report has "
+        "blocking warnings and force was not given.",
+    )
     report: dict[str, Any] | None = Field(
         None,
         description="The calibration report (threshold, auc, roc, operating_points, confusion, "

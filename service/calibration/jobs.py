@@ -28,6 +28,7 @@ from model.calibration import CalibrationError, Criterion, ScoreHistogram, build
 from model.datasets import load_pair
 from model.decoding import DatasetError
 from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
+from service.calibration.gate import reference_auc
 from service.calibration.intake import Dataset, extract_dataset, relative
 from service.inference.engine import InferenceEngine
 from service.inference.errors import DeviceOutOfMemory, EngineNotReady
@@ -57,6 +58,7 @@ class CalibrationParams:
 
     criterion: Criterion
     activate: bool = True
+    force: bool = False  # activate even with blocking warnings
 
 
 @dataclass
@@ -168,6 +170,7 @@ class CalibrationJobs:
                 "cost_fn": params.criterion.cost_fn,
                 "dataset": (filename or "")[:255],
                 "n_images": len(dataset.pairs),
+                "force": params.force,
             }
             calibration_id = self.store.create_calibration(
                 served.name,
@@ -249,10 +252,13 @@ class CalibrationJobs:
         started = time.monotonic()
         hist = await self._count(job)
         job.finishing = True
-        report = await asyncio.to_thread(build_report, hist, params.criterion)
+        reference = await asyncio.to_thread(reference_auc, job.served, self.store)
+        report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
+        # A blocked report is stored but not activated; its record says why (gate.py).
+        activate = params.activate and (params.force or not report.blocking)
         active = await _write_through(
             lambda: self.store.finish_calibration(
-                job.id, report.to_dict(), report.threshold, report.auc, activate=params.activate
+                job.id, report.to_dict(), report.threshold, report.auc, activate=activate
             )
         )
         if active is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -67,6 +69,40 @@ class Metrics:
         self.active_threshold = Gauge(
             "unet_active_threshold", "The threshold in force per model", ["model"], registry=r
         )
+
+        self.drift_distance = Gauge(
+            "unet_drift_score_distance",
+            "PSI of served scores against the active calibration's (NaN: no data)",
+            ["model"],
+            registry=r,
+        )
+        self.drift_status = Enum(
+            "unet_drift_status",
+            "Drift of served scores from the active calibration",
+            ["model"],
+            states=["ok", "warn", "alert", "no_reference"],
+            registry=r,
+        )
+        self.drift_foreground = Gauge(
+            "unet_drift_foreground_fraction",
+            "Mean share of pixels at or above the active calibration's threshold",
+            ["model", "source"],
+            registry=r,
+        )
+
+    def set_drift(
+        self,
+        model: str,
+        status: str,
+        distance: float | None,
+        served: float | None,
+        calibration: float | None,
+    ) -> None:
+        """Publish `model`'s drift: its status, PSI and foreground fractions (None: unknown)."""
+        self.drift_status.labels(model).state(status)
+        self.drift_distance.labels(model).set(math.nan if distance is None else distance)
+        for source, value in (("served", served), ("calibration", calibration)):
+            self.drift_foreground.labels(model, source).set(math.nan if value is None else value)
 
     def set_threshold(self, model: str, value: float) -> None:
         """Publish the threshold now in force for `model`."""

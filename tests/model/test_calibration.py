@@ -32,7 +32,13 @@ SCALE = {
     "relu": "unbounded",
     "identity": "unbounded",
 }
-EXTRA_KEYS = {"tied_at_min_fraction", "per_image_thresholds", "score_range", "quantisation"}
+EXTRA_KEYS = {
+    "tied_at_min_fraction",
+    "per_image_thresholds",
+    "score_range",
+    "quantisation",
+    "score_profile",
+}
 
 
 def logit_maps(
@@ -238,7 +244,7 @@ def test_bootstrap_interval_and_per_image_spread(case: Case) -> None:
     assert spread["min"] <= spread["q25"] <= spread["median"] <= spread["q75"] <= spread["max"]
     assert 0 < spread["n_images"] <= 24 and spread["sampled"] is False
     # Reproducible: the same seed gives the same interval.
-    again = calibrate_arrays(case.pairs, SCALE[case.head])
+    again = calibrate_arrays(case.pairs, SCALE[case.head], Criterion("youden"))
     assert again.threshold_ci == tuple(report["threshold_ci"])
 
 
@@ -267,7 +273,7 @@ def test_logits_keep_the_order_a_float32_sigmoid_loses() -> None:
     pairs = logit_maps(n_images=12)
     z = np.concatenate([zi.ravel() for zi, _ in pairs])
     y = np.concatenate([m.ravel() for _, m in pairs])
-    by_logit = calibrate_arrays(pairs, "probability", logits=True)
+    by_logit = calibrate_arrays(pairs, "probability", Criterion("youden"), logits=True)
     assert by_logit.quantisation.logits_binned is True
     assert abs(by_logit.auc - roc_auc_score(y, z)) < 1e-4
     fpr, tpr, thr = roc_curve(y, z)
@@ -276,7 +282,7 @@ def test_logits_keep_the_order_a_float32_sigmoid_loses() -> None:
     assert abs(by_logit.quantisation.threshold_logit - best) < 2e-3
     # The same maps through a float32 sigmoid: the pixels above a logit of 16.6 tie at 1.0.
     p = [(head_output("sigmoid", zi), m) for zi, m in pairs]
-    by_prob = calibrate_arrays(p, "probability")
+    by_prob = calibrate_arrays(p, "probability", Criterion("youden"))
     assert by_prob.score_range.tied_at_max_fraction > 0.01
     assert by_logit.score_range.tied_at_max_fraction < 1e-3
     assert by_logit.threshold == pytest.approx(by_prob.threshold, abs=2e-3)
@@ -486,6 +492,7 @@ NESTED_KEYS = {
     "confusion": {"tp", "fp", "tn", "fn"},
     "score_range": {"min", "max", "tied_at_max_fraction"},
     "per_image_thresholds": {"median", "q25", "q75", "min", "max", "n_images", "sampled"},
+    "score_profile": {"edges", "fractions", "threshold", "foreground_fraction"},
 }
 QUANTISATION_KEYS = {"scheme", "n_bins", "mantissa_bits", "threshold_bin", "threshold_logit"} | {
     "logits_binned"

@@ -6,7 +6,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from anyio import to_thread
-from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 
 from model.calibration import (
     STRATEGIES,
@@ -22,6 +22,7 @@ from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.uploads import read_upload
+from service.calibration.gate import blocked_reason, blocking_codes
 from service.calibration.jobs import CalibrationParams
 from service.container import Services
 from service.inference.registry import ServedModel
@@ -74,7 +75,13 @@ def _summary(record: CalibrationRecord, active_id: str | None) -> CalibrationSum
 
 def _view(services: Services, served: ServedModel, record: CalibrationRecord) -> Calibration:
     active_id = services.active_threshold(served).calibration_id
-    return Calibration(**_summary(record, active_id).model_dump(), report=record.report)
+    blocked = None
+    codes = blocking_codes(record.report)
+    if codes and record.activate and not record.params.get("force", False):
+        blocked = blocked_reason(codes)
+    return Calibration(
+        **_summary(record, active_id).model_dump(), activation_blocked=blocked, report=record.report
+    )
 
 
 def _succeeded(record: CalibrationRecord, what: str) -> CalibrationRecord:
@@ -125,8 +132,12 @@ async def start_calibration(
     served: ModelDep,
     dataset: DatasetFile,
     strategy: Annotated[
-        str, Form(description=f"How to choose the threshold: {', '.join(STRATEGIES)}.")
-    ] = "youden",
+        str,
+        Form(
+            description=f"How to choose the threshold: {', '.join(STRATEGIES)}; default f1 "
+            "(pixel F1 = Dice, the segmentation criterion)."
+        ),
+    ] = "f1",
     target: Annotated[
         float | None,
         Form(description=f"The target rate in (0, 1) of {', '.join(TARGET_STRATEGIES)}."),
@@ -140,6 +151,10 @@ async def start_calibration(
     activate: Annotated[
         bool, Form(description="Make the threshold active when the job succeeds.")
     ] = True,
+    force: Annotated[
+        bool,
+        Form(description="Activate even when the report has a warning of severity block."),
+    ] = False,
 ) -> Calibration:
     """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
     await _refuse_blank_fields(request)
@@ -152,7 +167,7 @@ async def start_calibration(
     data = await read_upload(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
-    params = CalibrationParams(criterion, activate)
+    params = CalibrationParams(criterion, activate, force)
     calibration_id = await services.jobs.start(served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (
@@ -217,10 +232,26 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
     responses=problem_responses(401, 404, 409),
 )
 def activate_calibration(
-    services: ServicesDep, served: ModelDep, calibration_id: CalibrationId, actor: Actor = None
+    services: ServicesDep,
+    served: ModelDep,
+    calibration_id: CalibrationId,
+    actor: Actor = None,
+    force: Annotated[
+        bool, Query(description="Activate even when the report has a warning of severity block.")
+    ] = False,
 ) -> Threshold:
     """The calibration's threshold is in force from now on (source `calibration`)."""
-    _succeeded(_record(services, served, calibration_id), "activation")
+    record = _succeeded(_record(services, served, calibration_id), "activation")
+    codes = blocking_codes(record.report)
+    if codes and not force:
+        raise ProblemError(
+            409,
+            "Calibration blocked",
+            f"calibration {calibration_id!r} has blocking warnings ({', '.join(codes)}); read "
+            "them in its report.warnings and fix the calibration set, or activate anyway with "
+            "?force=true",
+            slug="calibration-blocked",
+        )
     try:
         active = services.store.activate_calibration(
             served.name, served.digest, calibration_id, actor=actor

@@ -52,13 +52,12 @@ async def _infer(
     if threshold is not None:
         check_threshold(served, threshold)
     pixels = await decode_image(image, served, services.settings)
-    if threshold is not None:
-        cut = Cut(threshold, "request")
-    else:
-        active = await services.active_threshold_async(served)
-        cut = Cut(active.value, active.source)
+    active = await services.active_threshold_async(served)
+    cut = Cut(threshold, "request") if threshold is not None else Cut(active.value, active.source)
+    # Drift watches every served image against the active calibration, whatever the cut.
+    observe = services.drift.watch(served.name, active.calibration_id)
     try:
-        result = await services.engine.run(served, pixels, lambda p: then(pixels, p, cut))
+        result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
     except NonFiniteOutputError as error:
         raise ProblemError(
             422, "Non-finite model output", str(error), slug="non-finite-output"

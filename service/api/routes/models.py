@@ -6,9 +6,10 @@ import math
 
 from fastapi import APIRouter
 
+from model.calibration import CalibrationReport
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.problems import problem_responses
-from service.api.schemas import Architecture, ModelInfo, ModelList, Threshold
+from service.api.schemas import Architecture, CalibrationWarning, ModelInfo, ModelList, Threshold
 from service.container import Services
 from service.inference.registry import ServedModel
 
@@ -29,6 +30,7 @@ def threshold_view(services: Services, served: ServedModel) -> Threshold:
 def model_info(services: Services, served: ServedModel) -> ModelInfo:
     """Everything a client needs to know about one served model."""
     low, high = served.output_range
+    active = services.active_threshold(served)
     return ModelInfo(
         name=served.name,
         architecture=Architecture(**served.meta.architecture.to_dict()),  # type: ignore[arg-type]
@@ -37,7 +39,24 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         threshold=threshold_view(services, served),
         default_threshold=served.default_threshold,
         digest=served.digest,
+        warnings=_active_warnings(services, served, active.calibration_id),
+        drift_status=services.drift.status(served.name, active.calibration_id),
     )
+
+
+def _active_warnings(
+    services: Services, served: ServedModel, calibration_id: str | None
+) -> list[CalibrationWarning]:
+    """The warnings of the calibration whose threshold is in force (none without one)."""
+    record = (
+        None
+        if calibration_id is None
+        else services.store.get_calibration(served.name, calibration_id)
+    )
+    if record is None or record.report is None:
+        return []
+    report = CalibrationReport.from_dict(record.report)
+    return [CalibrationWarning(**w.model_dump()) for w in report.warnings]
 
 
 @router.get("", name="list", summary="List the served models")

@@ -235,6 +235,9 @@ def test_every_response_is_one_the_document_describes(
         assert client.post(f"{location}/activate").status_code == 401
         assert client.post(f"{location}/activate", headers=AUTH).status_code == 200
         assert client.post(f"{SIGMOID}/calibrations/nope/activate", headers=AUTH).status_code == 404
+        drift = client.get(f"{SIGMOID}/drift")
+        assert drift.status_code == 200 and drift.json()["calibration_id"] == job["id"]
+        assert client.get("/v1/models/nope/drift").status_code == 404
 
         assert client.get(f"{SIGMOID}/threshold").status_code == 200
         assert client.get("/v1/models/nope/threshold").status_code == 404

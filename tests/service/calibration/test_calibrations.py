@@ -103,10 +103,11 @@ def test_calibrate_activate_and_survive_a_restart(settings: Settings) -> None:
         assert done["progress"] == 1 and done["error"] is None and done["active"]
         report = done["report"]
         assert set(report) >= DESIGN_KEYS
-        assert report["strategy"] == "youden" and report["n_images"] == 3
+        # No strategy given: f1, pixel Dice.
+        assert report["strategy"] == "f1" and report["n_images"] == 3
         assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}
         assert len(report["roc"]["fpr"]) <= 512
-        assert set(report["operating_points"]["youden"]) >= POINT_KEYS
+        assert set(report["operating_points"]["f1"]) >= POINT_KEYS
         assert set(report["operating_points"]["fixed_0.5"]) >= POINT_KEYS
         assert set(report["confusion"]) == {"tp", "fp", "tn", "fn"}
         assert 0.5 < report["auc"] <= 1
@@ -142,7 +143,7 @@ def test_activate_later_list_and_roc_plot(client: TestClient) -> None:
     listed = client.get(f"{BASE}/calibrations").json()["calibrations"]
     assert [c["id"] for c in listed] == [second["id"], kept["id"]]  # newest first
     assert [c["active"] for c in listed] == [True, False]
-    assert listed[1]["strategy"] == "youden" and listed[1]["threshold"] == kept["threshold"]
+    assert listed[1]["strategy"] == "f1" and listed[1]["threshold"] == kept["threshold"]
     assert "report" not in listed[0]
 
     activated = client.post(f"{BASE}/calibrations/{kept['id']}/activate")

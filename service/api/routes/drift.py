@@ -1,0 +1,26 @@
+"""Drift: how far a model's served scores have moved from its active calibration's."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from model.calibration.drift import PSI_ALERT, PSI_WARN
+from service.api.dependencies import ModelDep, ServicesDep
+from service.api.problems import problem_responses
+from service.api.schemas import Drift
+
+router = APIRouter(prefix="/v1/models/{model}", tags=["models"])
+
+
+@router.get(
+    "/drift", name="drift", summary="Drift of served images", responses=problem_responses(404)
+)
+def get_drift(services: ServicesDep, served: ModelDep) -> Drift:
+    """PSI of the last `window` served images' scores against the active calibration's."""
+    active = services.active_threshold(served)
+    view = services.drift.report(served.name, active.calibration_id)
+    return Drift(
+        **view,
+        cutoffs={"warn": PSI_WARN, "alert": PSI_ALERT},
+        min_images=services.settings.drift_min_images,
+    )
