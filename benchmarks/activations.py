@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -157,6 +158,8 @@ def run_one(
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": round(statistics.fmean(e["seconds"] for e in epochs), 3),
         "final": pooled(calibrated["activations"]["hidden"]),
+        # Saturated / exactly-0 / exactly-1 shares of the head's output on the test set.
+        "head_output": calibrated["activations"]["head"],
         "max_dead_fraction": max(e["dead_fraction"] for e in epochs),
         "calibration": {
             key: report[key] for key in ("tied_at_min_fraction", "is_probability", "brier", "ece")
@@ -232,6 +235,7 @@ def machine() -> dict[str, Any]:
 def study(budget: Budget, work: Path, quick: bool) -> dict[str, Any]:
     """Every run of the study and its two tables, as one JSON-ready dict."""
     started = time.perf_counter()
+    load_before = round(os.getloadavg()[0], 2)
     for name, n, seed in (
         ("train", budget.n_train, TRAIN_SEED),
         ("val", budget.n_val, VAL_SEED),
@@ -255,6 +259,8 @@ def study(budget: Budget, work: Path, quick: bool) -> dict[str, Any]:
         "strategy": STRATEGY,
         "machine": machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
+        # The machine may be shared: the 1-minute load average when the study started and ended.
+        "load_average": [load_before, round(os.getloadavg()[0], 2)],
         "activations": [summary_row(select(runs, a, DEFAULT_HEAD)) for a in ACTIVATIONS],
         "heads": [summary_row(select(runs, DEFAULT_HIDDEN, h)) for h in HEADS],
         "runs": runs,
