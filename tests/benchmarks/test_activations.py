@@ -14,6 +14,8 @@ from model.activations import ACTIVATIONS
 from model.heads import HEADS, is_probability
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Eleven real training runs, even tiny ones, take 10-25 s on a shared 2-core machine.
+pytestmark = pytest.mark.slow
 
 
 def numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
