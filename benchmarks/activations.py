@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,11 @@ Pairs = list[tuple[str, np.ndarray, np.ndarray]]
 class Budget:
     """What every run of the study gets: the same data, network size and epochs."""
 
-    size: int = 96
-    n_train: int = 256
+    size: int = 80
+    n_train: int = 192
     n_val: int = 32
     n_test: int = 48
-    epochs: int = 16
+    epochs: int = 12
     base_channels: int = 8
     depth: int = 3
     batch_size: int = 16
@@ -267,6 +267,17 @@ def study(budget: Budget, work: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def budget(args: argparse.Namespace) -> Budget:
+    """The quick or the full budget, with any size, image count, epochs or width overridden."""
+    base = QUICK if args.quick else Budget()
+    changes = {
+        name: getattr(args, name)
+        for name in ("size", "n_train", "epochs", "base_channels")
+        if getattr(args, name) is not None
+    }
+    return replace(base, **changes)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Run the study (or draw its figures from a saved JSON) and print the JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -274,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--plots", type=Path, help="write the figures (PNG) into this folder")
     parser.add_argument("--tables", action="store_true", help="print the Markdown tables")
+    for name in ("size", "n_train", "epochs", "base_channels"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the {name}")
     parser.add_argument("--from", dest="source", type=Path, help="read this JSON, train nothing")
     args = parser.parse_args(argv)
     if args.source is not None:
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         result = json.loads(args.source.read_text())
     else:
         with tempfile.TemporaryDirectory() as work:
-            result = study(QUICK if args.quick else Budget(), Path(work), args.quick)
+            result = study(budget(args), Path(work), args.quick)
         text = json.dumps(result, allow_nan=False)
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
