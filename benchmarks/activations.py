@@ -226,7 +226,8 @@ def machine() -> dict[str, Any]:
                 break
     return {
         "cpu": model,
-        "logical_cpus": torch.get_num_threads(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--plots", type=Path, help="write the figures (PNG) into this folder")
     parser.add_argument("--tables", action="store_true", help="print the Markdown tables")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (1 wastes no CPU spinning on a busy machine)"
+    )
     for name in ("size", "n_train", "epochs", "base_channels"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"override the {name}")
     parser.add_argument("--from", dest="source", type=Path, help="read this JSON, train nothing")
@@ -294,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             parser.error("--from needs --plots DIR or --tables")
         result = json.loads(args.source.read_text())
     else:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         with tempfile.TemporaryDirectory() as work:
             result = study(budget(args), Path(work), args.quick)
         text = json.dumps(result, allow_nan=False)
