@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.activation_report import activation_table, head_table
 from benchmarks.activations import QUICK, combinations, main
 from model.activations import ACTIVATIONS
 from model.heads import HEADS, is_probability
@@ -99,3 +100,13 @@ def test_figures_and_tables_come_from_the_json_alone(
     for name in (*ACTIVATIONS, *HEADS):
         assert f"| {name} |" in printed
     assert (tmp_path / "figures" / "activations-reliability.png").is_file()
+
+
+def test_the_docs_tables_are_the_saved_studys() -> None:
+    """docs/activations.md quotes the tables of docs/activations.json, not hand-copied numbers."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    study = json.loads((docs / "activations.json").read_text())
+    page = (docs / "activations.md").read_text()
+    assert activation_table(study) in page
+    assert head_table(study) in page
+    assert study["budget"]["seeds"] == [0, 1, 2] and not study["quick"]
