@@ -19,13 +19,16 @@ class HiddenActivationStats:
     """Per hidden activation layer: units that never fire on a data set, and the sparsity.
 
     A unit is one channel of a layer; it fires where its output is > 0. A dead unit fires on no
-    pixel of any image seen; sparsity is the share of outputs <= 0.
+    pixel of any image seen; sparsity is the share of outputs <= 0. Mean and standard deviation
+    are over every output of the layer: how far from zero-centred its outputs are.
     """
 
     def __init__(self) -> None:
         self._max: dict[str, torch.Tensor] = {}
         self._non_positive: dict[str, int] = {}
         self._total: dict[str, int] = {}
+        self._sum: dict[str, float] = {}
+        self._sum_squares: dict[str, float] = {}
 
     @contextmanager
     def watch(self, model: nn.Module) -> Iterator[HiddenActivationStats]:
@@ -50,14 +53,22 @@ class HiddenActivationStats:
             )
             self._non_positive[name] = self._non_positive.get(name, 0) + int((output <= 0).sum())
             self._total[name] = self._total.get(name, 0) + output.numel()
+            # float64 sums: a layer's outputs over a data set run to many millions.
+            values = output.detach().double()
+            self._sum[name] = self._sum.get(name, 0.0) + float(values.sum())
+            self._sum_squares[name] = self._sum_squares.get(name, 0.0) + float(
+                values.square().sum()
+            )
 
         return record
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per layer: name, units, dead units and their share, sparsity."""
+        """One row per layer: name, units, dead units and their share, sparsity, mean, std."""
         rows = []
         for name, channel_max in self._max.items():
             dead = int((channel_max <= 0).sum())
+            mean = self._sum[name] / self._total[name]
+            variance = max(self._sum_squares[name] / self._total[name] - mean**2, 0.0)
             rows.append(
                 {
                     "layer": name,
@@ -65,6 +76,8 @@ class HiddenActivationStats:
                     "dead_units": dead,
                     "dead_fraction": round(dead / channel_max.numel(), 6),
                     "sparsity": round(self._non_positive[name] / self._total[name], 6),
+                    "mean": round(mean, 6),
+                    "std": round(variance**0.5, 6),
                 }
             )
         return rows

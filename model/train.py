@@ -6,6 +6,7 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,13 @@ def train(
     config: TrainConfig | None = None,
     val_data: Path | None = None,
     progress: bool = True,
+    on_epoch: Callable[[int, UNet], None] | None = None,
 ) -> TrainResult:
-    """Train a U-Net on the data set at `data` and write the best epoch's checkpoint to `out`."""
+    """Train a U-Net on the data set at `data` and write the best epoch's checkpoint to `out`.
+
+    `on_epoch(epoch, model)` runs after each epoch's validation (studies record activations there);
+    its time counts in the record's `seconds`.
+    """
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -84,6 +90,8 @@ def train(
             schedule.step()
             running += loss.item()
         history.append(validation_dice(model, val_set, device))
+        if on_epoch is not None:
+            on_epoch(epoch, model)
         if history[-1] >= max(history):
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
         bar.set_postfix(loss=f"{running / len(loader):.4f}", val_dice=f"{history[-1]:.4f}")
