@@ -8,7 +8,8 @@ spread of every hidden layer are recorded on the validation set. One JSON object
 (and `--out`); progress goes to stderr. `--plots DIR --from FILE` draws the figures of
 docs/activations.md from a saved JSON without training anything, `--tables` its tables.
 
-Run from the repository root: `python -m benchmarks.activations [--quick] [--out FILE]`.
+Run from the repository root: `python benchmarks/activations.py [--quick] [--out FILE]` (or
+`python -m benchmarks.activations`).
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.activation_report import tables, write_plots
 from model.activation_stats import HiddenActivationStats
 from model.activations import ACTIVATIONS
 from model.calibrate import calibrate_model
-from model.calibration import ScoreHistogram
+from model.calibration import Criterion, ScoreHistogram
 from model.calibration.reliability import calibration_quality
 from model.checkpoint import load_checkpoint
-from model.data import iter_pairs
+from model.datasets import iter_pairs
 from model.evaluate import evaluate_model
 from model.heads import HEADS
 from model.predict import predict
@@ -143,7 +147,7 @@ def run_one(
         architecture, data / "train", out, config, data / "val", progress=False, on_epoch=recorder
     )
     network, _ = load_checkpoint(result.checkpoint)
-    report = calibrate_model(network, val, strategy=STRATEGY)
+    report = calibrate_model(network, val, Criterion(STRATEGY)).to_dict()
     calibrated = evaluate_model(network, test, report["threshold"], "calibrated on validation")
     fixed = evaluate_model(network, test, 0.5, "conventional 0.5")
     epochs = recorder.epochs
