@@ -9,57 +9,22 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from model.synth import write_dataset
-from tests.service.test_uvicorn import free_port
+from tests.helpers import dataset_files, make_zip
+from tests.servers import running_service
 
 API_KEY = "client-test-key"
 PACKAGE = "u_net_segmentation_service_client"  # openapi-python-client's name for the title
 MODEL = "unet-sigmoid"
-
-
-@contextmanager
-def running_service(model_dir: Path, state_dir: Path) -> Iterator[str]:
-    """`python -m service` on a free 127.0.0.1 port with an API key; yields its base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "UNET_MODEL_DIR": str(model_dir),
-        "UNET_STATE_DIR": str(state_dir),
-        "UNET_PORT": str(port),
-        "UNET_HOST": "127.0.0.1",
-        "UNET_API_KEY": API_KEY,
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service"], env=env, stderr=subprocess.PIPE, text=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready within 60 s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        server.terminate()
-        server.communicate(timeout=30)
 
 
 def generate_client(url: str, out: Path) -> ModuleType:
@@ -96,16 +61,6 @@ def generated(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
         del sys.modules[name]
 
 
-def calibration_zip(folder: Path, n: int = 4, seed: int = 77) -> bytes:
-    """A zip of `images/` and `masks/` as `unet synth` writes them into `folder`: 64 x 64."""
-    write_dataset(folder, n=n, seed=seed, size=64)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for path in sorted(folder.rglob("*.png")):
-            archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 def api(package: ModuleType, tag: str, operation: str) -> Any:
     """The generated module of `operation`, e.g. api(p, "inference", "inference_mask")."""
     return importlib.import_module(f"{package.__name__}.api.{tag}.{operation}")
@@ -115,7 +70,8 @@ def api(package: ModuleType, tag: str, operation: str) -> Any:
 def test_a_generated_client_drives_the_quick_start(
     shipped_weights: Path, tmp_path: Path, generated: Callable[[str], ModuleType]
 ) -> None:
-    with running_service(shipped_weights, tmp_path / "state") as base:
+    with running_service(shipped_weights, tmp_path / "state", {"UNET_API_KEY": API_KEY}) as service:
+        base = service.base
         package = generated(f"{base}/openapi.json")
         models = importlib.import_module(f"{package.__name__}.models")
         types = importlib.import_module(f"{package.__name__}.types")
@@ -157,7 +113,7 @@ def test_a_generated_client_drives_the_quick_start(
 
         start = api(package, "calibrations", "calibrations_start")
         dataset = types.File(
-            payload=io.BytesIO(calibration_zip(tmp_path / "calibration")),
+            payload=io.BytesIO(make_zip(dataset_files(n=4, seed=77))),
             file_name="calibration.zip",
             mime_type="application/zip",
         )

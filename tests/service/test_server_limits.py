@@ -6,10 +6,7 @@ Each probe is bounded in time: a limit that does not hold fails the test instead
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import TINY_MODEL
 from tests.hostile.make_corpus import dataset_zip, tiff_bomb
-from tests.service.conftest import TINY_MODEL
-from tests.service.test_uvicorn import free_port
+from tests.servers import ServiceProcess
 
 KEY = "s3cret"
+QUIET = {"UNET_TILE_SIZE": "64", "UNET_LOG_LEVEL": "warning"}
 LIMITS = {
+    **QUIET,
     "UNET_MAX_HEADER_BYTES": "8192",
     "UNET_MAX_HEADER_COUNT": "20",
     "UNET_HEAD_TIMEOUT_S": "1",
@@ -33,61 +32,12 @@ LIMITS = {
 MiB = 1 << 20
 
 
-class Server:
-    """A `python -m service` child process on 127.0.0.1."""
-
-    def __init__(self, model_dir: Path, state: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env={
-                **os.environ,
-                "UNET_MODEL_DIR": str(model_dir),
-                "UNET_STATE_DIR": str(state),
-                "UNET_HOST": "127.0.0.1",
-                "UNET_PORT": str(self.port),
-                "UNET_TILE_SIZE": "64",
-                "UNET_LOG_LEVEL": "warning",
-                **env,
-            },
-            stderr=subprocess.DEVNULL,
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, "the service exited while starting"
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready within 60 s"
-            time.sleep(0.1)
-
-    def memory_kib(self) -> dict[str, int]:
-        """The process's VmRSS and VmHWM (peak RSS) in KiB, from /proc."""
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
-        return fields
-
-    def connect(self) -> socket.socket:
-        """A raw TCP connection with a 10 s limit on every call."""
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return sock
-
-    def stop(self) -> None:
-        """Terminate the process and wait for it."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     """The service with small connection limits and an API key."""
-    running = Server(tiny_model_dir, tmp_path_factory.mktemp("state"), LIMITS)
+    running = ServiceProcess(tiny_model_dir, tmp_path_factory.mktemp("state"), LIMITS)
     yield running
     running.stop()
 
@@ -108,14 +58,14 @@ def problem_of(response: bytes) -> tuple[int, dict[str, object], bytes]:
     return status, json.loads(body), head
 
 
-def test_an_oversized_head_gets_431_and_a_closed_connection(server: Server) -> None:
+def test_an_oversized_head_gets_431_and_a_closed_connection(server: ServiceProcess) -> None:
     with server.connect() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000)
         status, body, _ = problem_of(read_all(sock))
     assert status == 431 and "UNET_MAX_HEADER_BYTES" in str(body["detail"])
 
 
-def test_a_16_mib_header_is_cut_off_long_before_its_end(server: Server) -> None:
+def test_a_16_mib_header_is_cut_off_long_before_its_end(server: ServiceProcess) -> None:
     before = server.memory_kib()["VmRSS"]
     sent, started = 0, time.monotonic()
     with server.connect() as sock:
@@ -129,7 +79,7 @@ def test_a_16_mib_header_is_cut_off_long_before_its_end(server: Server) -> None:
     assert server.memory_kib()["VmRSS"] - before < 16 * 1024  # KiB: no 16 MiB buffered
 
 
-def test_too_many_headers_get_431(server: Server) -> None:
+def test_too_many_headers_get_431(server: ServiceProcess) -> None:
     headers = b"".join(b"X-%d: y\r\n" % i for i in range(50))
     with server.connect() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
@@ -137,7 +87,7 @@ def test_too_many_headers_get_431(server: Server) -> None:
     assert status == 431 and "UNET_MAX_HEADER_COUNT" in str(body["detail"])
 
 
-def test_a_slowloris_head_gets_408_within_the_head_timeout(server: Server) -> None:
+def test_a_slowloris_head_gets_408_within_the_head_timeout(server: ServiceProcess) -> None:
     started = time.monotonic()
     with server.connect() as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -153,14 +103,14 @@ def test_a_slowloris_head_gets_408_within_the_head_timeout(server: Server) -> No
     assert time.monotonic() - started < 4
 
 
-def test_a_silent_connection_is_closed_after_the_head_timeout(server: Server) -> None:
+def test_a_silent_connection_is_closed_after_the_head_timeout(server: ServiceProcess) -> None:
     started = time.monotonic()
     with server.connect() as sock:
         status, _, _ = problem_of(read_all(sock))
     assert status == 408 and time.monotonic() - started < 4
 
 
-def test_a_stalled_body_gets_408_within_the_body_timeout(server: Server) -> None:
+def test_a_stalled_body_gets_408_within_the_body_timeout(server: ServiceProcess) -> None:
     boundary = b"b0undary"
     part = (
         b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; '
@@ -179,7 +129,7 @@ def test_a_stalled_body_gets_408_within_the_body_timeout(server: Server) -> None
     assert time.monotonic() - started < 5
 
 
-def test_connections_over_the_cap_get_503_at_once(server: Server) -> None:
+def test_connections_over_the_cap_get_503_at_once(server: ServiceProcess) -> None:
     held = [server.connect() for _ in range(int(LIMITS["UNET_MAX_CONNECTIONS"]))]
     try:
         with server.connect() as extra:
@@ -195,7 +145,9 @@ def test_connections_over_the_cap_get_503_at_once(server: Server) -> None:
         time.sleep(0.1)
 
 
-def test_a_mutation_without_the_key_gets_401_before_its_body_is_sent(server: Server) -> None:
+def test_a_mutation_without_the_key_gets_401_before_its_body_is_sent(
+    server: ServiceProcess,
+) -> None:
     head = (
         b"POST /v1/models/" + TINY_MODEL.encode() + b"/calibrations HTTP/1.1\r\nHost: x\r\n"
         b"Content-Type: multipart/form-data; boundary=b0undary\r\n"
@@ -221,7 +173,7 @@ def test_refusing_decode_amplifying_images_keeps_the_server_small(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """A 0.7 MB zip holding a 9000 x 9000 float64 TIFF (2.5 GiB as RGBA) costs < 100 MiB."""
-    running = Server(tiny_model_dir, tmp_path / "state", {})  # default limits
+    running = ServiceProcess(tiny_model_dir, tmp_path / "state", QUIET)  # default limits
     try:
         idle = running.memory_kib()
         for samples in (1, 4):

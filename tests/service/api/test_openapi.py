@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.test_generated_client import calibration_zip
+from tests.helpers import dataset_files, make_zip
 
 SIGMOID, RELU = "/v1/models/unet-sigmoid", "/v1/models/unet-relu"
 KEY = "conformance-key"
@@ -165,10 +165,10 @@ class Conformance:
         return gaps
 
 
-def image_and_zip(folder: Path) -> tuple[bytes, bytes]:
+def image_and_zip() -> tuple[bytes, bytes]:
     """A 64 x 64 synthetic image, and a calibration zip of it and 2 more."""
-    dataset = calibration_zip(folder, n=3, seed=31)
-    return (folder / "images" / "0000.png").read_bytes(), dataset
+    files = dataset_files(n=3, seed=31)
+    return files["images/0000.png"], make_zip(files)
 
 
 def test_every_response_is_one_the_document_describes(
@@ -180,7 +180,7 @@ def test_every_response_is_one_the_document_describes(
         api_key=SecretStr(KEY),
         max_upload_bytes=100_000,
     )
-    image, dataset = image_and_zip(tmp_path / "data")
+    image, dataset = image_and_zip()
     check = Conformance(spec)
     app = create_app(settings)
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.helpers import TINY_MODEL
 from tests.hostile.make_corpus import dataset_zip, png
 from tests.service.api.test_api import assert_problem
-from tests.service.conftest import TINY_MODEL
 
 BASE = f"/v1/models/{TINY_MODEL}"
 
