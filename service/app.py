@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from model.device import pick_device
 from service.api.auth import KeyBeforeBody
 from service.api.dependencies import require_api_key
+from service.api.disconnect import CancelOnDisconnect
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         needs_key=require_api_key,
     )
+    # Outside the key and body checks, inside the metrics: an abandoned request is counted.
+    app.add_middleware(CancelOnDisconnect, metrics=metrics)
     install_metrics(app, metrics)
     for router in routers:
         app.include_router(router)
