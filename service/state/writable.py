@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from service.state.errors import READ_ONLY_ERRNOS
+from service.state.errors import FULL_ERRNOS, READ_ONLY_ERRNOS
 
 
 def why_read_only(folder: Path) -> str | None:
@@ -16,6 +16,8 @@ def why_read_only(folder: Path) -> str | None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
+        if error.errno in FULL_ERRNOS:
+            return None  # writable, only full: each write says so when it fails
         if error.errno not in READ_ONLY_ERRNOS:
             raise
         return f"{error.strerror} ({error.filename or folder})"

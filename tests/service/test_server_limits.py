@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -36,7 +37,13 @@ MiB = 1 << 20
 class Server:
     """A `python -m service` child process on 127.0.0.1."""
 
-    def __init__(self, model_dir: Path, state: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        state: Path,
+        env: dict[str, str],
+        stderr: int | IO[bytes] = subprocess.DEVNULL,
+    ) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"],
@@ -50,7 +57,7 @@ class Server:
                 "UNET_LOG_LEVEL": "warning",
                 **env,
             },
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
         )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60

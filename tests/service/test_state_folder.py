@@ -148,11 +148,13 @@ def test_a_read_only_state_folder_serves_inference_and_refuses_changes(
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
 
     # The threshold stored before comes back; a folder never written gives the defaults.
+    log = tmpfs.parent / "service.log"
     for folder, source, value in (
         (tmpfs / "state", "manual", 0.3),
         (tmpfs / "new", "default", None),
     ):
-        server = Server(tiny_model_dir, folder, ENV)
+        with log.open("wb") as stderr:
+            server = Server(tiny_model_dir, folder, ENV, stderr)
         try:
             base = server.base
             ready = httpx.get(f"{base}/readyz", timeout=5)
@@ -175,3 +177,5 @@ def test_a_read_only_state_folder_serves_inference_and_refuses_changes(
             assert httpx.get(f"{base}{MODEL}/threshold", timeout=5).json()["source"] == source
         finally:
             server.stop()
+        said = log.read_text()
+        assert said.count("serving inference with the stored thresholds") == 1, said
