@@ -28,9 +28,13 @@ LIVE = 8
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The service with a short queue, and large images run whole (slow passes)."""
     env = {"UNET_QUEUE_SIZE": str(QUEUE), "UNET_TILE_THRESHOLD_PIXELS": str(4096 * 4096)}
-    running = Server(tiny_model_dir, tmp_path_factory.mktemp("state"), env)
+    log = tmp_path_factory.mktemp("log") / "stderr.log"
+    with log.open("wb") as stderr:
+        running = Server(tiny_model_dir, tmp_path_factory.mktemp("state"), env, stderr)
     yield running
     running.stop()
+    said = log.read_text()
+    assert "Traceback" not in said, said  # a dropped request is no error
 
 
 def metric(base: str, name: str) -> float:
