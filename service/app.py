@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from model.device import pick_device
 from service.api.auth import KeyBeforeBody
 from service.api.dependencies import require_api_key
+from service.api.disconnect import CancelOnDisconnect
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
@@ -29,6 +30,7 @@ from service.settings import Settings
 from service.state.drift_windows import DriftWindows
 from service.state.lock import StateLock
 from service.state.store import ThresholdStore
+from service.state.writable import why_read_only
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
-        # Held before anything touches the state folder, released after everything has.
-        with StateLock(settings.state_dir):
-            async with _serving(app, settings, metrics):
+        read_only = why_read_only(settings.state_dir)
+        if read_only is not None:
+            log.warning(
+                "state folder %s is read-only (%s): serving inference with the stored "
+                "thresholds, refusing every change; make UNET_STATE_DIR writable and restart",
+                settings.state_dir,
+                read_only,
+            )
+        # Held before anything touches the state folder, released after everything has. A
+        # read-only folder takes no lock: nothing here can change it.
+        with StateLock(settings.state_dir) if read_only is None else nullcontext():
+            async with _serving(app, settings, metrics, read_only):
                 yield
 
     app = FastAPI(
@@ -84,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         needs_key=require_api_key,
     )
+    # Outside the key and body checks, inside the metrics: an abandoned request is counted.
+    app.add_middleware(CancelOnDisconnect, metrics=metrics)
     install_metrics(app, metrics)
     for router in routers:
         app.include_router(router)
@@ -98,14 +111,16 @@ def _body_limit(settings: Settings, path: str) -> int:
 
 
 @asynccontextmanager
-async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncIterator[None]:
-    """Models, store, engine and jobs for the app's lifetime."""
+async def _serving(
+    app: FastAPI, settings: Settings, metrics: Metrics, read_only: str | None
+) -> AsyncIterator[None]:
+    """Models, store, engine and jobs for the app's lifetime; `read_only`: why no writes."""
     device = pick_device(settings.device)
     registry = ModelRegistry.from_folder(settings.model_dir, device)
-    store = await to_thread.run_sync(_open_store, settings, registry)
+    store = await to_thread.run_sync(_open_store, settings, registry, read_only)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
-    drift_windows = DriftWindows(store.path)
+    drift_windows = DriftWindows(store.path, read_only=read_only is not None)
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
@@ -126,16 +141,21 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         store.close()
 
 
-def _open_store(settings: Settings, registry: ModelRegistry) -> ThresholdStore:
+def _open_store(
+    settings: Settings, registry: ModelRegistry, read_only: str | None
+) -> ThresholdStore:
     """The store with the last process's leftovers settled and every model's threshold in memory.
 
-    Run in a worker thread: SQLite never blocks the event loop.
+    Run in a worker thread: SQLite never blocks the event loop. A read-only store settles
+    nothing: what it reads is what the last writer left.
     """
-    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
-    interrupted = store.fail_interrupted("the service restarted while this calibration ran")
-    if interrupted:
-        log.warning("marked %d interrupted calibration(s) failed", interrupted)
+    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3", read_only)
+    if read_only is None:
+        interrupted = store.fail_interrupted("the service restarted while this calibration ran")
+        if interrupted:
+            log.warning("marked %d interrupted calibration(s) failed", interrupted)
     for served in registry:
-        store.note_checkpoint(served.name, served.digest)
+        if read_only is None:
+            store.note_checkpoint(served.name, served.digest)
         store.active_threshold(served.name, served.digest)  # first requests then read memory
     return store

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -31,7 +32,7 @@ class ServiceProcess:
         model_dir: Path,
         state_dir: Path,
         env: dict[str, str] | None = None,
-        capture_stderr: bool = False,
+        stderr: int | IO[str] | IO[bytes] = subprocess.DEVNULL,
     ) -> None:
         self.port = free_port()
         self.env = {
@@ -45,7 +46,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=self.env,
-            stderr=subprocess.PIPE if capture_stderr else subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
@@ -55,8 +56,8 @@ class ServiceProcess:
         deadline = time.monotonic() + READY_WITHIN_S
         while True:
             if self.process.poll() is not None:
-                stderr = self.process.stderr.read() if self.process.stderr else ""
-                raise AssertionError(f"the service exited while starting: {stderr}")
+                said = self.process.stderr.read() if self.process.stderr else ""
+                raise AssertionError(f"the service exited while starting: {said}")
             try:
                 if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
                     return
@@ -79,10 +80,10 @@ class ServiceProcess:
         return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
     def stop(self) -> str:
-        """Terminate the process, wait for it, and return what it wrote on stderr."""
+        """Terminate the process, wait for it, and return what it wrote on a piped stderr."""
         self.process.terminate()
-        _, stderr = self.process.communicate(timeout=30)
-        return stderr or ""
+        _, said = self.process.communicate(timeout=30)
+        return said or ""
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from service.inference.errors import (
     EngineNotReady,
     EngineTimeout,
 )
+from service.state.errors import StoreFull, StoreReadOnly, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ class Answer:
     slug: str  # names the problem type, under service.api.problems.TYPE_BASE
 
 
-DomainError = EngineError | DatasetRejected | CalibrationRefused
-DOMAIN_ERRORS = (EngineError, DatasetRejected, CalibrationRefused)
+DomainError = EngineError | DatasetRejected | CalibrationRefused | StoreUnavailable
+DOMAIN_ERRORS = (EngineError, DatasetRejected, CalibrationRefused, StoreUnavailable)
 
 # Keyed by error class, or for a rejected data set by what is wrong with it.
 ANSWERS: dict[type[Exception] | Rejection, Answer] = {
@@ -53,6 +54,8 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     DeviceOutOfMemory: Answer(503, "Out of memory", "out-of-memory"),
     CalibrationsStopping: Answer(503, "Service stopping", "stopping"),
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
+    StoreFull: Answer(507, "State disk full", "state-disk-full"),
+    StoreReadOnly: Answer(503, "State folder read-only", "state-read-only"),
     Rejection.TOO_MANY_ENTRIES: Answer(413, "Zip has too many entries", "zip-too-many-entries"),
     Rejection.ZIP_TOO_LARGE: Answer(413, "Zip too large", "zip-too-large"),
     Rejection.IMAGE_TOO_LARGE: Answer(413, "Image too large", "image-too-large"),

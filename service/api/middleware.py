@@ -18,6 +18,8 @@ log = logging.getLogger("service.access")
 
 # Multipart framing (boundaries, part headers, other form fields) on top of the file itself.
 MULTIPART_ALLOWANCE = 64 * 1024
+# What nginx logs for a request whose client left before the answer: no HTTP status says it.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class BodySizeLimit:
@@ -141,7 +143,8 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
+        failed = True
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -151,7 +154,10 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, recording_send)
+            failed = False
         finally:
+            if status is None:  # no answer: an error (uvicorn answers 500), or the client left
+                status = 500 if failed else CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
             method = scope["method"]

@@ -80,6 +80,11 @@ class Readiness(BaseModel):
 
     status: Literal["ready", "starting"] = Field(description="ready, or starting with a 503.")
     models: list[str] | None = Field(None, description="The served models, once ready.")
+    state: str | None = Field(
+        None,
+        description="Once ready: `writable`, or `read-only: <why>` when the state folder "
+        "cannot be written (inference is served, changes are refused with 503).",
+    )
 
 
 class Architecture(BaseModel):

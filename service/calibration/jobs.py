@@ -35,6 +35,7 @@ from service.inference.errors import DeviceOutOfMemory, EngineNotReady
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
+from service.state.errors import StoreUnavailable, read_only, unavailable
 from service.state.store import StoreError, ThresholdStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 16  # per model: queued jobs hold extracted data sets on disk
 STOP_WAIT_S = 10.0
 PROGRESS_EVERY_S = 0.5
+STORE_RETRY_S = 1.0  # how often a job that met a full disk tries again to record its failure
 PROGRESS_STEP = 0.05
 IMAGES_SHARE = 0.95  # of the progress bar; building the report takes the rest
 INTERNAL_ERROR = "internal error; this is a bug in the service and it has been logged"
@@ -117,10 +119,11 @@ class CalibrationJobs:
         self.registry, self.store, self.engine = registry, store, engine
         self.settings, self.metrics = settings, metrics
         self.uploads = settings.state_dir / "uploads"
-        # Jobs left queued or running by a killed process were marked failed before this runs,
-        # so nothing here belongs to a live job.
-        shutil.rmtree(self.uploads, ignore_errors=True)
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        if store.read_only_because is None:  # a read-only folder has nothing to clear
+            # Jobs left queued or running by a killed process were marked failed before this
+            # runs, so nothing here belongs to a live job.
+            shutil.rmtree(self.uploads, ignore_errors=True)
+            self.uploads.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, _Job] = {}
         self._admissions: dict[asyncio.Future[_Job], str] = {}  # uploads being extracted: model
         self._turns: dict[str, asyncio.Lock] = {}  # per model: its jobs take turns
@@ -145,6 +148,8 @@ class CalibrationJobs:
         return job.id
 
     def _refuse_if_busy(self, served: ServedModel) -> None:
+        if self.store.read_only_because is not None:
+            raise read_only(self.store.read_only_because)
         if self._stopping.is_set():
             raise CalibrationsStopping(SHUTTING_DOWN, retry_after=5)
         pending = sum(name == served.name for name in self._admissions.values())
@@ -160,9 +165,15 @@ class CalibrationJobs:
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
     ) -> _Job:
         """In a worker thread: the extracted data set and its queued record, or no folder."""
-        workdir = Path(tempfile.mkdtemp(prefix="calibration-", dir=self.uploads))
         try:
-            dataset = extract_dataset(data, workdir / "data", self.settings)
+            workdir = Path(tempfile.mkdtemp(prefix="calibration-", dir=self.uploads))
+        except OSError as error:
+            raise _unavailable_or(error, self.uploads) from error
+        try:
+            try:
+                dataset = extract_dataset(data, workdir / "data", self.settings)
+            except OSError as error:  # the uploads folder's disk filled or went read-only
+                raise _unavailable_or(error, self.uploads) from error
             if self._stopping.is_set():  # again: extraction took a while
                 raise CalibrationsStopping(SHUTTING_DOWN, retry_after=5)
             record: dict[str, Any] = {
@@ -230,6 +241,11 @@ class CalibrationJobs:
                 await self._calibrate(job)
         except asyncio.CancelledError:  # only `stop` cancels a job, and only a running one
             await self._fail(job, STOPPED_RUNNING)
+        except StoreUnavailable as error:
+            log.error("calibration %s of model %s stopped: %s", job.id, name, error)
+            # Its data set goes first: on a full disk, that space is what lets the failure land.
+            await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
+            await self._fail_when_writable(job, f"the calibration stopped: {error}")
         except EngineNotReady:  # the engine stopped under the job
             await self._fail(job, STOPPED_RUNNING)
         except (DatasetError, CalibrationError) as error:
@@ -299,12 +315,35 @@ class CalibrationJobs:
             await progress(done)
         return hist
 
+    async def _fail_when_writable(self, job: _Job, error: str) -> None:
+        """Mark the job failed once the store takes writes again (or the service stops).
+
+        Until then its record reads `running`; a stop leaves it to the next start-up, which marks
+        every unfinished job failed.
+        """
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.store.fail_calibration, job.id, error)
+            except StoreUnavailable:
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
+            except (StoreError, sqlite3.Error):
+                log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
+            break
+        self.metrics.calibrations_failed.labels(job.served.name).inc()
+        log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
+
     async def _fail(self, job: _Job, error: str) -> None:
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
-        except (StoreError, sqlite3.Error):
+        except (StoreError, StoreUnavailable, sqlite3.Error):
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
         self.metrics.calibrations_failed.labels(job.served.name).inc()
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
+
+
+def _unavailable_or(error: OSError, folder: Path) -> Exception:
+    """The StoreUnavailable that `error` means for `folder`, else `error` itself."""
+    return unavailable(error, str(folder)) or error

@@ -57,6 +57,11 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.abandoned = Counter(
+            "unet_abandoned_requests",
+            "Requests dropped, their queued work with them, because the client disconnected",
+            registry=r,
+        )
         self.calibrations_started = Counter(
             "unet_calibrations_started", "Calibration jobs started", ["model"], registry=r
         )

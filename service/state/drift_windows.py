@@ -27,9 +27,14 @@ CREATE TABLE IF NOT EXISTS drift_windows (
 class DriftWindows:
     """Saves and loads each model's drift window (a JSON-able dict) by model name."""
 
-    def __init__(self, path: Path) -> None:
-        """Open the database at `path` (the threshold store's) and create the table if needed."""
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    def __init__(self, path: Path, read_only: bool = False) -> None:
+        """Open the database at `path` (the threshold store's) and create the table if needed.
+
+        A read-only state folder keeps the windows in memory: drift is still watched, and what
+        it saw is lost at the next restart, as a folder that cannot be written must lose it.
+        """
+        where = ":memory:" if read_only else path
+        self._db = sqlite3.connect(where, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()  # one connection, used from worker threads and the loop

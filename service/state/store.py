@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from anyio import to_thread
 
+from service.state.errors import read_only, unavailable
+
 log = logging.getLogger(__name__)
 
 ThresholdSource = Literal["default", "calibration", "manual"]
@@ -180,10 +182,17 @@ def _finite(value: float, what: str) -> float:
 class ThresholdStore:
     """Thread-safe access to the SQLite database at `path`; each change is one transaction."""
 
-    def __init__(self, path: Path) -> None:
-        """Open (creating folder, file and schema as needed) the database at `path`."""
+    def __init__(self, path: Path, read_only_because: str | None = None) -> None:
+        """Open (creating folder, file and schema as needed) the database at `path`.
+
+        With `read_only_because` (why the state folder cannot be written), nothing is created:
+        the database is read if it can be, else an empty one in memory stands in for it, and
+        every write raises StoreReadOnly.
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only_because = read_only_because
+        self._uri: str | None = None
+        self._keeper: sqlite3.Connection | None = None
         # A pool rather than one locked connection: in WAL mode readers on the event loop never
         # wait for a writer's fsync, and a pooled connection skips the ~0.5 ms cost of opening one.
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -195,6 +204,10 @@ class ThresholdStore:
         self._active: dict[tuple[str, str], ActiveThreshold | None] = {}
         self._generation = 0
         self._cache_lock = threading.Lock()
+        if read_only_because is not None:
+            self._open_read_only()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -208,8 +221,34 @@ class ThresholdStore:
                 f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             )
 
+    def _open_read_only(self) -> None:
+        """Read the database as it is on disk, or stand an empty one in for it."""
+        # mode=ro still needs the WAL index (-shm), which a cleanly closed database no longer
+        # has and a read-only folder cannot create; immutable=1 reads the file without it.
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            self._uri = f"{self.path.resolve().as_uri()}?{query}"
+            try:
+                with self._connection() as db:
+                    db.execute("SELECT count(*) FROM active_thresholds").fetchone()
+                return
+            except sqlite3.Error as error:
+                self.close()
+                log.info("cannot read %s with %s: %s", self.path, query, error)
+        log.warning("%s is unreadable; every model runs on its default threshold", self.path)
+        # A named in-memory database lives as long as one connection to it: the keeper.
+        self._uri = f"file:unet-empty-{id(self)}?mode=memory&cache=shared"
+        self._keeper = self._connect()
+        self._keeper.executescript(SCHEMA)
+
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        target = self.path if self._uri is None else self._uri
+        db = sqlite3.connect(
+            target,
+            timeout=30,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=self._uri is not None,
+        )
         db.row_factory = sqlite3.Row
         # NORMAL is already crash-safe against a killed process in WAL mode; FULL also fsyncs the
         # WAL at every commit, so an acknowledged threshold change survives a power cut. Writes
@@ -234,11 +273,22 @@ class ThresholdStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction that takes the write lock at once, so its reads cannot go stale."""
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
+        """A transaction that takes the write lock at once, so its reads cannot go stale.
+
+        The one place where a full disk or a read-only folder becomes StoreUnavailable.
+        """
+        if self.read_only_because is not None:
+            raise read_only(self.read_only_because)
+        try:
+            with self._connection() as db:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as error:
+            translated = unavailable(error, str(self.path.parent))
+            if translated is None:
+                raise
+            raise translated from error
 
     def _thresholds_changed(self) -> None:
         # Called after the commit: a read that began before it sees a newer generation and
@@ -249,6 +299,9 @@ class ThresholdStore:
 
     def close(self) -> None:
         """Close the idle connections (call once no other thread uses the store)."""
+        if self._keeper is not None:
+            self._keeper.close()
+            self._keeper = None
         while True:
             try:
                 self._idle.get_nowait().close()

@@ -20,7 +20,7 @@ from tests.servers import ServiceProcess, free_port
 def test_python_m_service_serves_masks_over_a_real_socket(
     shipped_weights: Path, tmp_path: Path
 ) -> None:
-    service = ServiceProcess(shipped_weights, tmp_path / "state", capture_stderr=True)
+    service = ServiceProcess(shipped_weights, tmp_path / "state", stderr=subprocess.PIPE)
     server, base, env = service.process, service.base, service.env
     try:
         image = generate_pair(pair_rng(4242, 0), 96)[0]

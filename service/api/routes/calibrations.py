@@ -123,7 +123,7 @@ async def _refuse_blank_fields(request: Request) -> None:
     name="start",
     summary="Start a calibration",
     dependencies=[Authorized],
-    responses={202: {"headers": LOCATION}, **problem_responses(401, 404, 413, 422, 429, 503)},
+    responses={202: {"headers": LOCATION}, **problem_responses(401, 404, 413, 422, 429, 503, 507)},
 )
 async def start_calibration(
     request: Request,
@@ -229,7 +229,7 @@ def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: Calibra
     name="activate",
     summary="Make a calibration's threshold the active one",
     dependencies=[Authorized],
-    responses=problem_responses(401, 404, 409),
+    responses=problem_responses(401, 404, 409, 503, 507),
 )
 def activate_calibration(
     services: ServicesDep,

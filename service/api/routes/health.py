@@ -28,11 +28,13 @@ def healthz() -> Liveness:
     responses={503: STARTING},
 )
 def readyz(request: Request) -> JSONResponse:
-    """Readiness probe: ready once every model has run a warm-up pass."""
+    """Readiness probe: ready once every model is warm; says whether the state is read-only."""
     services = getattr(request.app.state, "services", None)
     if services is None or not services.engine.ready:
         return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse({"status": "ready", "models": services.registry.names()})
+    why = services.store.read_only_because
+    state = "writable" if why is None else f"read-only: {why}"
+    return JSONResponse({"status": "ready", "models": services.registry.names(), "state": state})
 
 
 @router.get(

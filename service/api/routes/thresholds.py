@@ -16,6 +16,8 @@ from service.state.store import ThresholdChange as StoredChange
 router = APIRouter(prefix="/v1/models/{model}/threshold", tags=["thresholds"])
 
 PROBLEMS = problem_responses(401, 404, 422)
+# A change needs the state folder: read-only (503) or its disk full (507).
+CHANGE_PROBLEMS = problem_responses(401, 404, 422, 503, 507)
 
 
 def check_threshold(served: ServedModel, value: float, name: str = "threshold") -> float:
@@ -44,7 +46,7 @@ def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
     name="set",
     summary="Override the threshold by hand",
     dependencies=[Authorized],
-    responses=PROBLEMS,
+    responses=CHANGE_PROBLEMS,
 )
 def put_threshold(
     services: ServicesDep, served: ModelDep, update: ThresholdUpdate, actor: Actor = None
@@ -61,7 +63,7 @@ def put_threshold(
     name="reset",
     summary="Go back to the checkpoint's default threshold",
     dependencies=[Authorized],
-    responses=PROBLEMS,
+    responses=CHANGE_PROBLEMS,
 )
 def reset_threshold(services: ServicesDep, served: ModelDep, actor: Actor = None) -> Threshold:
     """Drop the stored threshold so the checkpoint's default applies (also when it already did)."""

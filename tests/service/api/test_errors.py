@@ -15,9 +15,32 @@ from service.calibration.errors import (
     TooManyCalibrations,
 )
 from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
+from service.state.errors import full, read_only
 
 # error -> (status, title, slug, detail, Retry-After); the answers the service has always given.
 CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
+    (
+        full("/state"),
+        (
+            507,
+            "State disk full",
+            "state-disk-full",
+            "the disk of UNET_STATE_DIR (/state) is full; free space there and retry "
+            "(the service keeps serving inference meanwhile)",
+            None,
+        ),
+    ),
+    (
+        read_only("Read-only file system (/state)"),
+        (
+            503,
+            "State folder read-only",
+            "state-read-only",
+            "the state folder is read-only: Read-only file system (/state); make UNET_STATE_DIR "
+            "writable and restart (the service serves inference meanwhile)",
+            None,
+        ),
+    ),
     (
         EngineBusy("m", 64, 3),
         (

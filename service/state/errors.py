@@ -1,0 +1,63 @@
+"""Why the state folder cannot take a write now, in the store's own terms rather than HTTP's.
+
+Raised by the store and the calibration intake whatever the backend: the HTTP edge answers them
+(`service.api.errors`), and a calibration job that meets one fails with its message.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# SQLite's primary result codes; the extended ones keep them in their low byte.
+SQLITE_READONLY = 8
+SQLITE_FULL = 13
+
+
+class StoreUnavailable(Exception):
+    """The state folder cannot be written; the message says why and what to do."""
+
+    retry_after: int | None = None
+
+
+class StoreFull(StoreUnavailable):
+    """The disk holding the state folder is full."""
+
+
+class StoreReadOnly(StoreUnavailable):
+    """The state folder is read-only (mounted so, or not ours to write)."""
+
+
+def full(where: str) -> StoreFull:
+    """The error for a full disk under `where`, saying what to do about it."""
+    return StoreFull(
+        f"the disk of UNET_STATE_DIR ({where}) is full; free space there and retry "
+        "(the service keeps serving inference meanwhile)"
+    )
+
+
+def read_only(why: str) -> StoreReadOnly:
+    """The error for a read-only state folder, with `why` it is."""
+    return StoreReadOnly(
+        f"the state folder is read-only: {why}; make UNET_STATE_DIR writable and restart "
+        "(the service serves inference meanwhile)"
+    )
+
+
+def unavailable(error: BaseException, where: str) -> StoreUnavailable | None:
+    """The StoreUnavailable that `error` (an OSError or a SQLite error) means, else None."""
+    if isinstance(error, sqlite3.Error):
+        code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code == SQLITE_FULL:
+            return full(where)
+        if code == SQLITE_READONLY:
+            return read_only(str(error))
+        return None
+    if isinstance(error, OSError):
+        if error.errno in FULL_ERRNOS:
+            return full(where)
+        if error.errno == errno.EROFS:
+            return read_only(f"{error.strerror}: {error.filename or where}")
+    return None
