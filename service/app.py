@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from model.train import pick_device
+from service.api.docs import install_docs
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.problems import install_problem_handlers
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # install_docs serves /docs and /redoc from local assets
+        redoc_url=None,
     )
     install_openapi(app)
     install_problem_handlers(app)
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app, metrics)
     for router in (health, models, inference, calibrations, thresholds):
         app.include_router(router.router)
+    install_docs(app)
     return app
 
 
