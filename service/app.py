@@ -13,6 +13,7 @@ from model.train import pick_device
 from service.api.docs import install_docs
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
+from service.api.pages import install_pages
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, health, inference, models, thresholds
 from service.calibration.jobs import CalibrationJobs
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health, models, inference, calibrations, thresholds):
         app.include_router(router.router)
     install_docs(app)
+    install_pages(app)
     return app
 
 
