@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import tifffile
 from PIL import Image
 
 from model.synth import generate_pair, pair_rng, write_dataset
@@ -48,6 +49,24 @@ def drawn_mask(visit: Visit) -> np.ndarray:
 def upload_image(visit: Visit, path: Path) -> None:
     """Choose `path` in the image input and wait until its mask is drawn."""
     visit.page.set_input_files("#image-input", str(path))
+    visit.page.wait_for_selector("#view:not([hidden])", timeout=60_000)
+    visit.page.wait_for_function(
+        "document.getElementById('foreground-fraction').textContent.includes('pixels')"
+    )
+
+
+def drop_file(visit: Visit, path: Path) -> None:
+    """Drop `path` onto the page's drop zone, as a file dragged from the desktop would be."""
+    transfer = visit.page.evaluate_handle(
+        """([name, data]) => {
+          const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([bytes], name, { type: "image/png" }));
+          return transfer;
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode()],
+    )
+    visit.page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
     visit.page.wait_for_selector("#view:not([hidden])", timeout=60_000)
     visit.page.wait_for_function(
         "document.getElementById('foreground-fraction').textContent.includes('pixels')"
@@ -125,7 +144,7 @@ def test_an_overlay_over_the_image_with_opacity_and_the_probability_map(
 ) -> None:
     image = cells_png(tmp_path, 200)
     visit.open_explorer(MODEL)
-    upload_image(visit, image)
+    drop_file(visit, image)
     page = visit.page
     size = page.evaluate(
         "['image-canvas', 'mask-canvas'].map((id) => {"
@@ -171,6 +190,18 @@ def test_a_non_image_upload_shows_the_problems_title_and_detail(
     assert visit.page.text_content("#problem-title") == answer.json()["title"]
     assert visit.page.text_content("#problem-detail") == answer.json()["detail"]
     assert visit.page.is_hidden("#view")
+
+
+def test_a_16_bit_tiff_the_browser_cannot_draw_shows_its_probability_map(
+    visit: Visit, tmp_path: Path
+) -> None:
+    image = generate_pair(pair_rng(4242, 0), 128)[0].astype(np.uint16) * 257
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, image)
+    visit.open_explorer(MODEL)
+    upload_image(visit, path)
+    assert "showing the probability map" in (visit.page.text_content("#image-status") or "")
+    assert 0 < drawn_mask(visit).mean() < 1
 
 
 def calibration_zip(folder: Path) -> Path:
