@@ -74,7 +74,7 @@ async function describeDrift(info) {
 
 async function showModel(info) {
   state.model = info;
-  const { threshold } = info;
+  const threshold = info.threshold ?? {}; // a model that failed to load may have none
   $("model-head").textContent = info.available === false
     ? `unavailable: ${info.error || "it failed to load"}`
     : `${info.architecture.head}` +
@@ -82,7 +82,7 @@ async function showModel(info) {
   $("model-threshold").textContent = formatNumber(threshold.value);
   $("model-source").textContent = threshold.calibration_id
     ? `${threshold.source} ${threshold.calibration_id}`
-    : threshold.source;
+    : threshold.source ?? "–";
   $("model-warnings").textContent = describeWarnings(info.warnings);
   $("model-drift").textContent = await describeDrift(info);
   $("model-head").dataset.model = info.name;
@@ -100,6 +100,10 @@ async function chooseModel(name) {
   clearProblem();
   const info = state.models.find((m) => m.name === name);
   await showModel(info);
+  if (info.available === false) {
+    showProblem({ title: "Model unavailable", detail: info.error || `${name} failed to load` });
+    return;
+  }
   setSliderRange();
   setThreshold(info.threshold.value);
   await loadRoc();
@@ -409,6 +413,8 @@ async function startCalibration(event) {
   form.append("strategy", $("strategy").value);
   if ($("target").value !== "") form.append("target", $("target").value);
   form.append("activate", String($("activate-on-success").checked));
+  // Sent only when asked for: a service without threshold-health warnings has no such field.
+  if ($("force").checked) form.append("force", "true");
   $("calibration-report").hidden = true;
   const path = `${modelPath(state.model.name)}/calibrations`;
   const response = await call(path, { method: "POST", body: form, mutating: true });
