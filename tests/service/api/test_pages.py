@@ -57,3 +57,17 @@ def test_static_files_are_package_data() -> None:
     pyproject = (Path(__file__).parents[3] / "pyproject.toml").read_text()
     assert 'service = ["api/static/*"]' in pyproject
     assert all(file.is_file() for file in STATIC_DIR.iterdir())  # the glob takes no folders
+
+
+def test_static_files_count_under_one_metrics_label(client: TestClient) -> None:
+    # Any path can be asked for under /static; each must not become a label of its own.
+    for path in ("/static/explorer.js", "/static/no-such-1", "/static/no-such-2"):
+        client.get(path)
+    series = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("unet_http_requests_total") and "static" in line
+    ]
+    assert 'route="/static/{path}",status="200"' in "".join(series)
+    assert 'route="/static/{path}",status="404"} 2.0' in "".join(series)
+    assert "no-such" not in "".join(series)
