@@ -121,19 +121,39 @@ function bounds() {
   return [lower, upper];
 }
 
+// The slider is a position in SLIDER_STEPS steps over the range; the threshold is kept exact,
+// so the range's ends and a chosen operating point are the very values, not rounded ones.
+const SLIDER_STEPS = 1000;
+
+function thresholdAt(position) {
+  const [low, high] = bounds();
+  if (position >= SLIDER_STEPS) return high;
+  return position <= 0 ? low : low + ((high - low) * position) / SLIDER_STEPS;
+}
+
+function positionOf(threshold) {
+  const [low, high] = bounds();
+  const position = Math.round(((threshold - low) / (high - low)) * SLIDER_STEPS);
+  return Math.min(SLIDER_STEPS, Math.max(0, position));
+}
+
 function setSliderRange() {
   const [low, high] = bounds();
   const slider = $("threshold-slider");
-  slider.min = String(low);
-  slider.max = String(high);
-  slider.step = String((high - low) / 1000);
+  slider.min = "0";
+  slider.max = String(SLIDER_STEPS);
+  slider.step = "1";
+  slider.dataset.low = String(low);
+  slider.dataset.high = String(high);
   $("threshold-number").min = String(low);
   $("threshold-number").max = String(high);
 }
 
 function setThreshold(value, { fromSlider = false } = {}) {
   state.threshold = value;
-  if (!fromSlider) $("threshold-slider").value = String(value);
+  const slider = $("threshold-slider");
+  if (!fromSlider) slider.value = String(positionOf(value));
+  slider.setAttribute("aria-valuetext", formatNumber(value));
   $("threshold-number").value = String(value);
   drawMask();
   if (state.report) markCut($("roc"), state.report.roc, value);
@@ -466,7 +486,7 @@ async function start() {
   });
   $("show-probabilities").addEventListener("change", () => drawBackground());
   $("threshold-slider").addEventListener("input", (e) => {
-    setThreshold(e.target.valueAsNumber, { fromSlider: true });
+    setThreshold(thresholdAt(e.target.valueAsNumber), { fromSlider: true });
   });
   $("threshold-number").addEventListener("input", (e) => {
     if (Number.isFinite(e.target.valueAsNumber)) setThreshold(e.target.valueAsNumber);

@@ -98,6 +98,7 @@ export function drawRoc(svg, report, zoomed, onPick) {
   }
   element("circle", { r: 5, class: "cut", id: "roc-cut", cx: scale.x(0), cy: scale.y(0) }, plot);
   for (const [name, point] of Object.entries(report.operating_points)) {
+    if (!Number.isFinite(point.threshold)) continue; // nothing to move the slider to
     const chosen = name === report.strategy;
     const dot = element("circle", {
       cx: scale.x(point.fpr), cy: scale.y(point.tpr), r: chosen ? 7 : 5,

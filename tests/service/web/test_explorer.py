@@ -171,6 +171,28 @@ def test_an_overlay_over_the_image_with_opacity_and_the_probability_map(
         assert abs(pixel(visit, "image-canvas", x, y)[0] - expected) <= 1
 
 
+def test_an_unbounded_head_slides_over_its_own_scores(visit: Visit, tmp_path: Path) -> None:
+    image = cells_png(tmp_path, 160)
+    answer = httpx.post(
+        f"{visit.base}/v1/models/unet-relu/probabilities",
+        files={"image": (image.name, image.read_bytes(), "image/png")},
+        timeout=60,
+    )
+    scores = np.load(io.BytesIO(answer.content))
+    visit.open_explorer("unet-relu")
+    upload_image(visit, image)
+    slider = visit.page.locator("#threshold-slider")
+    # ReLU scores: the slider spans [0, the map's highest score], its ends exactly.
+    assert slider.get_attribute("data-low") == "0"
+    slider.focus()
+    visit.page.keyboard.press("End")
+    assert current_threshold(visit) == float(scores.max())
+    assert np.array_equal(drawn_mask(visit), scores >= scores.max())
+    assert slider.get_attribute("aria-valuetext") == f"{float(scores.max()):.4g}"
+    visit.page.keyboard.press("Home")
+    assert current_threshold(visit) == 0 and drawn_mask(visit).all()
+
+
 def test_a_non_image_upload_shows_the_problems_title_and_detail(
     visit: Visit, tmp_path: Path
 ) -> None:
