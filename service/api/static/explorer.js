@@ -57,7 +57,7 @@ function formatNumber(value) {
 function describeWarnings(warnings) {
   if (warnings === undefined) return "not available";
   if (!warnings.length) return "none";
-  return warnings.map((w) => `${w.severity}: ${w.message || w.code}`).join("; ");
+  return warnings.map((w) => `${w.severity} (${w.code}): ${w.message}`).join("; ");
 }
 
 async function describeDrift(info) {
@@ -65,8 +65,17 @@ async function describeDrift(info) {
   if (!("drift_status" in info)) return "not available";
   try {
     const drift = await getJson(`${modelPath(info.name)}/drift`);
-    const images = drift.n_images === undefined ? "" : ` over ${drift.n_images} image(s)`;
-    return `${drift.status}${images}`;
+    const parts = [drift.status];
+    if (drift.n_images !== undefined) parts.push(`${drift.n_images} of ${drift.window} images`);
+    if (drift.score_distance !== null && drift.score_distance !== undefined) {
+      parts.push(`score distance ${formatNumber(drift.score_distance)}`);
+    }
+    const fractions = drift.foreground_fraction;
+    if (fractions && fractions.served !== null && fractions.calibration !== null) {
+      parts.push(`foreground ${formatNumber(fractions.served)} served vs ` +
+        `${formatNumber(fractions.calibration)} calibrated`);
+    }
+    return parts.join("; ");
   } catch {
     return info.drift_status ?? "not available";
   }
@@ -450,7 +459,9 @@ async function startCalibration(event) {
 async function activateCalibration() {
   clearProblem();
   const job = state.calibration;
-  const path = `${modelPath(state.model.name)}/calibrations/${job.id}/activate`;
+  // force: activate despite a blocking warning, when the user ticked it.
+  const force = $("force").checked ? "?force=true" : "";
+  const path = `${modelPath(state.model.name)}/calibrations/${job.id}/activate${force}`;
   const response = await call(path, { method: "POST", mutating: true });
   state.calibration = { ...job, active: true };
   showReport(state.calibration);

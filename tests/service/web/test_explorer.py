@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import tifffile
 from PIL import Image
 
@@ -226,8 +227,12 @@ def test_a_16_bit_tiff_the_browser_cannot_draw_shows_its_probability_map(
     assert 0 < drawn_mask(visit).mean() < 1
 
 
-def calibration_zip(folder: Path) -> Path:
+def calibration_zip(folder: Path, inverted: bool = False) -> Path:
+    """A zip of images/ and masks/; `inverted` swaps foreground and background in the masks."""
     write_dataset(folder / "data", n=4, seed=77, size=64)
+    if inverted:
+        for mask in (folder / "data" / "masks").iterdir():
+            Image.fromarray(255 - np.asarray(Image.open(mask))).save(mask)
     path = folder / "calibration.zip"
     with zipfile.ZipFile(path, "w") as archive:
         for file in sorted((folder / "data").rglob("*.png")):
@@ -333,3 +338,38 @@ def test_labelled_controls_and_no_sideways_scrolling_at_390_px(
     )
     assert unlabelled == []
     assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+
+
+def test_a_blocked_calibration_says_why_and_activates_when_forced(
+    visit: Visit, tmp_path: Path
+) -> None:
+    page, base = visit.page, visit.base
+    if "warnings" not in httpx.get(f"{base}/v1/models/{MODEL}", timeout=10).json():
+        pytest.skip("this service reports no calibration warnings (threshold health)")
+    visit.expect_status(401)  # the page asks for the key on the first 401
+    visit.expect_status(409)  # the blocked activation, shown as its problem
+    visit.open_explorer(MODEL)
+    before = api_threshold(base)
+    # Inverted masks: the ROC curve lies below chance, a warning that blocks activation.
+    page.set_input_files("#dataset-input", str(calibration_zip(tmp_path, inverted=True)))
+    page.uncheck("#activate-on-success")
+    page.click("#start-calibration")
+    page.locator("#key-dialog").wait_for(state="visible")
+    page.fill("#api-key", API_KEY)
+    page.click("#key-ok")
+    page.locator("#calibration-report").wait_for(state="visible", timeout=120_000)
+    assert "block (auc_below_chance)" in (page.text_content("#report-warnings") or "")
+
+    page.click("#activate-calibration")
+    page.locator("#problem").wait_for(state="visible")
+    assert page.text_content("#problem-title") == "Calibration blocked"
+    assert "force" in (page.text_content("#problem-detail") or "")
+    assert api_threshold(base) == before
+
+    page.check("#force")
+    page.click("#activate-calibration")
+    page.wait_for_function(
+        "document.getElementById('model-source').textContent.startsWith('calibration')"
+    )
+    assert api_threshold(base)["source"] == "calibration"
+    assert "block (auc_below_chance)" in (page.text_content("#model-warnings") or "")
