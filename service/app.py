@@ -14,9 +14,11 @@ from model.device import pick_device
 from service.api.auth import KeyBeforeBody
 from service.api.dependencies import require_api_key
 from service.api.disconnect import CancelOnDisconnect
+from service.api.docs import install_docs
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
+from service.api.pages import install_pages
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, drift, health, inference, models, thresholds
 from service.calibration.jobs import CalibrationJobs
@@ -76,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=TAGS,
         generate_unique_id_function=operation_id,
+        docs_url=None,  # install_docs serves /docs and /redoc from local assets
+        redoc_url=None,
     )
     install_openapi(app)
     install_problem_handlers(app)
@@ -100,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app, metrics)
     for router in routers:
         app.include_router(router)
+    install_docs(app)
+    install_pages(app)
     return app
 
 

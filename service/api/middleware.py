@@ -143,6 +143,7 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")  # a Mount extends it by its prefix
         status: int | None = None
         failed = True
 
@@ -159,7 +160,7 @@ class RequestMetrics:
             if status is None:  # no answer: an error (uvicorn answers 500), or the client left
                 status = 500 if failed else CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - started
-            route = _route_label(scope)
+            route = _route_label(scope, root_path)
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
@@ -178,10 +179,13 @@ def install_metrics(app: FastAPI, metrics: Metrics) -> None:
     app.add_middleware(RequestMetrics, metrics=metrics)
 
 
-def _route_label(scope: Scope) -> str:
+def _route_label(scope: Scope, root_path: str = "") -> str:
     """The matched route's template (`/v1/models/{model}/mask`), never a raw path with values."""
     if "route" in scope:  # FastAPI's routes leave themselves in the scope
         return str(getattr(scope["route"], "path", "unmatched"))
+    mount = scope.get("root_path", "")[len(root_path) :]
+    if mount:  # a mounted app such as the static files: one label for all its paths
+        return f"{mount}/{{path}}"
     if "endpoint" in scope and not scope.get("path_params"):
         return str(scope["path"])  # a plain fixed-path route, such as FastAPI's /docs
     return "unmatched"
