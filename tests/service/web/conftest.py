@@ -4,67 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.service.test_generated_client import API_KEY, running_service
-
-CHROMIUM = Path("/usr/bin/chromium")
-# Playwright cannot download its own browser here; Debian's runs headless with these.
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WIDE = {"width": 1280, "height": 900}
-NARROW = {"width": 390, "height": 844}
-
-__all__ = ["API_KEY", "NARROW", "WIDE", "Visit"]
-
-
-def origin(url: str) -> str:
-    """`scheme://host:port` of `url`; a blob: URL has the origin of the page that made it."""
-    parts = urlsplit(url.removeprefix("blob:"))
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-@dataclass
-class Visit:
-    """One browser context on the service, and everything it asked for and complained about."""
-
-    page: Any  # playwright.sync_api.Page; Any so that collecting needs no playwright
-    base: str
-    requests: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)
-    console_errors: list[str] = field(default_factory=list)
-    expected_statuses: set[int] = field(default_factory=set)
-
-    def expect_status(self, status: int) -> None:
-        """Let the browser's own log of a `status` answer pass: the test provokes it on purpose."""
-        self.expected_statuses.add(status)
-
-    def unexpected_errors(self) -> list[str]:
-        """Console errors and uncaught exceptions, less the logs of provoked answers."""
-        allowed = tuple(
-            f"the server responded with a status of {status}" for status in self.expected_statuses
-        )
-        return [error for error in self.console_errors if not any(a in error for a in allowed)]
-
-    def open_explorer(self, model: str = "unet-sigmoid") -> None:
-        """Load `/`, wait until it has listed the models, and choose `model`."""
-        self.page.goto(f"{self.base}/")
-        self.page.wait_for_selector("body[data-ready='true']", timeout=30_000)
-        self.page.select_option("#model-select", model)
-        self.page.wait_for_function(
-            f"document.getElementById('model-head').dataset.model === {model!r}"
-        )
+from tests.servers import running_service
+from tests.service.web.browser import API_KEY, CHROMIUM, LAUNCH_ARGS, WIDE, Visit, origin
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +30,9 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def service(shipped_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m service` with an API key on a free 127.0.0.1 port; yields its base URL."""
-    with running_service(shipped_weights, tmp_path_factory.mktemp("state")) as base:
-        yield base
+    state = tmp_path_factory.mktemp("state")
+    with running_service(shipped_weights, state, {"UNET_API_KEY": API_KEY}) as running:
+        yield running.base
 
 
 @pytest.fixture

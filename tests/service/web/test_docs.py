@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.service.web.conftest import Visit
+from tests.service.web.browser import Visit
 
 
 def summaries(base: str) -> list[str]:

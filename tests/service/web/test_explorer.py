@@ -15,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from model.synth import generate_pair, pair_rng, write_dataset
-from tests.service.web.conftest import API_KEY, NARROW, WIDE, Visit
+from tests.service.web.browser import API_KEY, NARROW, WIDE, Visit
 
 MODEL = "unet-sigmoid"
 # The mask canvas as 0/1 bytes, base64-encoded, once the pending redraw has happened.
