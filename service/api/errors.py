@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from model.predict import NonFiniteOutputError
 from service.api.problems import ProblemError, problem_response
 from service.calibration.errors import (
     CalibrationRefused,
@@ -43,8 +44,16 @@ class Answer:
     slug: str  # names the problem type, under service.api.problems.TYPE_BASE
 
 
-DomainError = EngineError | DatasetRejected | CalibrationRefused | StoreUnavailable
-DOMAIN_ERRORS = (EngineError, DatasetRejected, CalibrationRefused, StoreUnavailable)
+DomainError = (
+    EngineError | DatasetRejected | CalibrationRefused | StoreUnavailable | NonFiniteOutputError
+)
+DOMAIN_ERRORS = (
+    EngineError,
+    DatasetRejected,
+    CalibrationRefused,
+    StoreUnavailable,
+    NonFiniteOutputError,
+)
 
 # Keyed by error class, or for a rejected data set by what is wrong with it.
 ANSWERS: dict[type[Exception] | Rejection, Answer] = {
@@ -56,6 +65,7 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
     StoreFull: Answer(507, "State disk full", "state-disk-full"),
     StoreReadOnly: Answer(503, "State folder read-only", "state-read-only"),
+    NonFiniteOutputError: Answer(422, "Non-finite model output", "non-finite-output"),
     Rejection.TOO_MANY_ENTRIES: Answer(413, "Zip has too many entries", "zip-too-many-entries"),
     Rejection.ZIP_TOO_LARGE: Answer(413, "Zip too large", "zip-too-large"),
     Rejection.IMAGE_TOO_LARGE: Answer(413, "Image too large", "image-too-large"),
@@ -73,7 +83,7 @@ def problem_for(error: DomainError) -> ProblemError:
     else:
         # The nearest class in the table: a subclass is answered like its parent.
         key = next(cls for cls in type(error).__mro__ if cls in ANSWERS)
-        answer, retry_after = ANSWERS[key], error.retry_after
+        answer, retry_after = ANSWERS[key], getattr(error, "retry_after", None)
     headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
     return ProblemError(answer.status, answer.title, str(error), slug=answer.slug, headers=headers)
 

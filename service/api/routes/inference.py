@@ -8,7 +8,7 @@ from typing import Annotated, Literal, NamedTuple, TypeVar
 import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from model.predict import NonFiniteOutputError, Prediction
+from model.predict import Prediction
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
@@ -56,12 +56,7 @@ async def _infer(
     cut = Cut(threshold, "request") if threshold is not None else Cut(active.value, active.source)
     # Drift watches every served image against the active calibration, whatever the cut.
     observe = services.drift.watch(served.name, active.calibration_id)
-    try:
-        result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
-    except NonFiniteOutputError as error:
-        raise ProblemError(
-            422, "Non-finite model output", str(error), slug="non-finite-output"
-        ) from None
+    result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
     return result, cut
 
 

@@ -6,6 +6,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from model.predict import NonFiniteOutputError
 from service.api.errors import ANSWERS, DomainError, install_error_answers
 from service.api.problems import MEDIA_TYPE, TYPE_BASE, install_problem_handlers
 from service.calibration.errors import (
@@ -81,6 +82,16 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
             "the device ran out of memory running model 'm'; retry later or lower "
             "UNET_MAX_BATCH or UNET_TILE_SIZE",
             "5",
+        ),
+    ),
+    (
+        NonFiniteOutputError("model 'm' gave 3 non-finite outputs"),
+        (
+            422,
+            "Non-finite model output",
+            "non-finite-output",
+            "model 'm' gave 3 non-finite outputs",
+            None,
         ),
     ),
     (
