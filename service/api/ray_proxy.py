@@ -4,7 +4,7 @@ Ray's HTTP proxy refuses requests before any replica sees them: 503 when `max_qu
 is reached (with `Retry-After`), 503 when no replica is running. Its body is plain text. This
 middleware, installed in the proxy with `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=
 service.api.ray_proxy:middlewares`, turns those answers into RFC 9457 problems, headers kept; the
-replicas' own answers are already problems and pass through untouched.
+replicas' own answers (problems, or /readyz's JSON) pass through untouched.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.problems import MEDIA_TYPE, TYPE_BASE
 
-REFUSALS = {429: "Too many requests", 503: "Service overloaded"}
+# (status, has Retry-After) -> (title, problem type slug)
+REFUSALS = {
+    (503, True): ("Service overloaded", "overloaded"),  # max_queued_requests reached
+    (503, False): ("Service unavailable", "unavailable"),  # no replica running
+    (429, True): ("Too many requests", "too-many-requests"),
+    (429, False): ("Too many requests", "too-many-requests"),
+}
 
 
 def middlewares() -> list[Middleware]:
@@ -56,18 +62,22 @@ class ProblemRefusals:
 def _plain_refusal(start: Message) -> bool:
     headers = {name.lower(): value for name, value in start.get("headers", [])}
     content_type = headers.get(b"content-type", b"").decode(errors="replace")
-    return start["status"] in REFUSALS and not content_type.startswith(MEDIA_TYPE)
+    # Ray's own refusals are plain text (or untyped); the app's are problems or, from
+    # /readyz, JSON, and stay as they are.
+    plain = content_type == "" or content_type.startswith("text/plain")
+    return start["status"] in (429, 503) and plain
 
 
 async def _send_problem(send: Send, start: Message, detail: str, path: str) -> None:
     status = start["status"]
-    slug = "overloaded" if status == 503 else "too-many-requests"
+    retry_after = any(name.lower() == b"retry-after" for name, _ in start.get("headers", []))
+    title, slug = REFUSALS[status, retry_after]
     body = json.dumps(
         {
             "type": TYPE_BASE + slug,
-            "title": REFUSALS[status],
+            "title": title,
             "status": status,
-            "detail": detail.strip() or REFUSALS[status],
+            "detail": detail.strip() or title,
             "instance": path,
         }
     ).encode()
