@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.settings import Settings
@@ -9,6 +11,8 @@ from service.settings import Settings
 pytest.importorskip("ray.serve", reason="Ray Serve is the optional extra `.[ray]`")
 
 from service.ray_app import deployment_options
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_one_replica_on_one_cpu_with_a_bounded_queue() -> None:
@@ -30,3 +34,15 @@ def test_a_max_replica_count_turns_on_autoscaling(monkeypatch: pytest.MonkeyPatc
     assert (scaling.min_replicas, scaling.max_replicas) == (2, 8)
     assert scaling.target_ongoing_requests == 4
     assert options["ray_actor_options"]["num_gpus"] == 0.25
+
+
+def test_the_serve_config_deploys_the_builder_on_loopback() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(
+        yaml.safe_load((ROOT / "deploy" / "ray" / "serve.yaml").read_text())
+    )
+    assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
+    (app,) = config.applications
+    assert app.import_path == "service.ray_app:build" and app.route_prefix == "/"
