@@ -74,7 +74,13 @@ def start_ray(env: dict[str, str]) -> None:
 
     from service.ray_app import build
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024 * 1024)
+    # log_to_driver off: Ray's worker logs would otherwise land on stdout, inside the JSON.
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024 * 1024,
+        log_to_driver=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     serve.run(build(), name="unet", route_prefix="/")
 
