@@ -12,8 +12,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
+# The tests also exercise the optional extras; torch is named on the same line so that no extra
+# can pull another build of it.
+TEST_EXTRAS := dev,ray
+
 dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(TEST_EXTRAS)]" torch==2.13.0
 
 serve: install
 	$(BIN)/unet serve

@@ -176,6 +176,46 @@ class Settings(BaseSettings):
         ge=1,
         description="Served images needed before drift can be `warn` or `alert`.",
     )
+    # Ray Serve (issue 15): read by `service.ray_app` when it builds the deployment.
+    ray_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="Ray Serve: replicas of the service (the least, when autoscaling).",
+    )
+    ray_max_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Ray Serve: when set, autoscale on queue length between "
+        "`UNET_RAY_REPLICAS` and this many replicas; unset: a fixed replica count.",
+    )
+    ray_target_ongoing_requests: float = Field(
+        default=4,
+        gt=0,
+        description="Ray Serve autoscaling: requests in flight per replica it aims for.",
+    )
+    ray_num_cpus: float = Field(
+        default=1, ge=0, description="Ray Serve: CPUs reserved per replica (may be fractional)."
+    )
+    ray_num_gpus: float = Field(
+        default=0,
+        ge=0,
+        description="Ray Serve: GPUs reserved per replica (fractional shares a GPU).",
+    )
+    ray_max_ongoing_requests: int = Field(
+        default=16,
+        ge=1,
+        description="Ray Serve: requests one replica handles at once; the service's own "
+        "engine batches and queues them.",
+    )
+    ray_max_queued_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Ray Serve: requests waiting for a replica beyond which new ones get 503 "
+        "with `Retry-After`.",
+    )
+    ray_retry_after_s: int = Field(
+        default=1, ge=0, description="Ray Serve: the `Retry-After` of its overload 503."
+    )
 
     @field_validator("device")
     @classmethod

@@ -15,7 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HTTP = ("fastapi", "starlette", "service.api")
 # The HTTP edge: the routes, problems, middleware and server, and the entry points that
 # assemble them.
-EDGE = (ROOT / "service" / "api", ROOT / "service" / "app.py", ROOT / "service" / "__main__.py")
+EDGE = (
+    ROOT / "service" / "api",
+    ROOT / "service" / "app.py",
+    ROOT / "service" / "__main__.py",
+    ROOT / "service" / "ray_app.py",  # the Ray Serve entry point: the same app, on Ray
+)
 
 
 def module_name(path: Path) -> str:
