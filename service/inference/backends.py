@@ -94,8 +94,8 @@ class OrtBackend:
         self.network = network  # for its padding rule; the pass itself is ONNX Runtime's
         self._narrow: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(workers):
-            self._narrow.put(_session(path, threads))
-        self._wide = _session(path, wide) if wide > threads else None
+            self._narrow.put(ort_session(path, threads))
+        self._wide = ort_session(path, wide) if wide > threads else None
         self._wide_free = self._wide is not None
         self._running = 0
         self._lock = threading.Lock()
@@ -128,7 +128,7 @@ class OrtBackend:
                 self._narrow.put(session)
 
 
-def _session(path: Path, threads: int) -> Any:
+def ort_session(path: Path, threads: int) -> Any:
     """An ONNX Runtime CPU session of the model at `path` with `threads` intra-op threads."""
     import onnxruntime as ort  # optional at import time: auto falls back to torch without it
 
