@@ -17,6 +17,7 @@ from PIL import Image
 from model.checkpoint import checkpoint_digest
 from model.synth import generate_pair, pair_rng
 from service.app import create_app
+from service.inference import backends
 from service.inference.units import needs_tiles
 from service.settings import Settings
 from tests.helpers import TINY_MODEL, png, until
@@ -158,6 +159,18 @@ def test_a_model_that_does_not_export_still_serves_on_torch_with_one_line_saying
     why = [r.getMessage() for r in engine_log.records if "not onnxruntime" in r.getMessage()]
     assert len(why) == 1 and "aten::made_up" in why[0], why
     assert not list((tmp_path / "onnx").glob("*")), "a failed export left a file behind"
+
+
+def test_a_model_whose_onnx_scores_differ_from_torchs_serves_on_torch(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_log: Lines
+) -> None:
+    # No gap passes a bar of -1: the start-up check fails as it would for a wrong graph.
+    monkeypatch.setattr(backends, "CHECK_TOLERANCE", -1.0)
+    with serving(tiny_settings(tiny_model_dir, tmp_path)) as client:
+        wait_ready(client)
+        assert client.get(f"/v1/models/{TINY_MODEL}").json()["backend"] == "torch"
+    why = [r.getMessage() for r in engine_log.records if "not onnxruntime" in r.getMessage()]
+    assert len(why) == 1 and "differs from torch's" in why[0], why
 
 
 def test_the_export_is_cached_by_digest_and_reused_on_restart(
