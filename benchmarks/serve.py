@@ -5,12 +5,15 @@
 
 In one run it measures:
 
-* the raw in-process throughput of the same model on the same device (the ceiling): the best of
-  a few ways of running it (one forward pass at a time with every core, one single-threaded pass
-  per core in parallel, batches), and the single-image model time;
-* the service, started as a real uvicorn subprocess on a free loopback port, driven with PNG
-  uploads to `POST /v1/models/{name}/mask` by 1, 4 and 16 concurrent clients: images/s, p50 and
-  p99 latency, failures, and the server's peak resident memory (VmHWM);
+* the raw in-process throughput of the same model on the same device, for each backend the
+  service can run it on (torch; on CPU also ONNX Runtime, on the graph the service exports): the
+  best of a few ways of running it (one forward pass at a time with every core, one
+  single-threaded pass per core in parallel, batches), and the single-image model time; the
+  best over the backends is the ceiling;
+* the service on its default backend (`UNET_BACKEND=auto`), started as a real uvicorn subprocess
+  on a free loopback port, driven with PNG uploads to `POST /v1/models/{name}/mask` by 1, 4 and
+  16 concurrent clients: images/s, p50 and p99 latency, failures, and the server's peak
+  resident memory (VmHWM); on CPU, the same service on torch (`UNET_BACKEND=torch`);
 * the same service with batching off (`UNET_MAX_BATCH=1`, `UNET_BATCH_WAIT_MS=0`);
 * overload: a server with a tiny queue driven far past capacity must answer 503 with
   `Retry-After` (never hang), and answer normally again once the load drops.
@@ -30,6 +33,7 @@ import io
 import json
 import os
 import platform
+import queue
 import shutil
 import socket
 import subprocess
@@ -48,9 +52,11 @@ import torch
 from PIL import Image
 
 from model import UNet, UNetConfig, load_checkpoint, save
-from model.checkpoint import checkpoint_paths
+from model.checkpoint import checkpoint_digest, checkpoint_paths
 from model.device import pick_device
+from model.onnx_export import INPUT_NAME, cached_export
 from model.synth import generate_pair
+from service.inference.backends import OrtBackend, ort_session
 from service.inference.engine import plan_engine, usable_cores
 from service.settings import Settings
 
@@ -172,6 +178,62 @@ def raw_throughput(
             log(f"raw: one image, {threads} torch thread(s): {single[threads]:.1f} ms")
     finally:
         torch.set_num_threads(previous)
+    return {
+        "ways": configs,
+        "ceiling_images_per_s": max(c["images_per_s"] for c in configs),
+        "model_ms_single_image": min(single.values()),
+        "model_ms_single_image_by_threads": single,
+    }
+
+
+def raw_onnxruntime(
+    network: UNet, onnx_path: Path, side: int, images: int, seconds: float
+) -> dict[str, Any]:
+    """The exported graph on ONNX Runtime in-process, the same ways as torch, and as served."""
+    cores = usable_cores()
+    inputs = np.random.default_rng(0).random(
+        (4, network.config.in_channels, side, side), dtype=np.float32
+    )
+
+    def pooled(sessions: list[Any]) -> Callable[[int], int]:
+        free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for session in sessions:
+            free.put(session)
+
+        def forward(batch: int) -> int:
+            session = free.get()  # as many sessions as threads: each thread keeps its own
+            try:
+                session.run(None, {INPUT_NAME: inputs[:batch]})
+            finally:
+                free.put(session)
+            return batch
+
+        return forward
+
+    configs: list[dict[str, Any]] = []
+    for threads, workers, batch in ((cores, 1, 1), (1, cores, 1), (cores, 1, 4), (1, cores, 4)):
+        forward = pooled([ort_session(onnx_path, threads) for _ in range(workers)])
+        rate = _parallel_rate(forward, workers, 1, batch, images, seconds)
+        way = f"{workers} session(s) x {threads} thread(s) in parallel, batch {batch}"
+        configs.append({"way": way, "images_per_s": rate})
+        log(f"raw onnxruntime: {way}: {rate:.2f} images/s")
+    # As the service runs it: a narrow session per worker, a wide one for a lone pass.
+    served = OrtBackend(onnx_path, network, workers=cores, threads=1, wide=cores)
+
+    def as_served(batch: int) -> int:
+        served.logits(inputs[:batch])
+        return batch
+
+    rate = _parallel_rate(as_served, cores, 1, 1, images, seconds)
+    configs.append({"way": f"as served: {cores} workers, batch 1", "images_per_s": rate})
+    log(f"raw onnxruntime: as served, {cores} workers: {rate:.2f} images/s")
+    single = {}
+    for threads in sorted({1, cores}):
+        forward = pooled([ort_session(onnx_path, threads)])
+        single[threads] = 1000 / _timed_runs(
+            functools.partial(forward, 1), min(images, 20), seconds
+        )
+        log(f"raw onnxruntime: one image, {threads} thread(s): {single[threads]:.1f} ms")
     return {
         "ways": configs,
         "ceiling_images_per_s": max(c["images_per_s"] for c in configs),
@@ -392,6 +454,8 @@ def serve_run(
     """Start a server with `env` and drive it at each concurrency level."""
     levels = {}
     with server(env, workdir) as (url, process):
+        backend = httpx.get(f"{url}/v1/models/{model}", timeout=10).json().get("backend")
+        log(f"  backend: {backend}")
         for concurrency in args.concurrency:
             asyncio.run(drive(url, model, pngs, concurrency, 2 * concurrency, args.seconds))
             result = drive_with_engine_view(
@@ -405,7 +469,7 @@ def serve_run(
             )
             levels[str(concurrency)] = result
         peak = memory_mb(process.pid)
-    return {"levels": levels, "peak_rss_mb": peak}
+    return {"backend": backend, "levels": levels, "peak_rss_mb": peak}
 
 
 def overload_run(
@@ -421,26 +485,48 @@ def overload_run(
     return {"flood_c64": flood, "after_c1": after}
 
 
-def summary(
-    raw: dict[str, Any],
-    batched: dict[str, Any],
-    unbatched: dict[str, Any],
-    concurrency: list[int],
+def service_summary(
+    raw: dict[str, Any], run: dict[str, Any], concurrency: list[int]
 ) -> dict[str, Any]:
-    """The figures the issue asks for, from the runs."""
+    """How close one service run comes to the in-process ceilings (`raw`: by backend)."""
     top, one = str(max(concurrency)), str(min(concurrency))
-    high, low = batched["levels"][top], batched["levels"][one]
+    high, low = run["levels"][top], run["levels"][one]
     forward = low.get("forward_ms_per_pass", float("nan"))
+    best = max(r["ceiling_images_per_s"] for r in raw.values())
+    fastest_single = min(r["model_ms_single_image"] for r in raw.values())
+    own = raw.get(run["backend"]) or {}
     return {
-        f"throughput_vs_raw_c{top}": high["images_per_s"] / raw["ceiling_images_per_s"],
+        "backend": run["backend"],
+        f"throughput_vs_best_ceiling_c{top}": high["images_per_s"] / best,
+        f"throughput_vs_own_backend_ceiling_c{top}": high["images_per_s"]
+        / own.get("ceiling_images_per_s", float("nan")),
         f"failed_c{top}": high["failed"],
-        f"batching_speedup_c{top}": high["images_per_s"] / unbatched["levels"][top]["images_per_s"],
         # Overhead: what a request spends beyond the forward pass the service ran for it.
         f"overhead_ms_c{one}": low["mean_ms"] - forward,
         f"overhead_fraction_of_forward_c{one}": low["mean_ms"] / forward - 1,
-        # Stricter: against the fastest single-image pass measured in-process.
-        f"latency_vs_best_raw_single_image_c{one}": low["mean_ms"] / raw["model_ms_single_image"]
+        # Stricter: against the fastest single-image pass measured in-process on any backend.
+        f"latency_vs_best_raw_single_image_c{one}": low["mean_ms"] / fastest_single - 1,
+        f"latency_vs_own_backend_single_image_c{one}": low["mean_ms"]
+        / own.get("model_ms_single_image", float("nan"))
         - 1,
+    }
+
+
+def summary(
+    raw: dict[str, Any],
+    services: dict[str, dict[str, Any]],
+    unbatched: dict[str, Any],
+    concurrency: list[int],
+) -> dict[str, Any]:
+    """The figures the issues ask for, from the runs: the default service first."""
+    top = str(max(concurrency))
+    default = services["default"]["levels"][top]["images_per_s"]
+    return {
+        "ceiling_images_per_s_by_backend": {
+            name: r["ceiling_images_per_s"] for name, r in raw.items()
+        },
+        f"batching_speedup_c{top}": default / unbatched["levels"][top]["images_per_s"],
+        **{name: service_summary(raw, run, concurrency) for name, run in services.items()},
     }
 
 
@@ -457,6 +543,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = pick_device(args.device)
+    load_at_start = os.getloadavg()  # a shared machine's other work lowers every figure
     with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
         workdir = Path(tmp)
         models = workdir / "models"
@@ -465,7 +552,13 @@ def main() -> None:
         pngs = synthetic_pngs(args.side, 16)
         network, _ = load_checkpoint(models / f"{model}.safetensors", device)
         log(f"raw in-process throughput on {device}")
-        raw = raw_throughput(network, device, args.side, args.requests, args.seconds / 3)
+        raw = {"torch": raw_throughput(network, device, args.side, args.requests, args.seconds / 3)}
+        if device.type == "cpu":  # the service runs torch on a GPU
+            digest = checkpoint_digest(models / f"{model}.safetensors")
+            onnx_path, _ = cached_export(network, digest, workdir / "onnx")
+            raw["onnxruntime"] = raw_onnxruntime(
+                network, onnx_path, args.side, args.requests, args.seconds / 3
+            )
         del network
         env = {
             "UNET_MODEL_DIR": str(models),
@@ -474,8 +567,12 @@ def main() -> None:
             "UNET_LOG_LEVEL": "warning",
         }
         plan = plan_engine(Settings(model_dir=models), device)
-        log(f"service, default batching ({plan.limits})")
-        batched = serve_run(env, workdir, model, pngs, args)
+        log(f"service, default backend and batching ({plan.limits})")
+        services = {"default": serve_run(env, workdir, model, pngs, args)}
+        if device.type == "cpu":
+            log("service on torch")
+            torch_env = {**env, "UNET_BACKEND": "torch", "UNET_STATE_DIR": str(workdir / "t")}
+            services["torch"] = serve_run(torch_env, workdir, model, pngs, args)
         off = {**env, "UNET_MAX_BATCH": "1", "UNET_BATCH_WAIT_MS": "0"}
         log("service, batching off")
         unbatched = serve_run(off, workdir, model, pngs, args)
@@ -499,11 +596,13 @@ def main() -> None:
             "torch_threads": plan.torch_threads,
             "channels_last": plan.channels_last,
         },
+        "load_average_at_start": load_at_start,
         "raw": raw,
-        "service": batched,
+        "service": services["default"],
+        "service_torch": services.get("torch"),
         "service_batching_off": unbatched,
         "overload": overload,
-        "summary": summary(raw, batched, unbatched, args.concurrency),
+        "summary": summary(raw, services, unbatched, args.concurrency),
     }
     print(json.dumps(result, indent=2))
 

@@ -81,6 +81,14 @@ class UNet(nn.Module):
             )
         height, width = x.shape[-2:]
         x, (top, left) = self.pad_to_grid(x)
+        return self.grid_logits(x)[..., top : top + height, left : left + width]
+
+    def grid_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-head map of `x` whose sides are already multiples of `multiple` (no padding).
+
+        Shape-free on purpose: this is the graph an exporter traces (`model.onnx_export`), with
+        the shape-dependent padding left to the caller.
+        """
         features = self.stem(x)
         skips = [features]  # one skip connection per encoder level, finest first
         for down in self.encoder:
@@ -89,7 +97,7 @@ class UNet(nn.Module):
         features = skips.pop()  # the bottleneck is not a skip
         for up in self.decoder:
             features = up(features, skips.pop())
-        return self.classifier(features)[..., top : top + height, left : left + width]
+        return self.classifier(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The head's output map (N, K, H, W) for input `x` (N, C, H, W)."""

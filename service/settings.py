@@ -161,6 +161,12 @@ class Settings(BaseSettings):
         description="CPU threads per forward pass; unset: chosen from the cores available.",
         json_schema_extra=_shown_as("per machine"),
     )
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        default="auto",
+        description="What runs the network on CPU: `onnxruntime` (exported once per checkpoint "
+        "into the state folder), `torch`, or `auto` (onnxruntime when the model exports, torch "
+        "otherwise). GPUs always run torch.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Least severe log level written."
     )
@@ -225,7 +231,7 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
 
-    @field_validator("autocast", "log_level", mode="before")
+    @field_validator("autocast", "backend", "log_level", mode="before")
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

@@ -199,6 +199,7 @@ class ModelInfo(BaseModel):
                     "digest": "5f0c…",
                     "warnings": [],
                     "drift_status": "no_reference",
+                    "backend": "onnxruntime",
                 }
             ]
         }
@@ -218,6 +219,11 @@ class ModelInfo(BaseModel):
     )
     drift_status: DriftStatus = Field(
         "no_reference", description="GET /v1/models/{model}/drift has the figures."
+    )
+    backend: Literal["torch", "onnxruntime"] | None = Field(
+        None,
+        description="What runs the network's passes (UNET_BACKEND); null while the engine "
+        "starts and has not chosen yet.",
     )
 
 

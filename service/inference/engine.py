@@ -29,6 +29,14 @@ import torch
 from anyio import to_thread
 
 from model.predict import Prediction, to_predictions
+from service.inference.backends import (
+    ONNXRUNTIME,
+    TORCH,
+    Backend,
+    BackendName,
+    TorchBackend,
+    onnx_backend,
+)
 from service.inference.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
 from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
@@ -143,6 +151,7 @@ class InferenceEngine:
         device = next(iter(registry)).device
         self.plan = plan_engine(settings, device)
         self._batchers: dict[str, Batcher] = {}
+        self._backends: dict[str, Backend] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._previous_threads = torch.get_num_threads()
         self._cores = CoreShare(self.plan.share_cores) if self.plan.share_cores else None
@@ -161,6 +170,9 @@ class InferenceEngine:
         for served in self.registry:
             if plan.channels_last:
                 served.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            # In a worker thread: an export takes seconds, and the loop must keep answering.
+            backend = await to_thread.run_sync(self._choose_backend, served)
+            self._backends[served.name] = backend
             batcher = Batcher(
                 served.name,
                 plan.limits,
@@ -213,7 +225,20 @@ class InferenceEngine:
         self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
     ) -> T:
         """`then(prediction)` for one (C, H, W) image in [0, 1], run in the inference worker."""
-        result: T = await self._run(served, image, then, self.settings.request_timeout_s)
+        timeout = self.settings.request_timeout_s
+        if not self._started.is_set():
+            # Start-up (choosing a backend, maybe an export) takes seconds; a request that comes
+            # meanwhile waits for it, as it waits behind the warm-up, within its deadline.
+            began = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._started.wait()
+            except TimeoutError:
+                raise EngineNotReady(
+                    "the inference engine is still starting; retry shortly"
+                ) from None
+            timeout -= asyncio.get_running_loop().time() - began
+        result: T = await self._run(served, image, then, timeout)
         return result
 
     async def _run(
@@ -265,6 +290,60 @@ class InferenceEngine:
         except torch.OutOfMemoryError:
             raise DeviceOutOfMemory(served.name) from None
 
+    def backend(self, name: str) -> BackendName | None:
+        """What runs model `name`'s passes (`torch`, `onnxruntime`); None until chosen."""
+        backend = self._backends.get(name)
+        return backend.name if backend else None
+
+    def _choose_backend(self, served: ServedModel) -> Backend:
+        """ONNX Runtime on CPU where the settings allow it and the model exports, else torch.
+
+        A model that cannot run on ONNX Runtime still serves, on torch, with one log line
+        saying why.
+        """
+        plan, wanted = self.plan, self.settings.backend
+        shared = self._cores.share if self._cores else None
+        torch_backend = TorchBackend(
+            served.network,
+            plan.device,
+            channels_last=plan.channels_last,
+            autocast=plan.autocast,
+            share=shared,
+        )
+        if wanted == TORCH or plan.device.type != "cpu":
+            if wanted == ONNXRUNTIME:
+                log.warning(
+                    "model %s: UNET_BACKEND=onnxruntime is CPU only; torch on %s",
+                    served.name,
+                    plan.device,
+                )
+            log.info("model %s: backend torch on %s", served.name, plan.device)
+            return torch_backend
+        try:
+            ort_backend, exported = onnx_backend(
+                served.network,
+                served.digest,
+                self.settings.state_dir / "onnx",
+                workers=plan.limits.workers,
+                threads=plan.torch_threads or 1,
+                wide=plan.share_cores,
+            )
+        except Exception as error:  # whatever stops ONNX Runtime, torch still serves
+            log.warning(
+                "model %s: backend torch, not onnxruntime: %s: %s",
+                served.name,
+                type(error).__name__,
+                error,
+            )
+            return torch_backend
+        log.info(
+            "model %s: backend onnxruntime (%s %s)",
+            served.name,
+            "exported to" if exported else "cached at",
+            self.settings.state_dir / "onnx" / f"{served.digest}.onnx",
+        )
+        return ort_backend
+
     def queue_depth(self, name: str) -> int:
         """Jobs waiting for model `name`."""
         batcher = self._batchers.get(name)
@@ -312,16 +391,4 @@ class InferenceEngine:
 
     def _forward(self, served: ServedModel, crops: np.ndarray) -> torch.Tensor:
         """Float32 logits (N, K, H, W) on the device for a batch of inputs (N, C, H, W)."""
-        plan = self.plan
-        batch = torch.from_numpy(crops).to(plan.device, non_blocking=True)
-        if plan.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast(plan.device.type, dtype=plan.autocast)
-            if plan.autocast is not None
-            else contextlib.nullcontext()
-        )
-        shared = self._cores.share() if self._cores else contextlib.nullcontext()
-        with autocast, shared:
-            logits = served.network.logits(batch)
-        return logits.float()
+        return self._backends[served.name].logits(crops)

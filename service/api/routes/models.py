@@ -41,6 +41,7 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         digest=served.digest,
         warnings=_active_warnings(services, served, active.calibration_id),
         drift_status=services.drift.status(served.name, active.calibration_id),
+        backend=services.engine.backend(served.name),
     )
 
 

@@ -326,7 +326,9 @@ def test_a_calibration_waits_its_turn_when_the_engine_is_full(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = threading.Event()
-    with TestClient(create_app(settings.model_copy(update={"queue_size": 2}))) as client:
+    # Torch runs the passes, so that patching `network.logits` holds them.
+    held_settings = settings.model_copy(update={"queue_size": 2, "backend": "torch"})
+    with TestClient(create_app(held_settings)) as client:
         wait_ready(client)
         served = client.app.state.services.registry.get(TINY_MODEL)  # type: ignore[attr-defined]
         logits = served.network.logits
@@ -377,7 +379,8 @@ def test_a_stop_ends_a_job_waiting_on_the_engine_and_the_jobs_queued_behind_it(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = threading.Event()
-    app = create_app(settings)
+    # Torch runs the passes, so that patching `network.logits` holds them.
+    app = create_app(settings.model_copy(update={"backend": "torch"}))
     with TestClient(app) as client:
         wait_ready(client)
         services = app.state.services

@@ -42,8 +42,17 @@ def make_registry(folder: Path, base_channels: int = 16, head: str = "sigmoid") 
 
 
 def make_settings(folder: Path, **overrides: Any) -> Settings:
-    """Settings for a quick engine: small tiles keep the warm-up short."""
-    values: dict[str, Any] = {"model_dir": folder, "state_dir": folder, "tile_size": 64}
+    """Settings for a quick engine: small tiles keep the warm-up short.
+
+    Torch runs the passes: these tests hold or watch them through `network.logits`. ONNX
+    Runtime's passes have their own tests (test_backends.py).
+    """
+    values: dict[str, Any] = {
+        "model_dir": folder,
+        "state_dir": folder,
+        "tile_size": 64,
+        "backend": "torch",
+    }
     return Settings(**{**values, **overrides})
 
 
