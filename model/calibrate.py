@@ -14,10 +14,11 @@ from model.calibration import (
     ScoreHistogram,
     build_report,
 )
-from model.checkpoint import load_checkpoint
 from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
+from model.sources import Predictor, load_predictor
+from model.sources.native import as_predictor
 from model.unet import UNet
 
 # Heads whose output is exactly sigmoid(logit): binning the logit keeps the order of pixels
@@ -40,20 +41,22 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
-def new_histogram(network: UNet) -> ScoreHistogram:
+def new_histogram(network: UNet | Predictor) -> ScoreHistogram:
     """An empty histogram for the scores of `network`'s head."""
-    return ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+    head = as_predictor(network).head
+    return ScoreHistogram("probability" if is_probability(head) else "unbounded")
 
 
 def calibrate_model(
-    network: UNet,
+    network: UNet | Predictor,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     criterion: Criterion = Criterion(),
 ) -> CalibrationReport:
     """The calibration report of `network` on (name, image, mask) triples, in one pass."""
-    hist = new_histogram(network)
+    predictor = as_predictor(network)
+    hist = new_histogram(predictor)
     for name, image, mask in pairs:
-        add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
+        add_to_histogram(hist, predictor.head, predict(predictor, image), mask, name)
     return build_report(hist, criterion)
 
 
@@ -63,7 +66,7 @@ def calibrate_checkpoint(
     criterion: Criterion = Criterion(),
     progress: bool = False,
 ) -> CalibrationReport:
-    """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
-    network, _ = load_checkpoint(checkpoint)
-    pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
-    return calibrate_model(network, pairs, criterion)
+    """The calibration report of the model whose card (or checkpoint) is `checkpoint` on `data`."""
+    predictor = load_predictor(checkpoint)
+    pairs = iter_pairs(data, predictor.input, progress, desc="calibrate")
+    return calibrate_model(predictor, pairs, criterion)
