@@ -28,6 +28,7 @@ from service.inference.errors import (
     EngineError,
     EngineNotReady,
     EngineTimeout,
+    ModelUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     EngineTimeout: Answer(503, "Request timed out", "inference-timeout"),
     EngineNotReady: Answer(503, "Not ready", "not-ready"),
     DeviceOutOfMemory: Answer(503, "Out of memory", "out-of-memory"),
+    ModelUnavailable: Answer(503, "Model unavailable", "model-unavailable"),
     CalibrationsStopping: Answer(503, "Service stopping", "stopping"),
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
     Rejection.TOO_MANY_ENTRIES: Answer(413, "Zip has too many entries", "zip-too-many-entries"),

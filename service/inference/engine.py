@@ -160,7 +160,7 @@ class InferenceEngine:
         slots = asyncio.Semaphore(plan.limits.workers)  # shared: models compete for the workers
         for served in self.registry:
             if plan.channels_last:
-                served.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                served.network.channels_last()
             batcher = Batcher(
                 served.name,
                 plan.limits,

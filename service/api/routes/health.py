@@ -32,7 +32,10 @@ def readyz(request: Request) -> JSONResponse:
     services = getattr(request.app.state, "services", None)
     if services is None or not services.engine.ready:
         return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
-    return JSONResponse({"status": "ready", "models": services.registry.names()})
+    failed = services.registry.failures()
+    # The rest serve: a model that failed to load is reported, not a reason to stay unready.
+    ready = {"status": "ready", "models": services.registry.names()}
+    return JSONResponse(ready | ({"unavailable": failed} if failed else {}))
 
 
 @router.get(
