@@ -8,6 +8,7 @@ the checkpoint's input normalisation, head, pad_multiple and threshold, and the 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -48,9 +49,10 @@ def export(checkpoint: Path, fmt: ExportFormat, out: Path) -> Path:
     body = Body(network).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # deprecated, still widely used
             traced = torch.jit.trace(body, example)
-        torch.jit.save(traced, str(out))
+            torch.jit.save(traced, str(out))
     elif fmt == "exported":
         batch = torch.export.Dim("batch", min=1, max=1024)
         rows = torch.export.Dim("rows", min=1, max=MAX_SIDE // multiple)
@@ -61,15 +63,19 @@ def export(checkpoint: Path, fmt: ExportFormat, out: Path) -> Path:
     else:
         require("onnx", "onnx", checkpoint, "onnx")
         axes = {0: "batch", 2: "height", 3: "width"}
-        torch.onnx.export(
-            body,
-            (example,),
-            str(out),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": axes, "logits": axes},
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated, but it needs only `onnx`; the
+            # torch.export-based one also needs onnxscript, for the same graph of convolutions.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                body,
+                (example,),
+                str(out),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                dynamo=False,
+            )
     card = predictor.card.model_dump(mode="json", exclude_none=True)
     card["source"] = {"format": fmt, "path": out.name}
     card_path = out.with_suffix(".json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,7 +18,10 @@ class TorchScriptPredictor(Predictor):
         super().__init__(card, card_path, device)
         path = card.source_path(card_path)
         try:
-            self.module = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():
+                # TorchScript is deprecated in torch 2.x, yet it is what smp users export to.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError, OSError) as error:
             raise CardError(
                 f"{card_path}: {path.name} is not a TorchScript file ({str(error)[:200]}); "

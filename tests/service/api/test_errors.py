@@ -14,7 +14,13 @@ from service.calibration.errors import (
     Rejection,
     TooManyCalibrations,
 )
-from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
+from service.inference.errors import (
+    DeviceOutOfMemory,
+    EngineBusy,
+    EngineNotReady,
+    EngineTimeout,
+    ModelUnavailable,
+)
 
 # error -> (status, title, slug, detail, Retry-After); the answers the service has always given.
 CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
@@ -58,6 +64,17 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
             "the device ran out of memory running model 'm'; retry later or lower "
             "UNET_MAX_BATCH or UNET_TILE_SIZE",
             "5",
+        ),
+    ),
+    (
+        ModelUnavailable("m", "m.json: source.path is missing; name the network file"),
+        (
+            503,
+            "Model unavailable",
+            "model-unavailable",
+            "model 'm' is unavailable: m.json: source.path is missing; name the network file; "
+            "fix it and restart the service",
+            None,
         ),
     ),
     (
