@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from model.normalize import ImageInput, normalize
+from model.normalize import ImageInput, normalize, unit_magnitude
 
 # A channel count (the `dtype` rule) or a model card's whole `input` section.
 Channels = int | ImageInput
@@ -269,7 +269,7 @@ def image_from_bytes(
         pixels = to_unit(array, name)
     else:  # the image's own statistics set the scale: keep its values as they are
         check_pixels(array, name)
-        pixels = array.astype(np.float32)
+        pixels = unit_magnitude(array)
     image = to_channels(pixels, count, name)
     if spec is None:
         return image

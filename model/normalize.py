@@ -72,6 +72,19 @@ class ImageInput(BaseModel):
         return self
 
 
+def unit_magnitude(array: np.ndarray) -> np.ndarray:
+    """`array` as float32 divided by its largest magnitude (a constant zero image stays 0).
+
+    The statistics-based methods do not depend on the image's scale, and dividing first keeps
+    values near the float64 limits from overflowing float32 or `high - low`.
+    """
+    values = array.astype(np.float64)
+    scale = float(np.abs(values).max()) if values.size else 0.0
+    if scale > 0:
+        values /= scale
+    return values.astype(np.float32)
+
+
 def normalize(image: np.ndarray, spec: Normalize) -> np.ndarray:
     """`image` (C, H, W) as float32 by `spec`; `dtype`/`fixed` expect it already dtype-scaled."""
     values = image.astype(np.float64, copy=True)
