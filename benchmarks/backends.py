@@ -3,8 +3,9 @@
     python -m benchmarks.backends [--side 256] [--images 64] [--seconds 20] [--concurrency 1 4]
 
 In one run: the shipped sigmoid U-Net is exported to ONNX (`unet export`), then
-* in-process: images/s of single-image passes, one at a time with every core, through the same
-  predictor interface the service uses (torch: the native checkpoint; onnxruntime: the export);
+* in-process: images/s of single-image passes, one at a time, with one thread and with every
+  core, through the same predictor interface the service uses (torch: the native checkpoint;
+  onnxruntime: the export, its session given the same thread count);
 * served: a uvicorn subprocess serving both models from one folder, driven with PNG uploads to
   `POST /v1/models/{name}/mask` at each concurrency level.
 Both run on the CPU (onnxruntime's CPU provider). Prints one JSON object on stdout.
@@ -31,6 +32,8 @@ from model.decoding import image_from_bytes
 from model.exporting import export
 from model.predict import predict
 from model.sources import Predictor, load_predictor
+from model.sources.onnx import OnnxPredictor
+from service.inference.engine import usable_cores
 
 SHIPPED = Path(__file__).resolve().parents[1] / "model" / "weights" / "unet-sigmoid.json"
 
@@ -70,13 +73,20 @@ def main() -> None:
         import onnxruntime
 
         result["onnxruntime"] = onnxruntime.__version__
-        torch.set_num_threads(os.cpu_count() or 1)
-        for name in ("torch", "onnx"):
-            predictor = load_predictor(folder / f"{name}.json")
-            images = [image_from_bytes(png, predictor.input) for png in pngs]
-            figures = in_process(predictor, images, args.seconds)
-            log(f"in-process {name}: {figures['images_per_s']:.1f} images/s")
-            result[f"in_process_{name}"] = figures
+        cores = usable_cores()
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            for name in ("torch", "onnx"):
+                predictor = load_predictor(folder / f"{name}.json")
+                if isinstance(predictor, OnnxPredictor):  # the same thread budget as torch's
+                    options = onnxruntime.SessionOptions()
+                    options.intra_op_num_threads = threads
+                    path = str(folder / "onnx.onnx")
+                    predictor.session = onnxruntime.InferenceSession(path, options)
+                images = [image_from_bytes(png, predictor.input) for png in pngs]
+                figures = in_process(predictor, images, args.seconds)
+                log(f"in-process {name}, {threads} thread(s): {figures['images_per_s']:.1f}/s")
+                result[f"in_process_{name}_{threads}_threads"] = figures
         env = {"UNET_MODEL_DIR": str(folder), "UNET_STATE_DIR": str(Path(work) / "state")}
         with server(env, Path(work)) as (url, _):
             for name in ("torch", "onnx"):
