@@ -272,7 +272,8 @@ class InferenceEngine:
 
     async def _warm_up(self, served: ServedModel) -> None:
         """Representative passes: a full batch of typical images, then one tile."""
-        limits, side = self.plan.limits, self.settings.tile_size
+        limits = self.plan.limits
+        side = served.card.tiling.size or self.settings.tile_size  # the tile it will run
         count = max(limits.max_batch, limits.workers)
         typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)

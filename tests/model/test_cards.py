@@ -295,3 +295,35 @@ def test_unet_import_writes_a_card_and_suggests_how_to_read_the_output(tmp_path:
     card = load_card(tmp_path / "squashed.json")
     assert card.source.format == "torchscript" and card.source.path == "squashed.pt"
     assert card.input.normalize.method == "percentile"
+
+
+def test_unet_export_writes_a_file_and_a_card_that_serve_the_same_map(
+    tmp_path: Path, shipped_weights: Path
+) -> None:
+    out = tmp_path / "sigmoid.pt2"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.cli",
+            "export",
+            "--checkpoint",
+            str(shipped_weights / "unet-sigmoid.json"),
+            "--format",
+            "exported",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout)["card"] == str(tmp_path / "sigmoid.json")
+    native = load_predictor(shipped_weights / "unet-sigmoid.json")
+    exported = load_predictor(tmp_path / "sigmoid.json")
+    assert exported.card.input == native.card.input
+    assert exported.card.threshold == native.card.threshold
+    image = image_from_bytes(png(generate_pair(pair_rng(3, 0), 75)[0]), native.input)
+    difference = predict(exported, image).output - predict(native, image).output
+    assert np.abs(difference).max() <= 1e-5
