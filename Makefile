@@ -14,7 +14,7 @@ install: $(BIN)/python
 
 # The tests also exercise the optional extras; torch is named on the same line so that no extra
 # can pull another build of it.
-TEST_EXTRAS := dev,ray
+TEST_EXTRAS := dev,ray,monai,onnx
 
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[$(TEST_EXTRAS)]" torch==2.13.0

@@ -14,10 +14,11 @@ from model.calibration import (
     ScoreHistogram,
     build_report,
 )
-from model.checkpoint import load_checkpoint
 from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
+from model.sources import Predictor, load_predictor
+from model.sources.native import NativePredictor, as_predictor
 from model.unet import UNet
 
 # Heads whose output is exactly sigmoid(logit): binning the logit keeps the order of pixels
@@ -40,13 +41,14 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
-def new_histogram(network: UNet) -> ScoreHistogram:
+def new_histogram(network: UNet | Predictor) -> ScoreHistogram:
     """An empty histogram for the scores of `network`'s head."""
-    return ScoreHistogram("probability" if is_probability(network.config.head) else "unbounded")
+    head = as_predictor(network).head
+    return ScoreHistogram("probability" if is_probability(head) else "unbounded")
 
 
 def calibrate_model(
-    network: UNet,
+    network: UNet | Predictor,
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     criterion: Criterion = Criterion(),
     reference_auc: float | None = None,
@@ -55,9 +57,10 @@ def calibrate_model(
 
     `reference_auc` is the model's known AUC, for the `auc_drop` warning.
     """
-    hist = new_histogram(network)
+    predictor = as_predictor(network)
+    hist = new_histogram(predictor)
     for name, image, mask in pairs:
-        add_to_histogram(hist, network.config.head, predict(network, image), mask, name)
+        add_to_histogram(hist, predictor.head, predict(predictor, image), mask, name)
     return build_report(hist, criterion, reference_auc)
 
 
@@ -67,7 +70,9 @@ def calibrate_checkpoint(
     criterion: Criterion = Criterion(),
     progress: bool = False,
 ) -> CalibrationReport:
-    """The calibration report of the checkpoint at `checkpoint` on the data set at `data`."""
-    network, meta = load_checkpoint(checkpoint)
-    pairs = iter_pairs(data, network.config.in_channels, progress, desc="calibrate")
-    return calibrate_model(network, pairs, criterion, reference_auc=meta.reference_auc)
+    """The calibration report of the model whose card (or checkpoint) is `checkpoint` on `data`."""
+    predictor = load_predictor(checkpoint)
+    pairs = iter_pairs(data, predictor.input, progress, desc="calibrate")
+    meta = predictor.meta if isinstance(predictor, NativePredictor) else None
+    reference = meta.reference_auc if meta is not None else None
+    return calibrate_model(predictor, pairs, criterion, reference_auc=reference)

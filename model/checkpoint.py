@@ -31,6 +31,8 @@ class CheckpointMeta:
     # {"value": float, "source": str, ...evidence}; absent means the conventional 0.5.
     default_threshold: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
+    # The model card's `input` (channels, order, normalisation); None: the `dtype` rule.
+    input: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
@@ -45,13 +47,14 @@ class CheckpointMeta:
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as written to `NAME.json`."""
-        return {
+        written = {
             "format_version": self.format_version,
             "architecture": self.architecture.to_dict(),
             "preprocessing": self.preprocessing,
             "training": self.training,
             "default_threshold": self.default_threshold,
         }
+        return written | ({"input": self.input} if self.input is not None else {})
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -114,6 +117,7 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         preprocessing=raw.get("preprocessing") or default_preprocessing(architecture.in_channels),
         training=raw.get("training") or {},
         default_threshold=threshold,
+        input=raw.get("input") if isinstance(raw.get("input"), dict) else None,
     )
 
 

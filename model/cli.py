@@ -18,7 +18,9 @@ from model.activations import ACTIVATIONS
 from model.blocks import NORMS
 from model.heads import HEADS
 
-DESCRIPTION = "The model's commands: synth, train, evaluate, calibrate, make-weights."
+DESCRIPTION = (
+    "The model's commands: synth, train, evaluate, calibrate, make-weights, import, export."
+)
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 EXIT_BLOCKED = 3  # `calibrate --strict`: the report carries a blocking warning
@@ -87,6 +89,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     train.add_argument("--dice-weight", type=float, default=0.0, help="add soft Dice to the loss")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument(
+        "--normalize",
+        choices=("dtype", "minmax", "percentile", "zscore"),
+        default="dtype",
+        help="input normalisation, recorded in the card (percentile: 1 and 99.8)",
+    )
 
     evaluate = add_command(
         commands, "evaluate", _evaluate, "Dice, IoU, AUC and activation statistics"
@@ -117,6 +125,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
     _add_make_weights(commands)
+    _add_import_export(commands)
 
 
 def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,6 +148,88 @@ def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentPars
     weights.add_argument(
         "--calibrate-only", action="store_true", help="keep the weights, redo the thresholds"
     )
+
+
+def _add_import_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = add_command(
+        commands,
+        "import",
+        _import,
+        "write a model card for a network file (ONNX, TorchScript, .pt2, MONAI state dict) "
+        "and test it on a synthetic image",
+    )
+    imp.add_argument("path", type=Path, help="the network file, or a folder holding one")
+    imp.add_argument("--out", type=Path, help="the card to write (default: beside the file)")
+    imp.add_argument("--format", choices=("monai", "torchscript", "exported", "onnx"))
+    imp.add_argument("--network", help="MONAI: a class of monai.networks.nets, e.g. UNet")
+    imp.add_argument("--args", default="{}", help="MONAI: its constructor's arguments as JSON")
+    imp.add_argument("--channels", type=int, default=1, help="input channels (default 1)")
+    imp.add_argument("--order", choices=("RGB", "BGR"), default="RGB")
+    imp.add_argument(
+        "--normalize",
+        choices=("dtype", "minmax", "percentile", "zscore", "fixed"),
+        default="dtype",
+    )
+    imp.add_argument("--low", type=float, default=1.0, help="percentile: lower (default 1)")
+    imp.add_argument("--high", type=float, default=99.8, help="percentile: upper (default 99.8)")
+    imp.add_argument("--mean", type=float, nargs="+", help="fixed: per-channel mean")
+    imp.add_argument("--std", type=float, nargs="+", help="fixed: per-channel std")
+    imp.add_argument("--emits", choices=("logits", "probabilities", "scores"), default="logits")
+    imp.add_argument("--head", choices=HEADS, default="sigmoid", help="applied to logits")
+    imp.add_argument("--channel", type=int, default=0, help="the foreground output channel")
+    imp.add_argument("--pad-multiple", type=int, default=1, help="input sides must divide by it")
+    imp.add_argument("--threshold", type=float, help="default threshold (else 0.5)")
+
+    exp = add_command(
+        commands, "export", _export, "export a native checkpoint, with a card to serve it by"
+    )
+    exp.add_argument("--checkpoint", type=Path, required=True)
+    exp.add_argument("--format", choices=("onnx", "torchscript", "exported"), required=True)
+    exp.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint)")
+
+
+def _import(args: argparse.Namespace) -> int:
+    from model.importing import import_model
+
+    try:
+        network_args = json.loads(args.args)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--args: not valid JSON ({error}); give an object") from None
+    normalize: dict[str, Any] = {"method": args.normalize}
+    if args.normalize == "percentile":
+        normalize |= {"low": args.low, "high": args.high}
+    if args.normalize == "fixed":
+        normalize |= {"mean": args.mean, "std": args.std}
+    source: dict[str, Any] = {"format": args.format} if args.format else {}
+    if args.network:
+        source["network"] = {"name": args.network, "args": network_args}
+    card: dict[str, Any] = {
+        "source": source,
+        "input": {"channels": args.channels, "order": args.order, "normalize": normalize},
+        "output": {"emits": args.emits, "channel": args.channel, "head": args.head},
+        "pad_multiple": args.pad_multiple,
+    }
+    if args.threshold is not None:
+        card["threshold"] = args.threshold
+    result = import_model(args.path, card, args.out)
+    emit(args, result)
+    if not args.json:
+        low, high = result["output_range"]
+        hint = result["suggested"]
+        print(f"output range on a synthetic image: {low:.4g} .. {high:.4g}")
+        print(f"suggested: emits {hint['emits']}, head {hint['head']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model.exporting import SUFFIXES, export
+
+    out = args.out or args.checkpoint.with_name(
+        f"{args.checkpoint.stem}-{args.format}{SUFFIXES[args.format]}"
+    )
+    card = export(args.checkpoint, args.format, out)
+    emit(args, {"file": str(out), "card": str(card), "format": args.format})
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -169,6 +260,7 @@ def _train(args: argparse.Namespace) -> int:
         dice_weight=args.dice_weight,
         seed=args.seed,
         device=args.device,
+        normalize={"method": args.normalize},
     )
     result = train(architecture, args.data, args.out, config, args.val, progress=not args.json)
     best = result.val_dice[result.best_epoch - 1] if result.val_dice else None

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
-from model.decoding import DatasetError, image_size, read_image, read_mask
+from model.decoding import Channels, DatasetError, image_size, read_image, read_mask
 
 __all__ = [
     "EXTENSIONS",
@@ -81,7 +81,7 @@ def find_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 def load_pair(
-    image_path: Path, mask_path: Path, channels: int = 1, max_pixels: int | None = None
+    image_path: Path, mask_path: Path, channels: Channels = 1, max_pixels: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """An image (float32, channels x H x W) and its mask (bool, H x W), checked to match in size."""
     image, mask = read_image(image_path, channels, max_pixels), read_mask(mask_path)
@@ -95,7 +95,7 @@ def load_pair(
 
 
 def iter_pairs(
-    root: Path, channels: int = 1, progress: bool = False, desc: str = "images"
+    root: Path, channels: Channels = 1, progress: bool = False, desc: str = "images"
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(image file name, image, mask) for every pair under `root`, read one at a time."""
     pairs = find_pairs(root)
@@ -112,7 +112,9 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     same for image and mask; non-square images only by 180 degrees so that sizes stay put).
     """
 
-    def __init__(self, root: Path, channels: int = 1, augment: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, root: Path, channels: Channels = 1, augment: bool = False, seed: int = 0
+    ) -> None:
         self.root, self.channels, self.augment, self.seed = Path(root), channels, augment, seed
         self.pairs = find_pairs(self.root)
         self.names = [image_path.stem for image_path, _ in self.pairs]

@@ -26,6 +26,10 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from model.normalize import ImageInput, normalize, unit_magnitude
+
+# A channel count (the `dtype` rule) or a model card's whole `input` section.
+Channels = int | ImageInput
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 # The decoded-size budget per allowed pixel: 4 channels of 4 bytes (RGBA float32 or uint32).
 BYTES_PER_PIXEL = 16
@@ -183,17 +187,13 @@ def decode(data: bytes, name: str, max_pixels: int | None, palette: bool = False
         raise _unreadable(name, tiff, error) from None
 
 
-def to_unit(array: np.ndarray, name: str = "upload") -> np.ndarray:
-    """Pixel values as finite float32 in [0, 1], by the rules in the module docstring."""
+def check_pixels(array: np.ndarray, name: str = "upload") -> None:
+    """DatasetError unless `array` holds finite integer, boolean or real pixel values."""
     if array.dtype.kind not in _PIXEL_KINDS:
         raise DatasetError(
             f"{name}: pixels of type {array.dtype} are not supported; save the image with "
             "integer or real (not complex) samples"
         )
-    if array.dtype == bool:
-        return array.astype(np.float32)
-    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
-        return (array / np.float32(np.iinfo(array.dtype).max)).astype(np.float32)
     if array.dtype.kind == "f":
         bad = array.size - int(np.count_nonzero(np.isfinite(array)))
         if bad:
@@ -201,6 +201,15 @@ def to_unit(array: np.ndarray, name: str = "upload") -> np.ndarray:
                 f"{name}: {bad} of {array.size} pixel values are NaN or infinite; replace them "
                 "with finite numbers"
             )
+
+
+def to_unit(array: np.ndarray, name: str = "upload") -> np.ndarray:
+    """Pixel values as finite float32 in [0, 1], by the rules in the module docstring."""
+    check_pixels(array, name)
+    if array.dtype == bool:
+        return array.astype(np.float32)
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
+        return (array / np.float32(np.iinfo(array.dtype).max)).astype(np.float32)
     values = array.astype(np.float64)
     if values.size == 0:
         return values.astype(np.float32)
@@ -245,12 +254,28 @@ def to_channels(array: np.ndarray, channels: int, name: str) -> np.ndarray:
 
 
 def image_from_bytes(
-    data: bytes, channels: int = 1, name: str = "upload", max_pixels: int | None = None
+    data: bytes, channels: Channels = 1, name: str = "upload", max_pixels: int | None = None
 ) -> np.ndarray:
-    """Decode an encoded image to finite float32 (channels, H, W) in [0, 1]."""
-    if channels < 1:
-        raise ValueError(f"channels must be at least 1, got {channels}")
-    return to_channels(to_unit(decode(data, name, max_pixels), name), channels, name)
+    """Decode an encoded image to finite float32 (C, H, W), normalised as `channels` says.
+
+    `channels` is a count (today's `dtype` rule: [0, 1]) or a model card's `ImageInput`.
+    """
+    spec = channels if isinstance(channels, ImageInput) else None
+    count = spec.channels if spec is not None else int(channels)  # type: ignore[arg-type]
+    if count < 1:
+        raise ValueError(f"channels must be at least 1, got {count}")
+    array = decode(data, name, max_pixels)
+    if spec is None or spec.normalize.scales_by_dtype:
+        pixels = to_unit(array, name)
+    else:  # the image's own statistics set the scale: keep its values as they are
+        check_pixels(array, name)
+        pixels = unit_magnitude(array)
+    image = to_channels(pixels, count, name)
+    if spec is None:
+        return image
+    if spec.order == "BGR":
+        image = np.ascontiguousarray(image[::-1])
+    return normalize(image, spec.normalize)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -261,8 +286,8 @@ def read_bytes(path: Path) -> bytes:
         raise DatasetError(f"{path}: cannot read ({error.strerror}); check the path") from None
 
 
-def read_image(path: Path, channels: int = 1, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as finite float32 (channels, H, W) in [0, 1]."""
+def read_image(path: Path, channels: Channels = 1, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as finite float32 (C, H, W), normalised as `channels` says."""
     return image_from_bytes(read_bytes(path), channels, str(path), max_pixels)
 
 

@@ -7,14 +7,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from model.activation_stats import HeadStats, HiddenActivationStats
 from model.calibrate import add_to_histogram
 from model.calibration import ScoreHistogram, build_report
-from model.checkpoint import load_checkpoint
 from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import predict
+from model.sources import Predictor, load_predictor
+from model.sources.native import NativePredictor, as_predictor
 from model.unet import UNet
 
 
@@ -26,20 +28,23 @@ def dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
 
 
 def evaluate_model(
-    network: UNet, pairs: Any, threshold: float, threshold_source: str = "given"
+    network: UNet | Predictor, pairs: Any, threshold: float, threshold_source: str = "given"
 ) -> dict[str, Any]:
     """Pixel Dice, IoU and AUC of `network` at `threshold` over (name, image, mask) triples."""
+    predictor = as_predictor(network)
     hist = ScoreHistogram(
-        "probability" if is_probability(network.config.head) else "unbounded", n_bootstrap=0
+        "probability" if is_probability(predictor.head) else "unbounded", n_bootstrap=0
     )
     hidden = HiddenActivationStats()
-    head = HeadStats(network.config.head)
+    head = HeadStats(predictor.head)
     tp = fp = fn = 0
     per_image = []
-    with hidden.watch(network):
+    # Hidden activations are this package's U-Net's; other sources report none.
+    watched = predictor.network if isinstance(predictor, NativePredictor) else nn.Module()
+    with hidden.watch(watched):
         for name, image, mask in pairs:
-            prediction = predict(network, image)
-            add_to_histogram(hist, network.config.head, prediction, mask, name)
+            prediction = predict(predictor, image)
+            add_to_histogram(hist, predictor.head, prediction, mask, name)
             output = prediction.output
             head.update(torch.from_numpy(output))
             predicted = output >= threshold
@@ -65,11 +70,15 @@ def evaluate_model(
 def evaluate_checkpoint(
     checkpoint: Path, data: Path, threshold: float | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    """Evaluate the checkpoint at `checkpoint` on the data set at `data`."""
-    network, meta = load_checkpoint(checkpoint)
+    """Evaluate the model whose card (or checkpoint) is `checkpoint` on the data set at `data`."""
+    predictor = load_predictor(checkpoint)
     source = "given"
     if threshold is None:
-        threshold = meta.threshold
-        source = "checkpoint default" if meta.default_threshold else "conventional 0.5"
-    pairs = iter_pairs(data, network.config.in_channels, progress, desc="evaluate")
-    return evaluate_model(network, pairs, threshold, source)
+        card_threshold = predictor.card.threshold
+        threshold = 0.5 if card_threshold is None else card_threshold
+        source = "card default" if card_threshold is not None else "conventional 0.5"
+        if isinstance(predictor, NativePredictor) and predictor.meta is not None:
+            recorded = predictor.meta.default_threshold
+            source = "checkpoint default" if recorded else "conventional 0.5"
+    pairs = iter_pairs(data, predictor.input, progress, desc="evaluate")
+    return evaluate_model(predictor, pairs, threshold, source)

@@ -15,6 +15,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "softmax": (0.0, 1.0),
     "relu": (0.0, math.inf),
     "identity": (-math.inf, math.inf),
+    # A network that emits its final map itself (a model card's `output.emits`): no head applied.
+    "probabilities": (0.0, 1.0),
+    "scores": (-math.inf, math.inf),
 }
 
 
@@ -31,7 +34,8 @@ def is_probability(name: str) -> bool:
 
 def make_head(name: str, out_channels: int) -> nn.Module:
     """Build the output head `name` for a map with `out_channels` channels."""
-    _check(name)
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
     if name == "softmax":
         if out_channels < 2:
             raise ValueError(

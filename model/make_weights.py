@@ -20,6 +20,10 @@ from model.train import TrainConfig, train
 from model.unet import UNetConfig
 
 WEIGHTS = Path(__file__).parent / "weights"
+# Per-image percentiles (csbdeep's 1 and 99.8): a 12- or 16-bit image that uses a small part of
+# its range then looks to the network like its 8-bit rescaled copy, and a few hot pixels do not
+# set the scale.
+SHIPPED_NORMALIZE = {"method": "percentile", "low": 1.0, "high": 99.8}
 TRAIN_SEED, VAL_SEED = 1, 2  # data seeds used here; never reuse them to report accuracy
 # The parts of the validation report a checkpoint keeps with its default threshold.
 DEFAULT_EVIDENCE = ("strategy", "auc", "n_images", "threshold_ci", "operating_points")
@@ -50,7 +54,7 @@ def make_weights(plan: WeightsPlan, progress: bool = True) -> dict[str, float]:
         checkpoint = plan.out / f"unet-{head}.safetensors"
         if not plan.calibrate_only:
             architecture = UNetConfig(head=head, activation="relu", depth=3, base_channels=16)
-            config = TrainConfig(epochs=plan.epochs, seed=0)
+            config = TrainConfig(epochs=plan.epochs, seed=0, normalize=SHIPPED_NORMALIZE)
             train(architecture, train_dir, checkpoint, config, val_dir, progress=progress)
         report = calibrate_checkpoint(checkpoint, val_dir, plan.criterion, progress=progress)
         _record_default_threshold(checkpoint, report)

@@ -1,9 +1,10 @@
 """Exporting a native U-Net's logits network to ONNX, for serving on ONNX Runtime.
 
-The exported graph is `UNet.grid_logits`: the network on an input whose sides are already
-multiples of `UNet.multiple`, with dynamic batch, height and width. The shape-dependent padding
-(reflect or replicate, by size) and the crop back stay with the caller, and so does the head:
-the graph gives logits, which the model's own head turns into outputs as the torch path does.
+The exported graph is `UNet.body` (`unet export` writes the same one): the network on an input
+whose sides are already multiples of `UNet.multiple`, with dynamic batch, height and width. The
+shape-dependent padding (reflect or replicate, by size) and the crop back stay with the caller,
+and so does the head: the graph gives logits, which the model's own head turns into outputs as
+the torch path does.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ class ExportError(RuntimeError):
     """The network could not be exported to ONNX; the message says why."""
 
 
-class _GridLogits(nn.Module):
-    """The module the exporter traces: a U-Net's logits on grid-aligned input."""
+class Body(nn.Module):
+    """What an exporter traces: a U-Net's logits on grid-aligned input (no padding, no head)."""
 
     def __init__(self, network: UNet) -> None:
         super().__init__()
@@ -37,7 +38,7 @@ class _GridLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K, H, W) of grid-aligned input (N, C, H, W)."""
-        return self.network.grid_logits(x)
+        return self.network.body(x)
 
 
 def export_onnx(network: UNet, path: Path) -> Path:
@@ -55,7 +56,7 @@ def export_onnx(network: UNet, path: Path) -> Path:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _GridLogits(network).eval().cpu(),
+                Body(network).eval().cpu(),
                 (example,),
                 str(tmp),
                 input_names=[INPUT_NAME],

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from model.decoding import DatasetError
-from model.heads import foreground_channel
+from model.sources.base import Predictor
+from model.sources.native import as_predictor
 from model.unet import UNet
 
 
@@ -37,18 +38,13 @@ def check_finite(prediction: Prediction, name: str = "the image") -> Prediction:
     return prediction
 
 
-def foreground(model: UNet, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def foreground(model: UNet | Predictor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, foreground logits), each (N, H, W), for a batch of logits (N, K, H, W)."""
-    output = model.head(logits)
-    channel = foreground_channel(model.config.head)
-    if model.config.head == "softmax":
-        # The foreground logit against the background one is the logit of its softmax share.
-        return output[:, channel], logits[:, 1] - logits[:, 0]
-    return output[:, channel], logits[:, channel]
+    return as_predictor(model).foreground(logits)
 
 
-def to_predictions(model: UNet, logits: torch.Tensor) -> list[Prediction]:
-    """One float32 CPU Prediction per image of a batch of logits (N, K, H, W)."""
+def to_predictions(model: UNet | Predictor, logits: torch.Tensor) -> list[Prediction]:
+    """One float32 CPU Prediction per image of a batch of the network's output (N, K, H, W)."""
     output, fg_logits = foreground(model, logits.float())
     outputs, all_logits = output.cpu().numpy(), fg_logits.cpu().numpy()
     # Contiguous maps: a view into a padded blend would keep the whole buffer alive.
@@ -59,8 +55,9 @@ def to_predictions(model: UNet, logits: torch.Tensor) -> list[Prediction]:
 
 
 @torch.inference_mode()
-def predict(model: UNet, image: np.ndarray) -> Prediction:
-    """The foreground output and logits for one (C, H, W) float image in [0, 1]."""
-    device = next(model.parameters()).device
-    batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
-    return check_finite(to_predictions(model, model.logits(batch))[0])
+def predict(model: UNet | Predictor, image: np.ndarray) -> Prediction:
+    """The foreground output and logits for one normalised (C, H, W) float image."""
+    predictor = as_predictor(model)
+    batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    raw = predictor.logits(batch.to(predictor.device))
+    return check_finite(to_predictions(predictor, raw)[0])

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from model.predict import Prediction, check_finite, to_predictions
+from model.sources.base import Predictor
+from model.sources.native import as_predictor
 from model.unet import UNet
 
 
@@ -129,7 +131,10 @@ class TiledImage:
     tile's interior then sees what the whole-image pass sees there.
     """
 
-    def __init__(self, model: UNet, image: np.ndarray, tile: int, overlap: float) -> None:
+    def __init__(
+        self, model: UNet | Predictor, image: np.ndarray, tile: int, overlap: float
+    ) -> None:
+        model = as_predictor(model)
         _, self.height, self.width = image.shape
         multiple = model.multiple
         # The model's own padding rule, so the tiles share the whole-image pass's grid.
@@ -141,7 +146,7 @@ class TiledImage:
         _, padded_height, padded_width = self.image.shape
         self.tiles = plan_tiles(padded_height, padded_width, side, shared)
         self._model = model
-        self._blender = Blender(model.config.out_channels, padded_height, padded_width, shared)
+        self._blender = Blender(model.out_channels, padded_height, padded_width, shared)
 
     def crop(self, index: int) -> np.ndarray:
         """The input (C, h, w) of tile `index`."""
@@ -168,7 +173,7 @@ def tile_batches(count: int, size: int) -> Iterator[range]:
 
 @torch.inference_mode()
 def predict_tiled(
-    model: UNet,
+    model: UNet | Predictor,
     image: np.ndarray,
     tile: int = 512,
     overlap: float = 0.25,
@@ -176,9 +181,10 @@ def predict_tiled(
     logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Prediction:
     """Like `model.predict.predict`, but in overlapping tiles: memory bounded by the tile."""
-    device = next(model.parameters()).device
-    forward = logits_fn or model.logits
-    tiled = TiledImage(model, image, tile, overlap)
+    predictor = as_predictor(model)
+    device = predictor.device
+    forward = logits_fn or predictor.logits
+    tiled = TiledImage(predictor, image, tile, overlap)
     for group in tile_batches(len(tiled.tiles), batch_size):
         crops = torch.from_numpy(np.stack([tiled.crop(i) for i in group])).to(device)
         logits = forward(crops).float().cpu().numpy()

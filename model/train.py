@@ -20,6 +20,7 @@ from model.datasets import SegmentationFolder
 from model.device import pick_device
 from model.heads import foreground_channel
 from model.losses import head_loss
+from model.normalize import ImageInput, Normalize
 from model.unet import UNet, UNetConfig
 
 
@@ -35,6 +36,8 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.1
     device: str = "auto"
+    # How images become the network's input; the checkpoint's card records it for serving.
+    normalize: dict[str, Any] = field(default_factory=lambda: {"method": "dtype"})
 
 
 @dataclass
@@ -63,7 +66,9 @@ def train(
     config = config or TrainConfig()
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
-    channels = architecture.in_channels
+    channels = ImageInput(
+        channels=architecture.in_channels, normalize=Normalize.model_validate(config.normalize)
+    )
     train_set, val_set = _split(data, val_data, channels, config)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, config.batch_size, shuffle=True, generator=generator)
@@ -110,7 +115,12 @@ def train(
         "device": str(device),
         "torch": torch.__version__,
     }
-    meta = CheckpointMeta(architecture, default_preprocessing(channels), training=record)
+    meta = CheckpointMeta(
+        architecture,
+        default_preprocessing(architecture.in_channels),
+        training=record,
+        input=channels.model_dump(mode="json"),
+    )
     path = save(model.cpu().eval(), out, meta)
     return TrainResult(path, best_epoch, history)
 
@@ -132,7 +142,7 @@ def validation_dice(
 
 
 def _split(
-    data: Path, val_data: Path | None, channels: int, config: TrainConfig
+    data: Path, val_data: Path | None, channels: ImageInput, config: TrainConfig
 ) -> tuple[SegmentationFolder | Subset[Any], SegmentationFolder | Subset[Any]]:
     if val_data is not None:
         return (

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model.activations import ACTIVATIONS
 from model.blocks import NORMS, ConvBlock, Down, Up
 from model.heads import HEADS, make_head
+from model.padding import pad_to_multiple
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,12 @@ class UNet(nn.Module):
             )
         height, width = x.shape[-2:]
         x, (top, left) = self.pad_to_grid(x)
-        return self.grid_logits(x)[..., top : top + height, left : left + width]
+        return self.body(x)[..., top : top + height, left : left + width]
 
-    def grid_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The pre-head map of `x` whose sides are already multiples of `multiple` (no padding).
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-head map for `x` whose sides are already multiples of `multiple` (no padding).
 
-        Shape-free on purpose: this is the graph an exporter traces (`model.onnx_export`), with
-        the shape-dependent padding left to the caller.
+        What `unet export` traces: an exported graph without the shape-dependent padding.
         """
         features = self.stem(x)
         skips = [features]  # one skip connection per encoder level, finest first
@@ -110,13 +109,4 @@ class UNet(nn.Module):
         caller crops the output back. A tiler pads once with this so that every tile sits on the
         whole-image pass's pooling grid.
         """
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % self.multiple, -width % self.multiple
-        top, left = pad_h // 2, pad_w // 2
-        if pad_h == 0 and pad_w == 0:
-            return x, (top, left)
-        padding = (left, pad_w - left, top, pad_h - top)
-        # Reflection keeps image statistics at the border but needs the pad smaller than the side;
-        # tiny inputs (a few pixels) fall back to replicating the edge.
-        mode = "reflect" if max(padding[:2]) < width and max(padding[2:]) < height else "replicate"
-        return F.pad(x, padding, mode=mode), (top, left)
+        return pad_to_multiple(x, self.multiple)

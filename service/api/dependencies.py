@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Path, Request
 from service.api.auth import key_matches, unauthorized
 from service.api.problems import ProblemError
 from service.container import Services
+from service.inference.errors import ModelUnavailable
 from service.inference.registry import ServedModel
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def`
@@ -28,8 +29,11 @@ async def get_model(
     services: ServicesDep,
     model: Annotated[str, Path(description="Model name: a checkpoint's file stem.")],
 ) -> ServedModel:
-    """The served model named in the path, or a 404 problem listing the ones there are."""
+    """The served model named in the path; a 503 if it failed to load, a 404 if there is none."""
     served = services.registry.get(model)
+    failure = services.registry.failure(model)
+    if failure is not None:
+        raise ModelUnavailable(model, failure)
     if served is None:
         raise ProblemError(
             404,

@@ -29,6 +29,7 @@ from service.inference.errors import (
     EngineError,
     EngineNotReady,
     EngineTimeout,
+    ModelUnavailable,
 )
 from service.state.errors import StoreFull, StoreReadOnly, StoreUnavailable
 
@@ -61,6 +62,7 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     EngineTimeout: Answer(503, "Request timed out", "inference-timeout"),
     EngineNotReady: Answer(503, "Not ready", "not-ready"),
     DeviceOutOfMemory: Answer(503, "Out of memory", "out-of-memory"),
+    ModelUnavailable: Answer(503, "Model unavailable", "model-unavailable"),
     CalibrationsStopping: Answer(503, "Service stopping", "stopping"),
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
     StoreFull: Answer(507, "State disk full", "state-disk-full"),

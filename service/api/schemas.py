@@ -79,11 +79,15 @@ class Readiness(BaseModel):
     """Whether every model is loaded and warmed up."""
 
     status: Literal["ready", "starting"] = Field(description="ready, or starting with a 503.")
-    models: list[str] | None = Field(None, description="The served models, once ready.")
+    models: list[str] | None = Field(default=None, description="The served models, once ready.")
     state: str | None = Field(
-        None,
+        default=None,
         description="Once ready: `writable`, or `read-only: <why>` when the state folder "
         "cannot be written (inference is served, changes are refused with 503).",
+    )
+    unavailable: dict[str, str] | None = Field(
+        default=None,
+        description="Models that failed to load and will not become ready, with the reason.",
     )
 
 
@@ -117,8 +121,12 @@ class Threshold(BaseModel):
 
     value: float = Field(description="Pixels with score >= value are foreground.")
     source: ThresholdSource = Field(description="default, calibration or manual.")
-    calibration_id: str | None = Field(None, description="The calibration it came from, if any.")
-    updated: datetime | None = Field(None, description="When it took effect (null for default).")
+    calibration_id: str | None = Field(
+        default=None, description="The calibration it came from, if any."
+    )
+    updated: datetime | None = Field(
+        default=None, description="When it took effect (null for default)."
+    )
 
 
 class ThresholdUpdate(BaseModel):
@@ -159,13 +167,19 @@ class ThresholdChange(BaseModel):
         "is no longer served."
     )
     source: ThresholdSource = Field(description="default, calibration or manual.")
-    calibration_id: str | None = Field(None, description="The calibration it came from, if any.")
-    actor: str | None = Field(None, description="Who made it, as their X-Actor header said.")
-    previous_value: float | None = Field(None, description="The threshold before the change.")
+    calibration_id: str | None = Field(
+        default=None, description="The calibration it came from, if any."
+    )
+    actor: str | None = Field(
+        default=None, description="Who made it, as their X-Actor header said."
+    )
+    previous_value: float | None = Field(
+        default=None, description="The threshold before the change."
+    )
     previous_source: ThresholdSource = Field(description="Where the previous threshold came from.")
     digest: str = Field(description="SHA-256 of the checkpoint the change applies to.")
     reason: str | None = Field(
-        None, description="Why the service changed it by itself, e.g. a changed checkpoint."
+        default=None, description="Why the service changed it by itself, e.g. a changed checkpoint."
     )
 
 
@@ -205,25 +219,39 @@ class ModelInfo(BaseModel):
         }
     )
 
-    name: str = Field(description="The checkpoint's file stem; use it in URLs.")
-    architecture: Architecture
-    outputs_probabilities: bool = Field(description="Whether the head's output lies in [0, 1].")
-    output_range: tuple[float | None, float | None] = Field(
-        description="The head's output interval; null for an unbounded side."
+    name: str = Field(description="The card's (checkpoint's) file stem; use it in URLs.")
+    available: bool = Field(default=True, description="False when the model failed to load.")
+    error: str | None = Field(default=None, description="Why it failed to load, and what to fix.")
+    # The fields below are null for a model that failed to load; `architecture` also for a
+    # network that is not this package's own U-Net (its card says what it is).
+    architecture: Architecture | None = None
+    card: dict[str, Any] | None = Field(
+        default=None,
+        description="The model card: source, input (normalisation), output, pad_multiple.",
     )
-    threshold: Threshold = Field(description="The active threshold.")
-    default_threshold: float = Field(description="The checkpoint's own threshold (0.5 if none).")
-    digest: str = Field(description="SHA-256 of the checkpoint; thresholds are tied to it.")
+    outputs_probabilities: bool | None = Field(
+        default=None, description="Whether the head's output lies in [0, 1]."
+    )
+    output_range: tuple[float | None, float | None] | None = Field(
+        default=None, description="The head's output interval; null for an unbounded side."
+    )
+    threshold: Threshold | None = Field(default=None, description="The active threshold.")
+    default_threshold: float | None = Field(
+        default=None, description="The card's own threshold (0.5 if none)."
+    )
+    digest: str | None = Field(
+        default=None, description="SHA-256 of the card and its network; thresholds are tied to it."
+    )
     warnings: list[CalibrationWarning] = Field(
         default_factory=list, description="The active calibration's warnings (none otherwise)."
     )
-    drift_status: DriftStatus = Field(
-        "no_reference", description="GET /v1/models/{model}/drift has the figures."
+    drift_status: DriftStatus | None = Field(
+        default=None, description="GET /v1/models/{model}/drift has the figures."
     )
     backend: Literal["torch", "onnxruntime"] | None = Field(
         None,
         description="What runs the network's passes (UNET_BACKEND); null while the engine "
-        "starts and has not chosen yet.",
+        "starts and has not chosen yet, and for a model that failed to load.",
     )
 
 
@@ -298,10 +326,12 @@ class CalibrationSummary(BaseModel):
     status: CalibrationStatus = Field(description="queued, running, succeeded or failed.")
     progress: float = Field(description="Share of the work done, 0 to 1.")
     strategy: str = Field(description="How the threshold is chosen from the ROC curve.")
-    target: float | None = Field(None, description="The target of a target_* strategy.")
-    threshold: float | None = Field(None, description="The chosen threshold, once succeeded.")
-    auc: float | None = Field(None, description="Pixel ROC AUC, once succeeded.")
-    error: str | None = Field(None, description="Why it failed, for a person to act on.")
+    target: float | None = Field(default=None, description="The target of a target_* strategy.")
+    threshold: float | None = Field(
+        default=None, description="The chosen threshold, once succeeded."
+    )
+    auc: float | None = Field(default=None, description="Pixel ROC AUC, once succeeded.")
+    error: str | None = Field(default=None, description="Why it failed, for a person to act on.")
     activate: bool = Field(description="Whether it was to become the active threshold.")
     active: bool = Field(description="Whether its threshold is the one in force now.")
     params: dict[str, Any] = Field(
@@ -351,7 +381,7 @@ class Calibration(CalibrationSummary):
         "blocking warnings and force was not given.",
     )
     report: dict[str, Any] | None = Field(
-        None,
+        default=None,
         description="The calibration report (threshold, auc, roc, operating_points, confusion, "
         "threshold_ci, ...; see DESIGN.md), once succeeded.",
     )

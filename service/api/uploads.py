@@ -43,7 +43,7 @@ async def decode_image(upload: UploadFile, served: ServedModel, settings: Settin
     name = upload.filename or "image"
     try:
         return await to_thread.run_sync(
-            lambda: image_from_bytes(data, served.in_channels, name, settings.max_image_pixels)
+            lambda: image_from_bytes(data, served.input, name, settings.max_image_pixels)
         )
     except ImageTooLargeError as error:
         raise ProblemError(413, "Image too large", str(error), slug="image-too-large") from None

@@ -15,7 +15,7 @@ from service.state.store import ThresholdStore
 
 def reference_auc(served: ServedModel, store: ThresholdStore) -> float | None:
     """The model's known pixel AUC: its card's recorded one, else its first calibration's."""
-    if served.meta.reference_auc is not None:
+    if served.meta is not None and served.meta.reference_auc is not None:
         return served.meta.reference_auc
     first = [
         record.auc

@@ -297,7 +297,7 @@ class CalibrationJobs:
         progress = _Progress(self.store, job.id, len(job.dataset.pairs))
         for done, (image_path, mask_path) in enumerate(job.dataset.pairs, start=1):
             image, mask = await asyncio.to_thread(
-                load_pair, image_path, mask_path, served.in_channels, self.settings.max_image_pixels
+                load_pair, image_path, mask_path, served.input, self.settings.max_image_pixels
             )
             # Through the engine, exactly as a client's image goes: same device, precision
             # (autocast), tiling and share of the cores, so the threshold is read off the scores
@@ -307,7 +307,7 @@ class CalibrationJobs:
             await asyncio.to_thread(
                 add_to_histogram,
                 hist,
-                served.network.config.head,
+                served.head,
                 prediction,
                 mask,
                 image_path.name,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from model.onnx_export import INPUT_NAME, OUTPUT_NAME, cached_export
+from model.sources import Predictor
 from model.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class TorchBackend:
 
     def __init__(
         self,
-        network: UNet,
+        network: Predictor,
         device: torch.device,
         *,
         channels_last: bool,

@@ -29,6 +29,7 @@ import torch
 from anyio import to_thread
 
 from model.predict import Prediction, to_predictions
+from model.sources.native import NativePredictor
 from service.inference.backends import (
     ONNXRUNTIME,
     TORCH,
@@ -169,7 +170,7 @@ class InferenceEngine:
         slots = asyncio.Semaphore(plan.limits.workers)  # shared: models compete for the workers
         for served in self.registry:
             if plan.channels_last:
-                served.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                served.network.channels_last()
             # In a worker thread: an export takes seconds, and the loop must keep answering.
             backend = await to_thread.run_sync(self._choose_backend, served)
             self._backends[served.name] = backend
@@ -310,6 +311,12 @@ class InferenceEngine:
             autocast=plan.autocast,
             share=shared,
         )
+        # Only a native checkpoint is exported; other sources run as their card says (an ONNX
+        # card already runs on ONNX Runtime through its own predictor).
+        native = served.network.network if isinstance(served.network, NativePredictor) else None
+        if native is None:
+            log.info("model %s: runs on its %s source", served.name, served.card.source.format)
+            return torch_backend
         if wanted == TORCH or plan.device.type != "cpu":
             if wanted == ONNXRUNTIME:
                 log.warning(
@@ -321,7 +328,7 @@ class InferenceEngine:
             return torch_backend
         try:
             ort_backend, exported = onnx_backend(
-                served.network,
+                native,
                 served.digest,
                 self.settings.state_dir / "onnx",
                 workers=plan.limits.workers,
@@ -351,7 +358,8 @@ class InferenceEngine:
 
     async def _warm_up(self, served: ServedModel) -> None:
         """Representative passes: a full batch of typical images, then one tile."""
-        limits, side = self.plan.limits, self.settings.tile_size
+        limits = self.plan.limits
+        side = served.card.tiling.size or self.settings.tile_size  # the tile it will run
         count = max(limits.max_batch, limits.workers)
         typical = np.zeros((served.in_channels, WARMUP_SIDE, WARMUP_SIDE), dtype=np.float32)
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)

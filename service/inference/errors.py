@@ -12,8 +12,8 @@ from __future__ import annotations
 class EngineError(Exception):
     """The engine did not answer this image; `retry_after` seconds may change that."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        """`message` for a person; `retry_after` in whole seconds."""
+    def __init__(self, message: str, retry_after: int | None) -> None:
+        """`message` for a person; `retry_after` in whole seconds (None: retrying won't help)."""
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -59,4 +59,15 @@ class DeviceOutOfMemory(EngineError):
             f"the device ran out of memory running model {model!r}; retry later "
             "or lower UNET_MAX_BATCH or UNET_TILE_SIZE",
             retry_after=5,
+        )
+
+
+class ModelUnavailable(EngineError):
+    """The model failed to load at start-up; it stays unavailable until the card is fixed."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        """Model `model` could not be loaded because of `reason` (one line naming the card)."""
+        super().__init__(
+            f"model {model!r} is unavailable: {reason}; fix it and restart the service",
+            retry_after=None,
         )

@@ -78,9 +78,10 @@ async def make_job(
     if not needs_tiles(served, height, width, settings):
         return ImageJob(np.ascontiguousarray(image, dtype=np.float32), finish)
     # Padding a large image copies it: off the event loop.
-    tiled = await to_thread.run_sync(
-        TiledImage, served.network, image, settings.tile_size, settings.tile_overlap
-    )
+    tiling = served.card.tiling  # a card may override the tile size and overlap
+    size = tiling.size or settings.tile_size
+    overlap = settings.tile_overlap if tiling.overlap is None else tiling.overlap
+    tiled = await to_thread.run_sync(TiledImage, served.network, image, size, overlap)
     return TiledJob(tiled, finish)
 
 

@@ -34,7 +34,7 @@ def test_the_exported_graph_gives_torchs_logits_for_any_batch_and_grid_size(
         x = torch.rand(batch, net.config.in_channels, height, width)
         (got,) = session.run(None, {INPUT_NAME: x.numpy()})
         with torch.inference_mode():
-            expected = net.grid_logits(x).numpy()
+            expected = net.body(x).numpy()
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() <= 1e-4
 

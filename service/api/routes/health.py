@@ -33,8 +33,14 @@ def readyz(request: Request) -> JSONResponse:
     if services is None or not services.engine.ready:
         return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
     why = services.store.read_only_because
-    state = "writable" if why is None else f"read-only: {why}"
-    return JSONResponse({"status": "ready", "models": services.registry.names(), "state": state})
+    failed = services.registry.failures()
+    # The rest serve: a model that failed to load is reported, not a reason to stay unready.
+    ready = {
+        "status": "ready",
+        "models": services.registry.names(),
+        "state": "writable" if why is None else f"read-only: {why}",
+    }
+    return JSONResponse(ready | ({"unavailable": failed} if failed else {}))
 
 
 @router.get(

@@ -31,9 +31,11 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
     """Everything a client needs to know about one served model."""
     low, high = served.output_range
     active = services.active_threshold(served)
+    meta = served.meta
     return ModelInfo(
         name=served.name,
-        architecture=Architecture(**served.meta.architecture.to_dict()),  # type: ignore[arg-type]
+        architecture=Architecture(**meta.architecture.to_dict()) if meta else None,  # type: ignore[arg-type]
+        card=served.card.model_dump(mode="json"),
         outputs_probabilities=served.is_probability,
         output_range=(low if math.isfinite(low) else None, high if math.isfinite(high) else None),
         threshold=threshold_view(services, served),
@@ -62,15 +64,21 @@ def _active_warnings(
 
 @router.get("", name="list", summary="List the served models")
 def list_models(services: ServicesDep) -> ModelList:
-    """Every served model with its architecture and active threshold."""
-    return ModelList(models=[model_info(services, served) for served in services.registry])
+    """Every model with its card and active threshold; those that failed to load, with why."""
+    registry = services.registry
+    models = [model_info(services, served) for served in registry]
+    models += [
+        ModelInfo(name=name, available=False, error=error, backend=None)
+        for name, error in registry.failures().items()
+    ]
+    return ModelList(models=sorted(models, key=lambda info: info.name))
 
 
 @router.get(
     "/{model}",
     name="get",
     summary="Describe one model",
-    responses=problem_responses(404),
+    responses=problem_responses(404, 503),
 )
 def get_model(services: ServicesDep, served: ModelDep) -> ModelInfo:
     """One model's architecture, head range and active threshold."""

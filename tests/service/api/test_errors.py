@@ -15,7 +15,13 @@ from service.calibration.errors import (
     Rejection,
     TooManyCalibrations,
 )
-from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
+from service.inference.errors import (
+    DeviceOutOfMemory,
+    EngineBusy,
+    EngineNotReady,
+    EngineTimeout,
+    ModelUnavailable,
+)
 from service.state.errors import full, read_only
 
 # error -> (status, title, slug, detail, Retry-After); the answers the service has always given.
@@ -91,6 +97,17 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
             "Non-finite model output",
             "non-finite-output",
             "model 'm' gave 3 non-finite outputs",
+            None,
+        ),
+    ),
+    (
+        ModelUnavailable("m", "m.json: source.path is missing; name the network file"),
+        (
+            503,
+            "Model unavailable",
+            "model-unavailable",
+            "model 'm' is unavailable: m.json: source.path is missing; name the network file; "
+            "fix it and restart the service",
             None,
         ),
     ),

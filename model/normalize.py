@@ -1,0 +1,111 @@
+"""Input normalisation: how a decoded image's pixel values become the network's input.
+
+A model card's `input` section says it. Statistics (min/max, percentiles, mean/std) are taken
+over the whole image, never per tile, so a tiled image is normalised exactly like the same image
+served whole; serving, calibration, evaluation and training all call `normalize` on the decoded
+image, so a model sees the same numbers everywhere.
+
+- `dtype`: integers divided by their type's maximum, floats as they are (the rules of
+  `model.decoding.to_unit`); an image that uses a small part of a 16-bit range stays dark.
+- `minmax`: the image's own minimum to 0 and maximum to 1.
+- `percentile`: the image's `low` and `high` percentiles to 0 and 1, unclipped (as csbdeep's
+  `normalize` does), so a few hot pixels do not set the scale.
+- `zscore`: zero mean and unit standard deviation over the image.
+- `fixed`: `dtype` first, then `(x - mean[c]) / std[c]` per channel (ImageNet-style encoders).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["dtype", "minmax", "percentile", "zscore", "fixed"]
+_TINY = 1e-12  # a constant image has no spread to divide by: it becomes 0
+
+
+class Normalize(BaseModel):
+    """How pixel values are scaled; `method` picks the rule, the other fields parametrise it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Method = "dtype"
+    low: float = Field(default=1.0, ge=0.0, le=100.0, description="percentile: lower percentile")
+    high: float = Field(default=99.8, ge=0.0, le=100.0, description="percentile: upper percentile")
+    mean: tuple[float, ...] | None = Field(default=None, description="fixed: per-channel mean")
+    std: tuple[float, ...] | None = Field(default=None, description="fixed: per-channel std")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Normalize:
+        if self.method == "percentile" and self.low >= self.high:
+            raise ValueError(f"percentile needs low < high, got {self.low} and {self.high}")
+        if self.method == "fixed":
+            if not self.mean or not self.std or len(self.mean) != len(self.std):
+                raise ValueError("fixed needs 'mean' and 'std' lists of one value per channel")
+            if min(self.std) <= 0:
+                raise ValueError("fixed needs every 'std' above 0")
+        return self
+
+    @property
+    def scales_by_dtype(self) -> bool:
+        """Whether the pixel type's maximum scales the image first (dtype and fixed)."""
+        return self.method in ("dtype", "fixed")
+
+
+class ImageInput(BaseModel):
+    """A model card's `input`: how many channels, in which order, normalised how."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    channels: int = Field(default=1, ge=1, description="channels the network takes")
+    order: Literal["RGB", "BGR"] = Field(default="RGB", description="colour channel order")
+    normalize: Normalize = Field(default_factory=lambda: Normalize())
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> ImageInput:
+        mean = self.normalize.mean
+        if self.normalize.method == "fixed" and mean and len(mean) != self.channels:
+            raise ValueError(
+                f"normalize.mean has {len(mean)} values but the input has {self.channels} channels"
+            )
+        return self
+
+
+def unit_magnitude(array: np.ndarray) -> np.ndarray:
+    """`array` as float32 divided by its largest magnitude (a constant zero image stays 0).
+
+    The statistics-based methods do not depend on the image's scale, and dividing first keeps
+    values near the float64 limits from overflowing float32 or `high - low`.
+    """
+    values = array.astype(np.float64)
+    scale = float(np.abs(values).max()) if values.size else 0.0
+    if scale > 0:
+        values /= scale
+    return values.astype(np.float32)
+
+
+def normalize(image: np.ndarray, spec: Normalize) -> np.ndarray:
+    """`image` (C, H, W) as float32 by `spec`; `dtype`/`fixed` expect it already dtype-scaled."""
+    values = image.astype(np.float64, copy=True)
+    if values.size == 0 or spec.method == "dtype":
+        return values.astype(np.float32)
+    if spec.method == "fixed":
+        assert spec.mean is not None and spec.std is not None  # checked by the model
+        mean = np.asarray(spec.mean, dtype=np.float64)[:, None, None]
+        std = np.asarray(spec.std, dtype=np.float64)[:, None, None]
+        return ((values - mean) / std).astype(np.float32)
+    if spec.method == "zscore":
+        low, spread = float(values.mean()), float(values.std())
+    else:
+        if spec.method == "minmax":
+            low, high = float(values.min()), float(values.max())
+        else:
+            low, high = (float(v) for v in np.percentile(values, [spec.low, spec.high]))
+        spread = high - low
+    values -= low
+    if spread > _TINY:
+        values /= spread
+    else:
+        values[:] = 0.0
+    return values.astype(np.float32)
