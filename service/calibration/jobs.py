@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from model.calibrate import add_to_histogram, new_histogram
 from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
@@ -296,7 +297,7 @@ class CalibrationJobs:
     async def _fail(self, job: _Job, error: str) -> None:
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
-        except (StoreError, sqlite3.Error):
+        except (StoreError, SQLAlchemyError):
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)

@@ -1,0 +1,64 @@
+"""Where the store lives: a SQLAlchemy engine for SQLite (a file) or PostgreSQL (a URL).
+
+Both databases get the same two kinds of transaction. A read is one statement. A write is
+serialised against every other write, in every process: SQLite's `BEGIN IMMEDIATE` takes the
+file's write lock at once, PostgreSQL's transaction-scoped advisory lock does the same for the
+database, so a write's reads (the previous threshold it audits) can never go stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+
+WRITE = "unet_write"  # the execution option that makes a transaction a serialised write
+WRITE_LOCK_KEY = 0x756E6574  # PostgreSQL advisory lock id of the store's writes ("unet")
+
+
+def database_url(location: Path | str) -> str:
+    """A SQLAlchemy URL: a path is a SQLite file; `postgresql://` URLs use psycopg 3."""
+    if isinstance(location, Path):
+        return f"sqlite:///{location}"
+    for prefix in ("postgresql://", "postgres://"):
+        if location.startswith(prefix):
+            return "postgresql+psycopg://" + location[len(prefix) :]
+    return location
+
+
+def open_engine(url: str) -> Engine:
+    """An engine whose write transactions are serialised across processes."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8
+        )
+        event.listen(engine, "connect", _sqlite_connected)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        # pre_ping: a connection the database dropped (a restart, a failover) is replaced
+        # before use instead of failing a request.
+        engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+        event.listen(engine, "begin", _postgres_begin)
+    return engine
+
+
+def _sqlite_connected(dbapi_connection: Any, record: Any) -> None:
+    # The driver's own transaction handling is off: a read is one autocommitted statement, a
+    # write opens its transaction in `_sqlite_begin`.
+    dbapi_connection.isolation_level = None
+    # WAL: readers never wait for a writer, in this process or another. FULL also fsyncs the
+    # WAL at every commit, so an acknowledged change survives a power cut; writes are rare.
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get(WRITE):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _postgres_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get(WRITE):
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")
