@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -25,7 +26,6 @@ from service.inference.registry import ModelRegistry
 from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
-from service.state.lock import StateLock
 from service.state.store import ThresholdStore
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
-        # Held before anything touches the state folder, released after everything has.
-        with StateLock(settings.state_dir):
-            async with _serving(app, settings, metrics):
-                yield
+        # No lock on the state folder: processes sharing it (or a PostgreSQL database)
+        # coordinate through the database, so any number of them may serve.
+        async with _serving(app, settings, metrics):
+            yield
 
     app = FastAPI(
         title="U-Net segmentation service",
@@ -107,21 +107,23 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
         metrics.set_threshold(served.name, services.active_threshold(served).value)
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
+    leases = asyncio.create_task(jobs.keep_leases())
     try:
         yield
     finally:
         warmup.cancel()
+        leases.cancel()
         await jobs.stop()
         await engine.stop()
         store.close()
 
 
 def _open_store(settings: Settings, registry: ModelRegistry) -> ThresholdStore:
-    """The store with the last process's leftovers settled and every model's threshold in memory.
+    """The store with stopped processes' leftovers settled and every model's threshold in memory.
 
-    Run in a worker thread: SQLite never blocks the event loop.
+    Run in a worker thread: the database never blocks the event loop.
     """
-    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
+    store = ThresholdStore(store_location(settings), lease_s=settings.calibration_lease_s)
     interrupted = store.fail_interrupted("the service restarted while this calibration ran")
     if interrupted:
         log.warning("marked %d interrupted calibration(s) failed", interrupted)
@@ -129,3 +131,10 @@ def _open_store(settings: Settings, registry: ModelRegistry) -> ThresholdStore:
         store.note_checkpoint(served.name, served.digest)
         store.active_threshold(served.name, served.digest)  # first requests then read memory
     return store
+
+
+def store_location(settings: Settings) -> Path | str:
+    """The database URL when one is set, else the SQLite file in the state folder."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return settings.state_dir / "thresholds.sqlite3"
