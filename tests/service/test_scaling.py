@@ -163,3 +163,59 @@ def test_a_killed_calibration_fails_within_the_lease_and_the_old_threshold_stays
     assert watcher.infer_threshold() == 0.3
     threshold = watcher.client.get(f"{BASE}/threshold").json()
     assert (threshold["value"], threshold["source"]) == (0.3, "manual")
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned under `pid`."""
+    children = subprocess.run(
+        ["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True
+    ).stdout.split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+@pytest.mark.slow
+def test_unet_serve_workers_runs_processes_on_one_port_that_agree(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNET_MODEL_DIR": str(tiny_model_dir),
+        "UNET_STATE_DIR": str(tmp_path / "state"),
+    }
+    command = [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    service = Service(process, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
+    try:
+        deadline = time.monotonic() + 120
+        while len(_workers_of(process.pid)) < 2 or not _ready_on_fresh_connections(port):
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "two workers not ready within 120 s"
+            time.sleep(0.2)
+        assert len(_workers_of(process.pid)) == 2
+        assert service.client.put(f"{BASE}/threshold", json={"value": 0.65}).status_code == 200
+        time.sleep(1.0)  # the coherence bound
+        # Fresh connections land on either worker: every one applies the new threshold.
+        for _ in range(10):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as fresh:
+                assert Service(process, fresh).infer_threshold() == 0.65
+    finally:
+        service.client.close()
+        process.terminate()
+        process.wait(timeout=60)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _ready_on_fresh_connections(port: int) -> bool:
+    try:
+        return all(
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            for _ in range(6)
+        )
+    except httpx.TransportError:
+        return False
