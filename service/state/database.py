@@ -8,6 +8,7 @@ database, so a write's reads (the previous threshold it audits) can never go sta
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from sqlalchemy import Connection, Engine, create_engine, event
 
 WRITE = "unet_write"  # the execution option that makes a transaction a serialised write
 WRITE_LOCK_KEY = 0x756E6574  # PostgreSQL advisory lock id of the store's writes ("unet")
+
+
+class MissingDriver(RuntimeError):
+    """The database named by the URL needs a driver that is not installed."""
 
 
 def database_url(location: Path | str) -> str:
@@ -36,6 +41,11 @@ def open_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_connected)
         event.listen(engine, "begin", _sqlite_begin)
     else:
+        if url.startswith("postgresql+psycopg") and importlib.util.find_spec("psycopg") is None:
+            raise MissingDriver(
+                "UNET_DATABASE_URL names PostgreSQL, whose driver is not installed: "
+                'pip install "unet-service[postgres]"'
+            )
         # pre_ping: a connection the database dropped (a restart, a failover) is replaced
         # before use instead of failing a request.
         engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
