@@ -63,18 +63,7 @@ def test_python_m_service_serves_masks_over_a_real_socket(
         mask = np.asarray(Image.open(io.BytesIO(response.content)))
         assert mask.shape == image.shape and 0 < (mask == 255).mean() < 1
         assert response.headers["x-threshold-source"] == "default"
-
-        # A second process on the same state folder refuses to start, and says why.
-        second = subprocess.run(
-            [sys.executable, "-m", "service"],
-            env={**env, "UNET_PORT": str(free_port())},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert second.returncode != 0
-        assert f"is in use by another service process (pid {server.pid})" in second.stderr
-        assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200  # the first serves on
+        # Processes sharing a state folder are tests/service/test_scaling.py's subject.
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)
