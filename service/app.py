@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -113,6 +114,8 @@ async def _serving(app: FastAPI, settings: Settings, metrics: Metrics) -> AsyncI
     finally:
         warmup.cancel()
         leases.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leases
         await jobs.stop()
         await engine.stop()
         store.close()
