@@ -4,6 +4,8 @@ FROM python:3.11-slim
 # CPU image by default; the compose file's GPU variant builds with TORCH_INDEX="" so that pip
 # takes PyPI's CUDA build of the same pinned torch.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Optional extras of the package, e.g. `postgres` for shared state (compose profile `scale`).
+ARG EXTRAS=""
 ENV PIP_EXTRA_INDEX_URL=${TORCH_INDEX} \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -19,7 +21,8 @@ COPY --chown=unet:unet pyproject.toml README.md LICENSE Makefile ./
 COPY --chown=unet:unet model ./model
 COPY --chown=unet:unet service ./service
 USER unet
-RUN make install
+RUN make install \
+    && if [ -n "$EXTRAS" ]; then .venv/bin/pip install --quiet -e ".[$EXTRAS]"; fi
 
 ENV UNET_HOST=0.0.0.0 \
     UNET_PORT=8000 \

@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py [--checkpoint model/weights/unet-sigmoid.safetensors]
         [--side 256] [--concurrency 1 4 16] [--requests 64] [--seconds 60] [--device auto]
+    python benchmarks/serve.py --workers 1 2 [--side 32] [--concurrency 16] [--requests 3000]
 
 In one run it measures:
 
@@ -17,6 +18,10 @@ In one run it measures:
 * the same service with batching off (`UNET_MAX_BATCH=1`, `UNET_BATCH_WAIT_MS=0`);
 * overload: a server with a tiny queue driven far past capacity must answer 503 with
   `Retry-After` (never hang), and answer normally again once the load drops.
+
+With `--workers N M ...` it measures only the service with `UNET_WORKERS` = N, M, ... worker
+processes on one port, in one run, at the largest `--concurrency`; with tiny images (`--side
+32`) the HTTP path is the bottleneck, so the ratio is what extra processes buy.
 
 Without the checkpoint (the shipped weights are trained separately), a random-weight model of
 the same architecture is used: speed does not depend on the weights. Prints one JSON object on
@@ -485,6 +490,34 @@ def overload_run(
     return {"flood_c64": flood, "after_c1": after}
 
 
+def workers_run(
+    env: dict[str, str], workdir: Path, model: str, pngs: list[bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same load on 1, 2, ... worker processes (UNET_WORKERS): images/s and their ratio."""
+    concurrency = max(args.concurrency)
+    runs: dict[str, Any] = {}
+    for workers in args.workers:
+        with server({**env, "UNET_WORKERS": str(workers)}, workdir) as (url, process):
+            # Every worker warms up on its own; readiness on fresh connections reaches them all.
+            for _ in range(8 * workers):
+                _wait_ready(url, process, workdir / "server.log")
+            asyncio.run(drive(url, model, pngs, concurrency, 20 * concurrency, args.seconds))
+            result = asyncio.run(drive(url, model, pngs, concurrency, args.requests, args.seconds))
+        log(
+            f"  {workers} worker(s), c={concurrency}: {result['images_per_s']:.1f} images/s, "
+            f"p50 {result['p50_ms']:.1f} ms, failed {result['failed']}"
+        )
+        runs[str(workers)] = result
+    first, *_ = args.workers
+    return {
+        "concurrency": concurrency,
+        "runs": runs,
+        "speedup_vs_first": {
+            n: runs[n]["images_per_s"] / runs[str(first)]["images_per_s"] for n in runs
+        },
+    }
+
+
 def service_summary(
     raw: dict[str, Any], run: dict[str, Any], concurrency: list[int]
 ) -> dict[str, Any]:
@@ -540,7 +573,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="time bound per level")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-overload", action="store_true", help="skip the overload check")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", help="compare these UNET_WORKERS counts, nothing else"
+    )
     args = parser.parse_args()
+    if args.workers:
+        print(json.dumps(compare_workers(args), indent=2))
+        return
 
     device = pick_device(args.device)
     load_at_start = os.getloadavg()  # a shared machine's other work lowers every figure
@@ -605,6 +644,32 @@ def main() -> None:
         "summary": summary(raw, services, unbatched, args.concurrency),
     }
     print(json.dumps(result, indent=2))
+
+
+def compare_workers(args: argparse.Namespace) -> dict[str, Any]:
+    """The `--workers` mode: one server per worker count, the same load on each."""
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="unet-bench-") as tmp:
+        workdir = Path(tmp)
+        models = workdir / "models"
+        models.mkdir()
+        model, weights = prepare_models(args.checkpoint, models)
+        env = {
+            "UNET_MODEL_DIR": str(models),
+            "UNET_STATE_DIR": str(workdir / "state"),
+            "UNET_DEVICE": args.device,
+            "UNET_LOG_LEVEL": "warning",
+        }
+        log(f"service with {args.workers} worker process(es), {args.side} x {args.side} images")
+        runs = workers_run(env, workdir, model, synthetic_pngs(args.side, 16), args)
+    return {
+        "cpu_cores": usable_cores(),
+        "load_average_before": load,
+        "platform": platform.platform(),
+        "weights": weights,
+        "image_side": args.side,
+        "workers": runs,
+    }
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -30,7 +32,6 @@ from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.drift_windows import DriftWindows
-from service.state.lock import StateLock
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
 
@@ -65,11 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.state_dir,
                 read_only,
             )
-        # Held before anything touches the state folder, released after everything has. A
-        # read-only folder takes no lock: nothing here can change it.
-        with StateLock(settings.state_dir) if read_only is None else nullcontext():
-            async with _serving(app, settings, metrics, read_only):
-                yield
+        # No lock on the state folder: processes sharing it (or a PostgreSQL database)
+        # coordinate through the database, so any number of them may serve.
+        async with _serving(app, settings, metrics, read_only):
+            yield
 
     app = FastAPI(
         title="U-Net segmentation service",
@@ -126,7 +126,10 @@ async def _serving(
     store = await to_thread.run_sync(_open_store, settings, registry, read_only)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
-    drift_windows = DriftWindows(store.path, read_only=read_only is not None)
+    # Per process, beside the store: what this process served is what its window counts.
+    drift_windows = DriftWindows(
+        settings.state_dir / "drift.sqlite3", read_only=read_only is not None
+    )
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
@@ -136,10 +139,14 @@ async def _serving(
         monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
+    leases = asyncio.create_task(jobs.keep_leases())
     try:
         yield
     finally:
         warmup.cancel()
+        leases.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leases
         await jobs.stop()
         await engine.stop()
         monitor.save_all()
@@ -150,12 +157,16 @@ async def _serving(
 def _open_store(
     settings: Settings, registry: ModelRegistry, read_only: str | None
 ) -> ThresholdStore:
-    """The store with the last process's leftovers settled and every model's threshold in memory.
+    """The store with stopped processes' leftovers settled and every model's threshold in memory.
 
-    Run in a worker thread: SQLite never blocks the event loop. A read-only store settles
+    Run in a worker thread: the database never blocks the event loop. A read-only store settles
     nothing: what it reads is what the last writer left.
     """
-    store = ThresholdStore(settings.state_dir / "thresholds.sqlite3", read_only)
+    store = ThresholdStore(
+        store_location(settings),
+        lease_s=settings.calibration_lease_s,
+        read_only_because=read_only,
+    )
     if read_only is None:
         interrupted = store.fail_interrupted("the service restarted while this calibration ran")
         if interrupted:
@@ -165,3 +176,10 @@ def _open_store(
             store.note_checkpoint(served.name, served.digest)
         store.active_threshold(served.name, served.digest)  # first requests then read memory
     return store
+
+
+def store_location(settings: Settings) -> Path | str:
+    """The database URL when one is set, else the SQLite file in the state folder."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return settings.state_dir / "thresholds.sqlite3"

@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from service.__main__ import run as serve
 
-    serve(host=args.host, port=args.port)
+    serve(host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = add_command(commands, "serve", _serve, "run the HTTP service", json_option=False)
     serve.add_argument("--host", help="default: UNET_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: UNET_PORT or 8000")
+    serve.add_argument(
+        "--workers", type=int, help="processes on one port; default: UNET_WORKERS or 1"
+    )
     return parser
 
 

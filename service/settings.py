@@ -44,6 +44,25 @@ class Settings(BaseSettings):
         default=Path("state"),
         description="Folder of the SQLite threshold store (active thresholds, calibrations).",
     )
+    # Shared state for scaling out (DESIGN.md, "Scaling out").
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Where the threshold store lives: unset for SQLite in `UNET_STATE_DIR`, or "
+        "`postgresql://user:password@host/db` for state shared by processes on many machines "
+        "(install the `[postgres]` extra).",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Service processes on one port, sharing the store; on a GPU each loads the "
+        "models onto the device.",
+    )
+    calibration_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A calibration whose process has not renewed its lease for this long (it "
+        "died) is marked failed by any other process.",
+    )
     device: str = Field(
         default="auto",
         description="`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.",
@@ -235,6 +254,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _empty_url_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or not value.get_secret_value().strip() else value
 
     @field_validator("api_key")
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sqlite3
 import struct
 import threading
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from httpx import Response
 from PIL import Image
+from sqlalchemy import Engine, event
 
 from model.synth import generate_pair, pair_rng
 from service.inference.engine import InferenceEngine
@@ -170,14 +170,18 @@ async def running_engine(
 def trace_sql(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
     """(thread id, statement) of every SQL statement run by stores opened from now on."""
     statements: list[tuple[int, str]] = []
-    connect = ThresholdStore._connect
+    open_engine = ThresholdStore._open_engine
 
-    def traced(store: ThresholdStore) -> sqlite3.Connection:
-        db = connect(store)
-        db.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
-        return db
+    def traced(store: ThresholdStore, url: str) -> Engine:
+        engine = open_engine(store, url)
 
-    monkeypatch.setattr(ThresholdStore, "_connect", traced)
+        def record(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+            statements.append((threading.get_ident(), sql))
+
+        event.listen(engine, "before_cursor_execute", record)
+        return engine
+
+    monkeypatch.setattr(ThresholdStore, "_open_engine", traced)
     return statements
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -187,6 +188,17 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     return GuardedHttpToolsProtocol
 
 
+def __getattr__(name: str) -> Any:
+    """`GuardedFromEnvironment`: the guarded protocol under the UNET_* limits, by import path.
+
+    uvicorn's worker processes are spawned, so they receive the protocol as a name to import,
+    and each builds it from the same environment as the parent.
+    """
+    if name == "GuardedFromEnvironment":
+        return guarded_protocol(ConnectionLimits.from_settings(Settings()))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def run(app: FastAPI, settings: Settings, host: str, port: int) -> None:
     """Serve `app` with uvicorn under the connection limits of `settings`."""
     uvicorn.run(
@@ -197,4 +209,23 @@ def run(app: FastAPI, settings: Settings, host: str, port: int) -> None:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_level=settings.log_level,
         access_log=False,  # requests are logged by the service's own structured middleware
+    )
+
+
+def run_workers(factory: str, settings: Settings, host: str, port: int) -> None:
+    """Serve the app `factory` (an import path) in `settings.workers` processes on one port.
+
+    Each worker builds its own app, settings and store from the environment, which it shares
+    with this process; the limits of `settings` come from the same environment.
+    """
+    uvicorn.run(
+        factory,
+        factory=True,
+        workers=settings.workers,
+        host=host,
+        port=port,
+        http=f"{__name__}:GuardedFromEnvironment",
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        log_level=settings.log_level,
+        access_log=False,
     )

@@ -7,6 +7,10 @@ a client that must be served rather than one that would rather hear "busy". The 
 the threshold store is the only state a client sees; this module keeps just the tasks and
 temporary folders of the jobs it runs. Every temporary folder is removed when its job ends,
 whatever the ending, and once more at start-up for what a killed process left behind.
+
+Several processes may share the store. A job belongs to the process that accepted its upload,
+which renews the job's lease while it lives; every process fails the jobs whose lease expired
+(their process died), and a model's job runs only while no other job of that model runs anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from model.calibrate import add_to_histogram, new_histogram
 from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
@@ -36,7 +41,7 @@ from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.errors import StoreUnavailable, read_only, unavailable
-from service.state.store import StoreError, ThresholdStore
+from service.state.store import StoreError, ThresholdStore, owner_is_gone
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ OUT_OF_MEMORY = "the service ran out of memory; calibrate with smaller images"
 SHUTTING_DOWN = "the service is shutting down; start the calibration again once it is back"
 STOPPED_QUEUED = "the service stopped before this calibration started; start it again"
 STOPPED_RUNNING = "the service stopped while this calibration ran; start it again"
+LEASE_EXPIRED = "the process running this calibration stopped; start it again"
+BUSY_ELSEWHERE_WAIT_S = 1.0  # between tries while another process runs a job of the model
 T = TypeVar("T")
 
 
@@ -118,11 +125,17 @@ class CalibrationJobs:
         """Ready to run jobs; clears what a previous process left in the uploads folder."""
         self.registry, self.store, self.engine = registry, store, engine
         self.settings, self.metrics = settings, metrics
-        self.uploads = settings.state_dir / "uploads"
-        if store.read_only_because is None:  # a read-only folder has nothing to clear
-            # Jobs left queued or running by a killed process were marked failed before this
-            # runs, so nothing here belongs to a live job.
-            shutil.rmtree(self.uploads, ignore_errors=True)
+        # One folder per process: other live processes on this machine keep theirs; a stopped
+        # process's folder is removed (its jobs were failed before this runs). A read-only
+        # state folder has nothing to clear, and takes no calibrations.
+        folders = settings.state_dir / "uploads"
+        self.uploads = folders / store.owner.replace("/", "_")
+        if store.read_only_because is None:
+            folders.mkdir(parents=True, exist_ok=True)
+            for folder in folders.iterdir():
+                owner = folder.name.replace("_", "/")
+                if owner.count("/") != 2 or owner_is_gone(owner, store.owner):  # older release
+                    shutil.rmtree(folder, ignore_errors=True)
             self.uploads.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, _Job] = {}
         self._admissions: dict[asyncio.Future[_Job], str] = {}  # uploads being extracted: model
@@ -229,6 +242,19 @@ class CalibrationJobs:
             if left:
                 log.warning("%d calibration(s) still running at shutdown", len(left))
 
+    async def keep_leases(self) -> None:
+        """Forever: vouch for this process's jobs and fail those of processes that died."""
+        every = self.store.lease_s / 3
+        while True:
+            try:
+                await asyncio.to_thread(self.store.renew_leases)
+                expired = await asyncio.to_thread(self.store.fail_expired, LEASE_EXPIRED)
+                if expired:
+                    log.warning("marked %d calibration(s) of stopped processes failed", expired)
+            except (StoreError, SQLAlchemyError):
+                log.warning("could not renew calibration leases", exc_info=True)
+            await asyncio.sleep(every)
+
     async def _run(self, job: _Job) -> None:
         """The whole life of one job, from waiting for its model's turn to its stored ending."""
         name = job.served.name
@@ -264,7 +290,8 @@ class CalibrationJobs:
     async def _calibrate(self, job: _Job) -> None:
         """Count every image, then store the report and maybe activate its threshold."""
         name, params = job.served.name, job.params
-        await _write_through(lambda: self.store.mark_running(job.id))
+        while not await _write_through(lambda: self.store.mark_running(job.id)):
+            await asyncio.sleep(BUSY_ELSEWHERE_WAIT_S)  # another process runs one of this model
         started = time.monotonic()
         hist = await self._count(job)
         job.finishing = True
@@ -327,7 +354,7 @@ class CalibrationJobs:
             except StoreUnavailable:
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
-            except (StoreError, sqlite3.Error):
+            except (StoreError, SQLAlchemyError):
                 log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
             break
         self.metrics.calibrations_failed.labels(job.served.name).inc()
@@ -336,7 +363,7 @@ class CalibrationJobs:
     async def _fail(self, job: _Job, error: str) -> None:
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
-        except (StoreError, StoreUnavailable, sqlite3.Error):
+        except (StoreError, StoreUnavailable, SQLAlchemyError):
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)

@@ -96,7 +96,8 @@ def plan_engine(settings: Settings, device: torch.device) -> EnginePlan:
     # On a small CPU, one single-threaded pass per core beats intra-op parallelism and big
     # batches under load; a pass that runs alone uses every core, for latency at low load
     # (measured: docs/benchmarks.md, "Serving").
-    cores = usable_cores()
+    # Worker processes on one machine split its cores between them.
+    cores = max(1, usable_cores() // settings.workers)
     threads = settings.torch_threads or 1
     limits = BatchLimits(
         max_batch=settings.max_batch or 1,

@@ -46,8 +46,18 @@ def read_only(why: str) -> StoreReadOnly:
     )
 
 
+# PostgreSQL's SQLSTATEs for the same two conditions (psycopg sets `sqlstate` on its errors).
+PG_DISK_FULL = "53100"
+PG_READ_ONLY_TRANSACTION = "25006"
+
+
 def unavailable(error: BaseException, where: str) -> StoreUnavailable | None:
-    """The StoreUnavailable that `error` (an OSError or a SQLite error) means, else None."""
+    """The StoreUnavailable that `error` (OSError, SQLite or PostgreSQL error) means, else None."""
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate == PG_DISK_FULL:
+        return full(where)
+    if sqlstate == PG_READ_ONLY_TRANSACTION:
+        return read_only(str(error))
     if isinstance(error, sqlite3.Error):
         code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
         if code == SQLITE_FULL:

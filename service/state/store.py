@@ -1,8 +1,12 @@
-"""The threshold store: calibrations, active thresholds and their audit trail, in SQLite.
+"""The threshold store: calibrations, active thresholds and their audit trail.
 
-Every change is one SQLite transaction, so a kill at any moment leaves either the old or the new
-state on disk, never a mix. Active thresholds are keyed by (model, checkpoint digest): a threshold
-recorded for one checkpoint is never applied to another, yet comes back if that checkpoint does.
+One interface over two databases (service/state/database.py): an embedded SQLite file for one
+machine, PostgreSQL for processes on many. Every change is one transaction, so a kill at any
+moment leaves either the old or the new state, never a mix. Active thresholds are keyed by
+(model, checkpoint digest): a threshold recorded for one checkpoint is never applied to another,
+yet comes back if that checkpoint does. Several processes may share the database: each keeps the
+thresholds in memory and drops them when the shared version counter moves, and each calibration
+job carries a lease that its process renews; an expired lease means its process is gone.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import json
 import logging
 import math
 import os
-import queue
-import sqlite3
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,64 +27,44 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anyio import to_thread
+from sqlalchemy import Connection, Engine, RowMapping, delete, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
+from service.state.database import WRITE, database_url, open_engine, open_read_only
 from service.state.errors import read_only, unavailable
+from service.state.migrate import NewerSchema, upgrade
+from service.state.tables import active_thresholds as AT
+from service.state.tables import calibrations as CAL
+from service.state.tables import state_version as VERSION
+from service.state.tables import threshold_history as HISTORY
 
 log = logging.getLogger(__name__)
 
 ThresholdSource = Literal["default", "calibration", "manual"]
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+Row = RowMapping
 
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS calibrations (
-    seq       INTEGER PRIMARY KEY,
-    id        TEXT NOT NULL UNIQUE,
-    model     TEXT NOT NULL,
-    digest    TEXT NOT NULL,
-    strategy  TEXT NOT NULL,
-    target    REAL,
-    params    TEXT NOT NULL,
-    activate  INTEGER NOT NULL,
-    status    TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
-    progress  REAL NOT NULL DEFAULT 0,
-    threshold REAL,
-    auc       REAL,
-    report    TEXT,
-    error     TEXT,
-    created   TEXT NOT NULL,
-    started   TEXT,
-    finished  TEXT
-);
-CREATE INDEX IF NOT EXISTS calibrations_by_model ON calibrations (model, seq);
-CREATE TABLE IF NOT EXISTS active_thresholds (
-    model          TEXT NOT NULL,
-    digest         TEXT NOT NULL,
-    value          REAL NOT NULL,
-    source         TEXT NOT NULL CHECK (source IN ('calibration', 'manual')),
-    calibration_id TEXT REFERENCES calibrations (id),
-    updated        TEXT NOT NULL,
-    PRIMARY KEY (model, digest)
-);
-CREATE TABLE IF NOT EXISTS threshold_history (
-    seq             INTEGER PRIMARY KEY,
-    at              TEXT NOT NULL,
-    model           TEXT NOT NULL,
-    digest          TEXT NOT NULL,
-    value           REAL,
-    source          TEXT NOT NULL CHECK (source IN ('default', 'calibration', 'manual')),
-    calibration_id  TEXT,
-    previous_value  REAL,
-    previous_source TEXT NOT NULL,
-    actor           TEXT,
-    reason          TEXT
-);
-CREATE INDEX IF NOT EXISTS history_by_model ON threshold_history (model, seq);
-"""
+LEASE_S = 15.0  # a job whose process has not vouched for it this long is failed by any process
+RECHECK_S = 0.25  # how often a process asks whether another one changed a threshold
+UNFINISHED = ("queued", "running")
 LIST_COLUMNS = (
-    "id, model, digest, status, strategy, target, params, activate, progress, threshold, auc, "
-    "error, created, started, finished"
+    CAL.c.id,
+    CAL.c.model,
+    CAL.c.digest,
+    CAL.c.status,
+    CAL.c.strategy,
+    CAL.c.target,
+    CAL.c.params,
+    CAL.c.activate,
+    CAL.c.progress,
+    CAL.c.threshold,
+    CAL.c.auc,
+    CAL.c.error,
+    CAL.c.created,
+    CAL.c.started,
+    CAL.c.finished,
 )
+ACTIVE_COLUMNS = (AT.c.value, AT.c.source, AT.c.calibration_id, AT.c.digest, AT.c.updated)
 
 
 class StoreError(Exception):
@@ -154,6 +138,31 @@ def new_id() -> str:
     return f"{stamp:012x}7{os.urandom(10).hex()[:19]}"
 
 
+def process_owner() -> str:
+    """This process's name on the jobs it owns: host, pid, and a nonce a restart changes."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_gone(owner: str | None, me: str) -> bool:
+    """Whether `owner` was a process of this host that no longer runs (or an earlier `me`)."""
+    if owner is None:
+        return True  # written by a release without leases
+    host, _, rest = owner.partition("/")
+    pid_text, _, _ = rest.partition("/")
+    if host != socket.gethostname() or not pid_text.isdigit() or owner == me:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # this pid in an earlier life (a restarted container is pid 1 again)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -180,133 +189,95 @@ def _finite(value: float, what: str) -> float:
 
 
 class ThresholdStore:
-    """Thread-safe access to the SQLite database at `path`; each change is one transaction."""
+    """Thread-safe access to the store's database; each change is one transaction."""
 
-    def __init__(self, path: Path, read_only_because: str | None = None) -> None:
-        """Open (creating folder, file and schema as needed) the database at `path`.
+    def __init__(
+        self,
+        location: Path | str,
+        lease_s: float = LEASE_S,
+        recheck_s: float = RECHECK_S,
+        read_only_because: str | None = None,
+    ) -> None:
+        """Open (creating folder, tables and upgrades as needed) a SQLite file or a database URL.
 
-        With `read_only_because` (why the state folder cannot be written), nothing is created:
-        the database is read if it can be, else an empty one in memory stands in for it, and
-        every write raises StoreReadOnly.
+        `location` is a path (SQLite) or a URL such as `postgresql://user@host/db`. With
+        `read_only_because` (why the state folder cannot be written) nothing is created or
+        upgraded: a SQLite file is read if it can be, else an empty database in memory stands
+        in for it, and every write raises StoreReadOnly.
         """
-        self.path = Path(path)
+        self.location = location
+        self.path = Path(location) if isinstance(location, Path) else None
         self.read_only_because = read_only_because
-        self._uri: str | None = None
-        self._keeper: sqlite3.Connection | None = None
-        # A pool rather than one locked connection: in WAL mode readers on the event loop never
-        # wait for a writer's fsync, and a pooled connection skips the ~0.5 ms cost of opening one.
-        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        # Every inference request reads its model's active threshold. This process is the
-        # store's only writer (one process per state folder), so the answers are kept in memory
-        # and dropped when a threshold changes (not at other writes: a calibration's progress
-        # ticks must not send inference back to SQLite); `_generation` keeps a read that raced
-        # a threshold change out.
+        self.lease_s, self.recheck_s = lease_s, recheck_s
+        self.owner = process_owner()
+        # Every inference request reads its model's active threshold, so the answers are kept
+        # in memory. They are dropped when this process changes a threshold (not at other
+        # writes: a calibration's progress ticks must not send inference back to the database)
+        # and when the shared version counter shows another process did, checked at most every
+        # `recheck_s`. `_generation` keeps a read that raced a change out of the cache.
         self._active: dict[tuple[str, str], ActiveThreshold | None] = {}
         self._generation = 0
+        self._version: int | None = None
+        self._checked = -math.inf
         self._cache_lock = threading.Lock()
-        if read_only_because is not None:
-            self._open_read_only()
+        if read_only_because is not None and self.path is not None:
+            self.engine = open_read_only(self.path)
+            self._writer = self.engine
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connection() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer version of the service "
-                    f"(schema {version} > {SCHEMA_VERSION}); upgrade the service"
-                )
-            # WAL is a property of the file, so setting it once here covers every connection.
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(
-                f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = self._open_engine(database_url(location))
+        self._writer = self.engine.execution_options(**{WRITE: True})
+        try:
+            upgrade(self.engine)
+        except NewerSchema as error:
+            self.engine.dispose()
+            raise StoreError(f"{location}: {error}") from None
 
-    def _open_read_only(self) -> None:
-        """Read the database as it is on disk, or stand an empty one in for it."""
-        # mode=ro still needs the WAL index (-shm), which a cleanly closed database no longer
-        # has and a read-only folder cannot create; immutable=1 reads the file without it.
-        for query in ("mode=ro", "mode=ro&immutable=1"):
-            self._uri = f"{self.path.resolve().as_uri()}?{query}"
-            try:
-                with self._connection() as db:
-                    db.execute("SELECT count(*) FROM active_thresholds").fetchone()
-                return
-            except sqlite3.Error as error:
-                self.close()
-                log.info("cannot read %s with %s: %s", self.path, query, error)
-        log.warning("%s is unreadable; every model runs on its default threshold", self.path)
-        # A named in-memory database lives as long as one connection to it: the keeper.
-        self._uri = f"file:unet-empty-{id(self)}?mode=memory&cache=shared"
-        self._keeper = self._connect()
-        self._keeper.executescript(SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        target = self.path if self._uri is None else self._uri
-        db = sqlite3.connect(
-            target,
-            timeout=30,
-            isolation_level=None,
-            check_same_thread=False,
-            uri=self._uri is not None,
-        )
-        db.row_factory = sqlite3.Row
-        # NORMAL is already crash-safe against a killed process in WAL mode; FULL also fsyncs the
-        # WAL at every commit, so an acknowledged threshold change survives a power cut. Writes
-        # are rare (threshold changes, job progress), so the fsync costs nothing that matters.
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
+    def _open_engine(self, url: str) -> Engine:
+        return open_engine(url)
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        try:
-            db = self._idle.get_nowait()
-        except queue.Empty:
-            db = self._connect()
-        try:
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as db:
             yield db
-        finally:
-            if db.in_transaction:
-                # Only an error leaves a transaction open; a failed rollback drops the connection.
-                db.rollback()
-            self._idle.put(db)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A transaction that takes the write lock at once, so its reads cannot go stale.
+    def _write(self) -> Iterator[Connection]:
+        """A transaction serialised against every other write, so its reads cannot go stale.
 
         The one place where a full disk or a read-only folder becomes StoreUnavailable.
         """
         if self.read_only_because is not None:
             raise read_only(self.read_only_because)
         try:
-            with self._connection() as db:
-                db.execute("BEGIN IMMEDIATE")
+            with self._writer.begin() as db:
                 yield db
-                db.execute("COMMIT")
-        except (sqlite3.Error, OSError) as error:
-            translated = unavailable(error, str(self.path.parent))
+        except (DBAPIError, OSError) as error:
+            cause = (error.orig or error) if isinstance(error, DBAPIError) else error
+            where = str(self.path.parent) if self.path is not None else "the database"
+            translated = unavailable(cause, where)
             if translated is None:
                 raise
             raise translated from error
 
-    def _thresholds_changed(self) -> None:
+    def _thresholds_changed(self, version: int) -> None:
         # Called after the commit: a read that began before it sees a newer generation and
         # leaves the cache alone, so a stale answer never outlives the change.
         with self._cache_lock:
             self._generation += 1
             self._active.clear()
+            self._version = max(version, self._version or 0)
+
+    @staticmethod
+    def _bump(db: Connection) -> int:
+        """In a threshold-changing write: move the shared version on; returns the new one."""
+        db.execute(update(VERSION).where(VERSION.c.id == 1).values(version=VERSION.c.version + 1))
+        return int(db.execute(select(VERSION.c.version).where(VERSION.c.id == 1)).scalar_one())
 
     def close(self) -> None:
         """Close the idle connections (call once no other thread uses the store)."""
-        if self._keeper is not None:
-            self._keeper.close()
-            self._keeper = None
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self.engine.dispose()
 
     # Calibrations ---------------------------------------------------------------------------
 
@@ -319,34 +290,76 @@ class ThresholdStore:
         params: dict[str, Any],
         activate: bool,
     ) -> str:
-        """Record a queued calibration job and return its id."""
+        """Record a queued calibration job, owned by this process, and return its id."""
         calibration_id = new_id()
         with self._write() as db:
             db.execute(
-                "INSERT INTO calibrations (id, model, digest, strategy, target, params, activate,"
-                " status, created) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-                (calibration_id, model, digest, strategy, target, _json(params), activate, _now()),
+                insert(CAL).values(
+                    id=calibration_id,
+                    model=model,
+                    digest=digest,
+                    strategy=strategy,
+                    target=target,
+                    params=_json(params),
+                    activate=bool(activate),
+                    status="queued",
+                    created=_now(),
+                    owner=self.owner,
+                    lease_until=time.time() + self.lease_s,
+                )
             )
         return calibration_id
 
-    def mark_running(self, calibration_id: str) -> None:
-        """Move a queued job to running."""
+    def mark_running(self, calibration_id: str) -> bool:
+        """Move a queued job to running; False while another job of its model runs anywhere."""
         with self._write() as db:
-            self._transition(db, calibration_id, ("queued",), "running")
+            row = self._transition(db, calibration_id, ("queued",), "running")
+            busy = db.execute(
+                select(CAL.c.id).where(CAL.c.model == row["model"], CAL.c.status == "running")
+            ).first()
+            if busy is not None:
+                return False
             db.execute(
-                "UPDATE calibrations SET status = 'running', started = ? WHERE id = ?",
-                (_now(), calibration_id),
+                update(CAL)
+                .where(CAL.c.id == calibration_id)
+                .values(
+                    status="running",
+                    started=_now(),
+                    owner=self.owner,
+                    lease_until=time.time() + self.lease_s,
+                )
             )
+        return True
 
     def set_progress(self, calibration_id: str, progress: float) -> None:
         """Record a job's progress in [0, 1]; ignored once the job has finished."""
         progress = min(max(_finite(progress, "progress"), 0.0), 1.0)
         with self._write() as db:
             db.execute(
-                "UPDATE calibrations SET progress = ? "
-                "WHERE id = ? AND status IN ('queued', 'running')",
-                (progress, calibration_id),
+                update(CAL)
+                .where(CAL.c.id == calibration_id, CAL.c.status.in_(UNFINISHED))
+                .values(progress=progress)
             )
+
+    def renew_leases(self) -> int:
+        """Vouch again for this process's unfinished jobs; returns how many it owns."""
+        with self._write() as db:
+            result = db.execute(
+                update(CAL)
+                .where(CAL.c.owner == self.owner, CAL.c.status.in_(UNFINISHED))
+                .values(lease_until=time.time() + self.lease_s)
+            )
+            return result.rowcount
+
+    def fail_expired(self, reason: str) -> int:
+        """Mark failed every unfinished job whose process stopped renewing its lease."""
+        with self._write() as db:
+            result = db.execute(
+                update(CAL)
+                .where(CAL.c.status.in_(UNFINISHED), CAL.c.lease_until < time.time())
+                .values(status="failed", error=reason, finished=_now())
+            )
+            return result.rowcount
 
     def finish_calibration(
         self,
@@ -362,65 +375,97 @@ class ThresholdStore:
         threshold = _finite(threshold, "threshold")
         auc = None if auc is None or not math.isfinite(auc) else float(auc)
         with self._write() as db:
-            row = self._transition(db, calibration_id, ("queued", "running"), "succeeded")
+            row = self._transition(db, calibration_id, UNFINISHED, "succeeded")
             db.execute(
-                "UPDATE calibrations SET status = 'succeeded', progress = 1, threshold = ?,"
-                " auc = ?, report = ?, finished = ? WHERE id = ?",
-                (threshold, auc, _json(report), _now(), calibration_id),
+                update(CAL)
+                .where(CAL.c.id == calibration_id)
+                .values(
+                    status="succeeded",
+                    progress=1,
+                    threshold=threshold,
+                    auc=auc,
+                    report=_json(report),
+                    finished=_now(),
+                )
             )
             if not (bool(row["activate"]) if activate is None else activate):
                 return None
             active = self._set_active(
                 db, row["model"], row["digest"], threshold, "calibration", calibration_id, None
             )
-        self._thresholds_changed()
+            version = self._bump(db)
+        self._thresholds_changed(version)
         return active
 
     def fail_calibration(self, calibration_id: str, error: str) -> None:
         """Mark a queued or running job failed with a message a person can act on."""
         with self._write() as db:
-            self._transition(db, calibration_id, ("queued", "running"), "failed")
+            self._transition(db, calibration_id, UNFINISHED, "failed")
             db.execute(
-                "UPDATE calibrations SET status = 'failed', error = ?, finished = ? WHERE id = ?",
-                (error, _now(), calibration_id),
+                update(CAL)
+                .where(CAL.c.id == calibration_id)
+                .values(status="failed", error=error, finished=_now())
             )
 
     def fail_interrupted(self, reason: str) -> int:
-        """At start-up: mark every job left queued or running failed; returns how many."""
+        """At start-up: fail the jobs a stopped process left (this host's dead pids, expired
+        leases, or no owner at all); returns how many. Live processes' jobs are left alone."""
         with self._write() as db:
-            cursor = db.execute(
-                "UPDATE calibrations SET status = 'failed', error = ?, finished = ? "
-                "WHERE status IN ('queued', 'running')",
-                (reason, _now()),
+            owners = db.execute(
+                select(CAL.c.owner).where(CAL.c.status.in_(UNFINISHED)).distinct()
+            ).scalars()
+            gone = [owner for owner in owners if owner_is_gone(owner, self.owner)]
+            result = db.execute(
+                update(CAL)
+                .where(
+                    CAL.c.status.in_(UNFINISHED),
+                    or_(
+                        CAL.c.owner.is_(None),
+                        CAL.c.owner.in_([g for g in gone if g is not None]),
+                        CAL.c.lease_until < time.time(),
+                    ),
+                )
+                .values(status="failed", error=reason, finished=_now())
             )
-            return cursor.rowcount
+            return result.rowcount
 
     def get_calibration(self, model: str, calibration_id: str) -> CalibrationRecord | None:
         """One calibration of `model` with its report, or None."""
-        with self._connection() as db:
-            row = db.execute(
-                f"SELECT {LIST_COLUMNS}, report FROM calibrations WHERE model = ? AND id = ?",
-                (model, calibration_id),
-            ).fetchone()
+        with self._read() as db:
+            row = (
+                db.execute(
+                    select(*LIST_COLUMNS, CAL.c.report).where(
+                        CAL.c.model == model, CAL.c.id == calibration_id
+                    )
+                )
+                .mappings()
+                .first()
+            )
         return None if row is None else _record(row, with_report=True)
 
     def list_calibrations(self, model: str) -> list[CalibrationRecord]:
         """Every calibration of `model`, newest first, without reports."""
-        with self._connection() as db:
-            rows = db.execute(
-                f"SELECT {LIST_COLUMNS} FROM calibrations WHERE model = ? ORDER BY seq DESC",
-                (model,),
-            ).fetchall()
+        with self._read() as db:
+            rows = (
+                db.execute(
+                    select(*LIST_COLUMNS).where(CAL.c.model == model).order_by(CAL.c.seq.desc())
+                )
+                .mappings()
+                .all()
+            )
         return [_record(row, with_report=False) for row in rows]
 
     @staticmethod
-    def _transition(
-        db: sqlite3.Connection, calibration_id: str, allowed: tuple[str, ...], to: str
-    ) -> sqlite3.Row:
-        row = db.execute(
-            "SELECT model, digest, status, activate FROM calibrations WHERE id = ?",
-            (calibration_id,),
-        ).fetchone()
+    def _transition(db: Connection, calibration_id: str, allowed: tuple[str, ...], to: str) -> Row:
+        row = (
+            db.execute(
+                select(CAL.c.model, CAL.c.digest, CAL.c.status, CAL.c.activate).where(
+                    CAL.c.id == calibration_id
+                )
+            )
+            .mappings()
+            .first()
+        )
         if row is None:
             raise CalibrationNotFound(f"no calibration {calibration_id!r}")
         if row["status"] not in allowed:
@@ -433,6 +478,7 @@ class ThresholdStore:
 
     def active_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
         """The threshold stored for this exact checkpoint, or None: use the checkpoint's default."""
+        self._follow_other_processes()
         key = (model, digest)
         with self._cache_lock:
             if key in self._active:
@@ -445,19 +491,37 @@ class ThresholdStore:
         return active
 
     async def active_threshold_async(self, model: str, digest: str) -> ActiveThreshold | None:
-        """`active_threshold` for async code: from memory, or read from SQLite in a thread."""
+        """`active_threshold` for async code: from memory, or read in a worker thread."""
         with self._cache_lock:
-            if (model, digest) in self._active:
+            fresh = time.monotonic() - self._checked < self.recheck_s
+            if fresh and (model, digest) in self._active:
                 return self._active[(model, digest)]
         return await to_thread.run_sync(self.active_threshold, model, digest)
 
+    def _follow_other_processes(self) -> None:
+        """Drop the cached thresholds if another process changed one (checked every recheck_s)."""
+        # A read-only instance follows no one: a database from an earlier release may have no
+        # version counter, and nothing it serves can be changed through it.
+        if self.read_only_because is not None or time.monotonic() - self._checked < self.recheck_s:
+            return
+        with self._read() as db:
+            version = db.execute(select(VERSION.c.version).where(VERSION.c.id == 1)).scalar_one()
+        with self._cache_lock:
+            self._checked = time.monotonic()
+            if version != self._version:
+                self._version = version
+                self._generation += 1
+                self._active.clear()
+
     def _read_active(self, model: str, digest: str) -> ActiveThreshold | None:
-        with self._connection() as db:
-            row = db.execute(
-                "SELECT value, source, calibration_id, digest, updated FROM active_thresholds "
-                "WHERE model = ? AND digest = ?",
-                (model, digest),
-            ).fetchone()
+        with self._read() as db:
+            row = (
+                db.execute(
+                    select(*ACTIVE_COLUMNS).where(AT.c.model == model, AT.c.digest == digest)
+                )
+                .mappings()
+                .first()
+            )
         return None if row is None else _active(row)
 
     def note_checkpoint(self, model: str, digest: str) -> bool:
@@ -470,11 +534,16 @@ class ThresholdStore:
         with self._write() as db:
             if self._current(db, model, digest) is not None:
                 return False
-            stale = db.execute(
-                "SELECT value, source, digest FROM active_thresholds WHERE model = ? "
-                "ORDER BY updated DESC LIMIT 1",
-                (model,),
-            ).fetchone()
+            stale = (
+                db.execute(
+                    select(AT.c.value, AT.c.source, AT.c.digest)
+                    .where(AT.c.model == model)
+                    .order_by(AT.c.updated.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
             if stale is None:
                 return False
             reason = (
@@ -483,15 +552,22 @@ class ThresholdStore:
             )
             log.warning("model %s: %s; using the checkpoint's default", model, reason)
             seen = db.execute(
-                "SELECT 1 FROM threshold_history WHERE model = ? AND digest = ? AND reason = ?",
-                (model, digest, reason),
-            ).fetchone()
+                select(HISTORY.c.seq).where(
+                    HISTORY.c.model == model, HISTORY.c.digest == digest, HISTORY.c.reason == reason
+                )
+            ).first()
             if seen is None:
                 db.execute(
-                    "INSERT INTO threshold_history (at, model, digest, value, source,"
-                    " previous_value, previous_source, reason)"
-                    " VALUES (?, ?, ?, NULL, 'default', ?, ?, ?)",
-                    (_now(), model, digest, stale["value"], stale["source"], reason),
+                    insert(HISTORY).values(
+                        at=_now(),
+                        model=model,
+                        digest=digest,
+                        value=None,
+                        source="default",
+                        previous_value=stale["value"],
+                        previous_source=stale["source"],
+                        reason=reason,
+                    )
                 )
             return True
 
@@ -502,7 +578,8 @@ class ThresholdStore:
         value = _finite(value, "threshold")
         with self._write() as db:
             active = self._set_active(db, model, digest, value, "manual", None, actor)
-        self._thresholds_changed()
+            version = self._bump(db)
+        self._thresholds_changed(version)
         return active
 
     def activate_calibration(
@@ -510,10 +587,15 @@ class ThresholdStore:
     ) -> ActiveThreshold:
         """Make a succeeded calibration of this checkpoint the active threshold."""
         with self._write() as db:
-            row = db.execute(
-                "SELECT status, digest, threshold FROM calibrations WHERE model = ? AND id = ?",
-                (model, calibration_id),
-            ).fetchone()
+            row = (
+                db.execute(
+                    select(CAL.c.status, CAL.c.digest, CAL.c.threshold).where(
+                        CAL.c.model == model, CAL.c.id == calibration_id
+                    )
+                )
+                .mappings()
+                .first()
+            )
             if row is None:
                 raise CalibrationNotFound(f"model {model!r} has no calibration {calibration_id!r}")
             if row["status"] != "succeeded":
@@ -530,7 +612,8 @@ class ThresholdStore:
             active = self._set_active(
                 db, model, digest, row["threshold"], "calibration", calibration_id, actor
             )
-        self._thresholds_changed()
+            version = self._bump(db)
+        self._thresholds_changed(version)
         return active
 
     def reset_to_default(self, model: str, digest: str, actor: str | None = None) -> bool:
@@ -539,38 +622,41 @@ class ThresholdStore:
             previous = self._current(db, model, digest)
             if previous is None:
                 return False
-            db.execute(
-                "DELETE FROM active_thresholds WHERE model = ? AND digest = ?", (model, digest)
-            )
+            db.execute(delete(AT).where(AT.c.model == model, AT.c.digest == digest))
             self._audit(db, model, digest, None, "default", None, previous, actor)
-        self._thresholds_changed()
+            version = self._bump(db)
+        self._thresholds_changed(version)
         return True
 
     def history(self, model: str) -> list[ThresholdChange]:
         """The audit trail of `model`'s threshold changes, newest first."""
-        with self._connection() as db:
-            rows = db.execute(
-                "SELECT at, model, digest, value, source, calibration_id, previous_value,"
-                " previous_source, actor, reason FROM threshold_history WHERE model = ?"
-                " ORDER BY seq DESC",
-                (model,),
-            ).fetchall()
+        columns = [column for column in HISTORY.c if column.name != "seq"]
+        with self._read() as db:
+            rows = (
+                db.execute(
+                    select(*columns).where(HISTORY.c.model == model).order_by(HISTORY.c.seq.desc())
+                )
+                .mappings()
+                .all()
+            )
         return [
             ThresholdChange(**{**dict(row), "at": datetime.fromisoformat(row["at"])})
             for row in rows
         ]
 
     @staticmethod
-    def _current(db: sqlite3.Connection, model: str, digest: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = db.execute(
-            "SELECT value, source FROM active_thresholds WHERE model = ? AND digest = ?",
-            (model, digest),
-        ).fetchone()
-        return row
+    def _current(db: Connection, model: str, digest: str) -> Row | None:
+        return (
+            db.execute(
+                select(AT.c.value, AT.c.source).where(AT.c.model == model, AT.c.digest == digest)
+            )
+            .mappings()
+            .first()
+        )
 
     def _set_active(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         model: str,
         digest: str,
         value: float,
@@ -580,13 +666,16 @@ class ThresholdStore:
     ) -> ActiveThreshold:
         previous = self._current(db, model, digest)
         updated = _now()
-        db.execute(
-            "INSERT INTO active_thresholds (model, digest, value, source, calibration_id, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model, digest) DO UPDATE SET"
-            " value = excluded.value, source = excluded.source,"
-            " calibration_id = excluded.calibration_id, updated = excluded.updated",
-            (model, digest, value, source, calibration_id, updated),
-        )
+        values = {"value": value, "source": source, "calibration_id": calibration_id}
+        # Writes are serialised, so "update, else insert" cannot race another writer.
+        if previous is None:
+            db.execute(insert(AT).values(model=model, digest=digest, updated=updated, **values))
+        else:
+            db.execute(
+                update(AT)
+                .where(AT.c.model == model, AT.c.digest == digest)
+                .values(updated=updated, **values)
+            )
         self._audit(db, model, digest, value, source, calibration_id, previous, actor, updated)
         return ActiveThreshold(
             value, source, calibration_id, digest, datetime.fromisoformat(updated)
@@ -594,34 +683,32 @@ class ThresholdStore:
 
     @staticmethod
     def _audit(
-        db: sqlite3.Connection,
+        db: Connection,
         model: str,
         digest: str,
         value: float | None,
         source: ThresholdSource,
         calibration_id: str | None,
-        previous: sqlite3.Row | None,
+        previous: Row | None,
         actor: str | None,
         at: str | None = None,
     ) -> None:
         db.execute(
-            "INSERT INTO threshold_history (at, model, digest, value, source, calibration_id,"
-            " previous_value, previous_source, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                at or _now(),
-                model,
-                digest,
-                value,
-                source,
-                calibration_id,
-                None if previous is None else previous["value"],
-                "default" if previous is None else previous["source"],
-                actor,
-            ),
+            insert(HISTORY).values(
+                at=at or _now(),
+                model=model,
+                digest=digest,
+                value=value,
+                source=source,
+                calibration_id=calibration_id,
+                previous_value=None if previous is None else previous["value"],
+                previous_source="default" if previous is None else previous["source"],
+                actor=actor,
+            )
         )
 
 
-def _active(row: sqlite3.Row) -> ActiveThreshold:
+def _active(row: Row) -> ActiveThreshold:
     return ActiveThreshold(
         value=row["value"],
         source=row["source"],
@@ -631,7 +718,7 @@ def _active(row: sqlite3.Row) -> ActiveThreshold:
     )
 
 
-def _record(row: sqlite3.Row, with_report: bool) -> CalibrationRecord:
+def _record(row: Row, with_report: bool) -> CalibrationRecord:
     return CalibrationRecord(
         id=row["id"],
         model=row["model"],

@@ -12,6 +12,7 @@ import torch
 from model import UNet, UNetConfig, save
 from model.losses import head_loss
 from model.synth import generate_pair, pair_rng
+from tests import postgres
 from tests.helpers import TINY_MODEL
 
 
@@ -42,3 +43,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         torch.set_num_threads(threads)
     yield folder
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server started for this test session (skips without one)."""
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with postgres.server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.new_database(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a store lives, once per database: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "thresholds.sqlite3"
+    return str(request.getfixturevalue("postgres_url"))

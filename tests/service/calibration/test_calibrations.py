@@ -84,8 +84,12 @@ def finished(client: TestClient, response: Response) -> dict[str, Any]:
 
 
 def uploads_left(settings: Settings) -> list[Path]:
-    """What is left in the temporary uploads folder."""
-    return list((settings.state_dir / "uploads").iterdir())
+    """What is left in the uploads folder beyond empty per-process folders (host_pid_nonce)."""
+    return [
+        entry
+        for entry in (settings.state_dir / "uploads").iterdir()
+        if entry.name.count("_") != 2 or not entry.is_dir() or any(entry.iterdir())
+    ]
 
 
 def test_calibrate_activate_and_survive_a_restart(settings: Settings) -> None:

@@ -12,11 +12,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from service.state.store import (
     ActivationError,
     CalibrationNotFound,
     InvalidTransition,
+    StoreError,
     ThresholdStore,
     new_id,
 )
@@ -28,8 +30,9 @@ OTHER = "b" * 64
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ThresholdStore:
-    return ThresholdStore(tmp_path / "state" / "thresholds.sqlite3")
+def store(store_location: Path | str) -> ThresholdStore:
+    """A new store, once on SQLite and once on PostgreSQL."""
+    return ThresholdStore(store_location)
 
 
 def succeeded(store: ThresholdStore, threshold: float, digest: str = DIGEST, **kw: bool) -> str:
@@ -41,20 +44,19 @@ def succeeded(store: ThresholdStore, threshold: float, digest: str = DIGEST, **k
 
 
 def test_creates_folder_and_starts_with_no_threshold(store: ThresholdStore) -> None:
-    assert store.path.exists()
+    assert store.path is None or store.path.exists()
     assert store.active_threshold("unet-sigmoid", DIGEST) is None
     assert store.list_calibrations("unet-sigmoid") == []
     assert store.history("unet-sigmoid") == []
 
 
-def test_everything_survives_reopening(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    first = ThresholdStore(path)
+def test_everything_survives_reopening(store_location: Path | str) -> None:
+    first = ThresholdStore(store_location)
     cid = succeeded(first, 0.42, activate=True)
     first.set_manual("unet-relu", OTHER, 1.5, actor="alice")
     first.close()
 
-    again = ThresholdStore(path)
+    again = ThresholdStore(store_location)
     active = again.active_threshold("unet-sigmoid", DIGEST)
     assert active is not None
     assert (active.value, active.source, active.calibration_id) == (0.42, "calibration", cid)
@@ -110,7 +112,9 @@ def test_failed_and_interrupted_jobs(store: ThresholdStore) -> None:
     store.mark_running(running)
     done = succeeded(store, 0.5)
 
-    assert store.fail_interrupted("the service restarted") == 2
+    assert store.fail_interrupted("the service restarted") == 0  # its own live jobs
+    restarted = ThresholdStore(store.location)  # the same pid, a new life: those jobs are gone
+    assert restarted.fail_interrupted("the service restarted") == 2
     status = {c.id: (c.status, c.error) for c in store.list_calibrations("unet-sigmoid")}
     assert status[failed] == ("failed", "masks/0003.png: no matching image")
     assert status[queued] == status[running] == ("failed", "the service restarted")
@@ -167,7 +171,7 @@ def test_threshold_of_another_checkpoint_never_applies(
     assert (note.digest, note.value, note.source) == (DIGEST, None, "default")
     assert note.previous_value == 0.8 and note.reason and "checkpoint changed" in note.reason
     # The next start-up notes it again in the log but not twice in the audit trail.
-    assert ThresholdStore(store.path).note_checkpoint("unet-sigmoid", DIGEST)
+    assert ThresholdStore(store.location).note_checkpoint("unet-sigmoid", DIGEST)
     assert len(store.history("unet-sigmoid")) == 2
     assert store.active_threshold("unet-sigmoid", DIGEST) is None
 
@@ -176,9 +180,9 @@ def test_threshold_of_another_checkpoint_never_applies(
     assert back is not None and back.value == 0.8
 
 
-def test_a_read_never_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_read_never_writes(store_location: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
     statements = trace_sql(monkeypatch)
-    store = ThresholdStore(tmp_path / "t.sqlite3")
+    store = ThresholdStore(store_location)
     store.set_manual("unet-sigmoid", OTHER, 0.8)  # a threshold the read below must ignore
     statements.clear()
     assert store.active_threshold("unet-sigmoid", DIGEST) is None
@@ -188,11 +192,12 @@ def test_a_read_never_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert len(store.history("unet-sigmoid")) == 1
 
 
-def test_only_threshold_changes_send_reads_back_to_sqlite(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_only_threshold_changes_send_reads_back_to_the_database(
+    store_location: Path | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     statements = trace_sql(monkeypatch)
-    store = ThresholdStore(tmp_path / "t.sqlite3")
+    # No other process writes here: the version check must not be what sends a read back.
+    store = ThresholdStore(store_location, recheck_s=3600)
     model = "unet-sigmoid"
 
     def went_to_sqlite() -> bool:
@@ -229,10 +234,10 @@ def test_only_threshold_changes_send_reads_back_to_sqlite(
 
 @pytest.mark.anyio
 async def test_async_reads_answer_from_memory_or_a_worker_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_location: Path | str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     statements = trace_sql(monkeypatch)
-    store = ThresholdStore(tmp_path / "t.sqlite3")
+    store = ThresholdStore(store_location, recheck_s=3600)
     store.set_manual("unet-sigmoid", DIGEST, 0.3)
     statements.clear()
     loop_thread = threading.get_ident()
@@ -314,7 +319,7 @@ def test_reads_follow_every_write_in_this_process(store: ThresholdStore) -> None
     # What memory answers is what the file holds.
     store.set_manual(model, DIGEST, 0.45)
     cached = store.active_threshold(model, DIGEST)
-    assert cached == ThresholdStore(store.path).active_threshold(model, DIGEST)
+    assert cached == ThresholdStore(store.location).active_threshold(model, DIGEST)
 
 
 def test_readers_racing_a_writer_end_on_the_last_write(store: ThresholdStore) -> None:
@@ -339,13 +344,13 @@ def test_readers_racing_a_writer_end_on_the_last_write(store: ThresholdStore) ->
     assert store.active_threshold("unet-sigmoid", DIGEST).value == 0.49  # type: ignore[union-attr]
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "t.sqlite3"
-    ThresholdStore(path).close()
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA user_version = 99")
-    with pytest.raises(Exception, match="newer version"):
-        ThresholdStore(path)
+def test_newer_schema_is_refused(store_location: Path | str) -> None:
+    first = ThresholdStore(store_location)
+    with first.engine.begin() as db:
+        db.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    first.close()
+    with pytest.raises(StoreError, match="newer version"):
+        ThresholdStore(store_location)
 
 
 WRITER = """
@@ -353,7 +358,8 @@ import sys
 from pathlib import Path
 from service.state.store import ThresholdStore
 
-store = ThresholdStore(Path(sys.argv[1]))
+where = sys.argv[1]
+store = ThresholdStore(where if "://" in where else Path(where))
 i = 0
 while True:
     i += 1
@@ -362,10 +368,9 @@ while True:
 """
 
 
-def test_kill_mid_write_keeps_a_committed_threshold(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "t.sqlite3"
+def test_kill_mid_write_keeps_a_committed_threshold(store_location: Path | str) -> None:
     writer = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WRITER), str(path)],
+        [sys.executable, "-c", textwrap.dedent(WRITER), str(store_location)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -380,9 +385,10 @@ def test_kill_mid_write_keeps_a_committed_threshold(tmp_path: Path) -> None:
         writer.stdout.close()
     assert writer.returncode == -signal.SIGKILL
 
-    store = ThresholdStore(path)
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    store = ThresholdStore(store_location)
+    if isinstance(store_location, Path):
+        with sqlite3.connect(store_location) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     active = store.active_threshold("unet-sigmoid", "d" * 64)
     assert active is not None
     # Every printed value was committed; the writer may have committed more before the kill.

@@ -8,24 +8,41 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from service.state.errors import StoreFull, StoreReadOnly, unavailable
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
 
 
+def cap_pages(store: ThresholdStore, pages: int) -> None:
+    """SQLite's own cap on every pooled connection: writes past it fail as on a full disk."""
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    if event.contains(store.engine, "connect", CAPS.get(id(store))):
+        event.remove(store.engine, "connect", CAPS.pop(id(store)))
+    CAPS[id(store)] = on_connect
+    event.listen(store.engine, "connect", on_connect)
+    store.engine.dispose()  # connections already pooled would keep the old cap
+
+
+CAPS: dict[int, Any] = {}
+
+
 def test_a_full_database_raises_store_full_and_recovers(tmp_path: Path) -> None:
     store = ThresholdStore(tmp_path / "t.sqlite3")
-    with store._connection() as db:  # SQLite's own cap: its writes then fail as on a full disk
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count = {pages}")
+    with store.engine.connect() as db:
+        pages = db.exec_driver_sql("PRAGMA page_count").scalar_one()
+    cap_pages(store, pages)
     with pytest.raises(StoreFull, match=r"UNET_STATE_DIR .* is full"):
         for n in range(10_000):
             store.set_manual("m", f"digest-{n}", 0.5)
-    with store._connection() as db:
-        db.execute("PRAGMA max_page_count = 1073741823")
+    cap_pages(store, 1073741823)
     store.set_manual("m", "d", 0.25)
     active = store.active_threshold("m", "d")
     assert active is not None and active.value == 0.25

@@ -1,0 +1,82 @@
+"""A throwaway PostgreSQL server for the tests: Debian's binaries, a temporary folder, loopback.
+
+PostgreSQL refuses to run as root, so as root the server runs as a system user (`pgtest`,
+created if missing). Trust authentication on 127.0.0.1 only: nothing else can reach it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+USER = "pgtest"
+
+
+def binaries() -> Path | None:
+    """The folder of initdb and pg_ctl, or None when PostgreSQL is not installed."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _as_server_user(command: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return command
+    if subprocess.run(["id", USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--system", "--no-create-home", USER], check=True)
+    return ["runuser", "-u", USER, "--", *command]
+
+
+@contextmanager
+def server() -> Iterator[str]:
+    """Run a PostgreSQL server in a temporary folder; yields the URL of its `postgres` database."""
+    bin_dir = binaries()
+    assert bin_dir is not None
+    # Not under pytest's folder: its parents are private to root, and the server user must
+    # reach its own data.
+    folder = Path(tempfile.mkdtemp(prefix="unet-postgres-"))
+    if os.geteuid() == 0:
+        _as_server_user(["true"])  # creates the user if missing
+        shutil.chown(folder, USER, USER)
+    data, port = folder / "data", _free_port()
+
+    def run(*args: str) -> None:
+        command = _as_server_user([str(bin_dir / args[0]), *args[1:]])
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}")
+
+    run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200"
+    run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_database(server_url: str) -> str:
+    """A fresh, empty database on the server at `server_url`; returns its URL."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + "/" + name
