@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 USER = "pgtest"
 
@@ -44,8 +45,12 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 
 @contextmanager
-def server() -> Iterator[str]:
-    """Run a PostgreSQL server in a temporary folder; yields the URL of its `postgres` database."""
+def server(socket_only: bool = False) -> Iterator[str]:
+    """Run a PostgreSQL server in a temporary folder; yields the URL of its `postgres` database.
+
+    `socket_only`: no TCP port at all, only a Unix socket in that folder, which clients reach
+    from any network namespace (the Ray test's loopback-only one included).
+    """
     bin_dir = binaries()
     assert bin_dir is not None
     # Not under pytest's folder: its parents are private to root, and the server user must
@@ -63,10 +68,14 @@ def server() -> Iterator[str]:
             raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}")
 
     run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-h 127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200"
+    listen = "-c listen_addresses=''" if socket_only else f"-h 127.0.0.1 -p {port}"
+    options = f"{listen} -k {folder} -c fsync=off -c max_connections=200"
     run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        if socket_only:
+            yield f"postgresql://postgres@/postgres?host={folder}"
+        else:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
@@ -79,4 +88,4 @@ def new_database(server_url: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as db:
         db.execute(f"CREATE DATABASE {name}")
-    return server_url.rsplit("/", 1)[0] + "/" + name
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from model.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.settings import Settings
-from tests import postgres_server
+from tests import postgres
 from tests.helpers import PROBLEM, dataset_files, make_zip, png
 
 pytest.importorskip("ray.serve", reason="Ray Serve is the optional extra `.[ray]`")
@@ -105,11 +105,10 @@ def test_the_service_on_ray_serve_answers_like_the_plain_one(
     }
     with ExitStack() as stack:
         if shared:
-            why_not = postgres_server.available()
-            if why_not:
-                pytest.skip(why_not)
-            url = stack.enter_context(postgres_server.postgres(tmp_path / "pg"))
-            env["UNET_DATABASE_URL"] = url
+            if postgres.binaries() is None:
+                pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+            server_url = stack.enter_context(postgres.server(socket_only=True))
+            env["UNET_DATABASE_URL"] = postgres.new_database(server_url)
         spec = {
             "env": env,
             "model": MODEL,

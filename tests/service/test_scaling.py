@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import TINY_MODEL, dataset_files, make_zip, png
-from tests.service.test_uvicorn import free_port
+from tests.servers import free_port
 
 BASE = f"/v1/models/{TINY_MODEL}"
 LEASE_S = 2.0
