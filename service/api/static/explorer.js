@@ -51,7 +51,9 @@ function guarded(action) {
 // ---- the model panel -----------------------------------------------------------------------
 
 function formatNumber(value) {
-  return value === null || value === undefined ? "–" : Number(value).toPrecision(4);
+  // Four significant digits without trailing zeros: 1.05, not 1.050.
+  if (value === null || value === undefined) return "–";
+  return String(Number(Number(value).toPrecision(4)));
 }
 
 function describeWarnings(warnings) {
