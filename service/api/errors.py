@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from model.predict import NonFiniteOutputError
-from service.api.problems import ProblemError, problem_response
+from service.api.problems import ProblemError, answer_problem
 from service.calibration.errors import (
     CalibrationRefused,
     CalibrationsStopping,
@@ -92,17 +92,7 @@ def problem_for(error: DomainError) -> ProblemError:
 
 async def _answer(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DOMAIN_ERRORS)
-    problem = problem_for(error)
-    if problem.status >= 500:
-        log.warning("%s %s: %d %s", request.method, request.url.path, problem.status, problem)
-    return problem_response(
-        problem.status,
-        problem.title,
-        problem.detail,
-        type=problem.type,
-        instance=request.url.path,
-        headers=problem.headers,
-    )
+    return await answer_problem(request, problem_for(error))
 
 
 def install_error_answers(app: FastAPI) -> None:

@@ -178,7 +178,8 @@ def describe(error: FieldError, form: bool = False) -> str:
     return f"{kind} '{error.name}': {error.message}"
 
 
-async def _problem(request: Request, error: Exception) -> JSONResponse:
+async def answer_problem(request: Request, error: Exception) -> JSONResponse:
+    """The problem+json response of `error` (a ProblemError); a 5xx is logged."""
     assert isinstance(error, ProblemError)
     if error.status >= 500:
         log.warning("%s %s: %d %s", request.method, request.url.path, error.status, error)
@@ -283,7 +284,7 @@ class CatchUnexpected:
 
 def install_problem_handlers(app: FastAPI) -> None:
     """Answer every error of `app` with a problem details object."""
-    app.add_exception_handler(ProblemError, _problem)
+    app.add_exception_handler(ProblemError, answer_problem)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http)
     app.add_middleware(CatchUnexpected)
