@@ -295,6 +295,9 @@ class CalibrationJobs:
         started = time.monotonic()
         hist = await self._count(job)
         job.finishing = True
+        # Every image is counted: the data set goes now, before the result is stored, so a
+        # client that sees the job finished never finds its upload still on disk.
+        await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
         reference = await asyncio.to_thread(reference_auc, job.served, self.store)
         report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
         # A blocked report is stored but not activated; its record says why (gate.py).
@@ -361,6 +364,8 @@ class CalibrationJobs:
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
 
     async def _fail(self, job: _Job, error: str) -> None:
+        # The data set goes first, as on success: a finished job leaves nothing on disk.
+        await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
         except (StoreError, StoreUnavailable, SQLAlchemyError):
