@@ -33,6 +33,7 @@ class ServiceProcess:
         state_dir: Path,
         env: dict[str, str] | None = None,
         stderr: int | IO[str] | IO[bytes] = subprocess.DEVNULL,
+        ready_within_s: float = READY_WITHIN_S,
     ) -> None:
         self.port = free_port()
         self.env = {
@@ -50,10 +51,10 @@ class ServiceProcess:
             text=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
+        self._wait_ready(ready_within_s)
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_WITHIN_S
+    def _wait_ready(self, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
         while True:
             if self.process.poll() is not None:
                 said = self.process.stderr.read() if self.process.stderr else ""
@@ -63,7 +64,7 @@ class ServiceProcess:
                     return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"service not ready within {READY_WITHIN_S} s"
+            assert time.monotonic() < deadline, f"service not ready within {within_s} s"
             time.sleep(0.1)
 
     def memory_kib(self) -> dict[str, int]:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import TINY_MODEL, dataset_files, make_zip, png
-from tests.servers import free_port
+from tests.servers import ServiceProcess, free_port
 
 BASE = f"/v1/models/{TINY_MODEL}"
 LEASE_S = 2.0
@@ -53,31 +53,19 @@ def spawn(
     request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path: Path
 ) -> Iterator[Callable[[], Service]]:
     """Starts service processes sharing one store: a SQLite folder or a PostgreSQL database."""
-    shared = {"UNET_MODEL_DIR": str(tiny_model_dir), "UNET_CALIBRATION_LEASE_S": str(LEASE_S)}
+    shared = {"UNET_CALIBRATION_LEASE_S": str(LEASE_S)}
     if request.param == "postgresql":
         shared["UNET_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     started: list[Service] = []
 
     def start() -> Service:
-        port = free_port()
         state = tmp_path / (f"state-{len(started)}" if request.param == "postgresql" else "state")
-        env = {**os.environ, **shared, "UNET_PORT": str(port), "UNET_STATE_DIR": str(state)}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"], env=env, stderr=subprocess.PIPE, text=True
+        running = ServiceProcess(
+            tiny_model_dir, state, shared, stderr=subprocess.PIPE, ready_within_s=120
         )
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        service = Service(process, client)
+        service = Service(running.process, httpx.Client(base_url=running.base, timeout=30))
         started.append(service)
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if client.get("/readyz", timeout=1).status_code == 200:
-                    return service
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service not ready within 120 s"
-            time.sleep(0.1)
+        return service
 
     yield start
     for service in started:
