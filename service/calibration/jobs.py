@@ -269,8 +269,6 @@ class CalibrationJobs:
             await self._fail(job, STOPPED_RUNNING)
         except StoreUnavailable as error:
             log.error("calibration %s of model %s stopped: %s", job.id, name, error)
-            # Its data set goes first: on a full disk, that space is what lets the failure land.
-            await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
             await self._fail_when_writable(job, f"the calibration stopped: {error}")
         except EngineNotReady:  # the engine stopped under the job
             await self._fail(job, STOPPED_RUNNING)
@@ -285,7 +283,7 @@ class CalibrationJobs:
             await self._fail(job, INTERNAL_ERROR)
         finally:
             del self._jobs[job.id]
-            await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
+            await _discard(job)  # whatever the ending: nothing of the upload stays
 
     async def _calibrate(self, job: _Job) -> None:
         """Count every image, then store the report and maybe activate its threshold."""
@@ -297,7 +295,7 @@ class CalibrationJobs:
         job.finishing = True
         # Every image is counted: the data set goes now, before the result is stored, so a
         # client that sees the job finished never finds its upload still on disk.
-        await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
+        await _discard(job)
         reference = await asyncio.to_thread(reference_auc, job.served, self.store)
         report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
         # A blocked report is stored but not activated; its record says why (gate.py).
@@ -349,8 +347,10 @@ class CalibrationJobs:
         """Mark the job failed once the store takes writes again (or the service stops).
 
         Until then its record reads `running`; a stop leaves it to the next start-up, which marks
-        every unfinished job failed.
+        every unfinished job failed. Its data set goes first: on a full disk, that space is what
+        lets the failure land.
         """
+        await _discard(job)
         while not self._stopping.is_set():
             try:
                 await asyncio.to_thread(self.store.fail_calibration, job.id, error)
@@ -364,8 +364,7 @@ class CalibrationJobs:
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
 
     async def _fail(self, job: _Job, error: str) -> None:
-        # The data set goes first, as on success: a finished job leaves nothing on disk.
-        await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)
+        await _discard(job)  # first, as on success: a finished job leaves nothing on disk
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
         except (StoreError, StoreUnavailable, SQLAlchemyError):
@@ -379,3 +378,8 @@ class CalibrationJobs:
 def _unavailable_or(error: OSError, folder: Path) -> Exception:
     """The StoreUnavailable that `error` means for `folder`, else `error` itself."""
     return unavailable(error, str(folder)) or error
+
+
+async def _discard(job: _Job) -> None:
+    """Remove the job's extracted data set (a no-op once it is gone)."""
+    await asyncio.to_thread(shutil.rmtree, job.workdir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Where each model's drift window waits out a restart: one JSON row per model in SQLite.
 
-It lives in the threshold store's database file, in a table of its own. A lost window costs only
+It lives in `$UNET_STATE_DIR/drift.sqlite3`, apart from the threshold store: each process
+watches its own traffic, whatever database the store uses. A lost window costs only
 a few minutes of re-collected traffic, so it is written with `synchronous=NORMAL`: safe against
 a killed process, without an fsync per save.
 """
