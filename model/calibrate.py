@@ -18,7 +18,7 @@ from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import Prediction, predict
 from model.sources import Predictor, load_predictor
-from model.sources.native import NativePredictor, as_predictor
+from model.sources.native import as_predictor, checkpoint_meta
 from model.unet import UNet
 
 # Heads whose output is exactly sigmoid(logit): binning the logit keeps the order of pixels
@@ -73,6 +73,6 @@ def calibrate_checkpoint(
     """The calibration report of the model whose card (or checkpoint) is `checkpoint` on `data`."""
     predictor = load_predictor(checkpoint)
     pairs = iter_pairs(data, predictor.input, progress, desc="calibrate")
-    meta = predictor.meta if isinstance(predictor, NativePredictor) else None
+    meta = checkpoint_meta(predictor)
     reference = meta.reference_auc if meta is not None else None
     return calibrate_model(predictor, pairs, criterion, reference_auc=reference)

@@ -16,7 +16,7 @@ from model.datasets import iter_pairs
 from model.heads import is_probability
 from model.predict import predict
 from model.sources import Predictor, load_predictor
-from model.sources.native import NativePredictor, as_predictor
+from model.sources.native import NativePredictor, as_predictor, checkpoint_meta
 from model.unet import UNet
 
 
@@ -77,8 +77,9 @@ def evaluate_checkpoint(
         card_threshold = predictor.card.threshold
         threshold = 0.5 if card_threshold is None else card_threshold
         source = "card default" if card_threshold is not None else "conventional 0.5"
-        if isinstance(predictor, NativePredictor) and predictor.meta is not None:
-            recorded = predictor.meta.default_threshold
+        meta = checkpoint_meta(predictor)
+        if meta is not None:
+            recorded = meta.default_threshold
             source = "checkpoint default" if recorded else "conventional 0.5"
     pairs = iter_pairs(data, predictor.input, progress, desc="evaluate")
     return evaluate_model(predictor, pairs, threshold, source)

@@ -61,6 +61,11 @@ def as_predictor(model: UNet | Predictor) -> Predictor:
     return NativePredictor(native_card(model), Path("<in-memory network>"), model, None)
 
 
+def checkpoint_meta(predictor: Predictor) -> CheckpointMeta | None:
+    """A native checkpoint's metadata (architecture, training, evidence); None for other sources."""
+    return predictor.meta if isinstance(predictor, NativePredictor) else None
+
+
 def load_native(card: ModelCard, card_path: Path, device: torch.device) -> NativePredictor:
     """The checkpoint named by the card (its `.safetensors`, validated against its JSON)."""
     network, meta = load_checkpoint(card.source_path(card_path), device)

@@ -21,7 +21,7 @@ from model.checkpoint import CheckpointError, CheckpointMeta, checkpoint_digest
 from model.heads import head_range, is_probability
 from model.normalize import ImageInput
 from model.sources import Predictor, load_predictor
-from model.sources.native import NativePredictor
+from model.sources.native import checkpoint_meta
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ServedModel:
     @property
     def meta(self) -> CheckpointMeta | None:
         """A native checkpoint's metadata (architecture, training); None for other sources."""
-        return self.network.meta if isinstance(self.network, NativePredictor) else None
+        return checkpoint_meta(self.network)
 
     @property
     def head(self) -> str:
