@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from model.normalize import ImageInput, normalize, unit_magnitude
+from model.normalize import ImageInput, is_narrow_unsigned, normalize, unit_magnitude
 
 # A channel count (the `dtype` rule) or a model card's whole `input` section.
 Channels = int | ImageInput
@@ -231,7 +231,7 @@ def to_unit(array: np.ndarray, name: str = "upload") -> np.ndarray:
 
 
 def to_channels(array: np.ndarray, channels: int, name: str) -> np.ndarray:
-    """(H, W) or (H, W, C) floats as (channels, H, W)."""
+    """(H, W) or (H, W, C) pixels as (channels, H, W); a converted image becomes float32."""
     pixels = array[..., None] if array.ndim == 2 else array
     if pixels.ndim != 3:
         raise DatasetError(
@@ -269,7 +269,9 @@ def image_from_bytes(
         pixels = to_unit(array, name)
     else:  # the image's own statistics set the scale: keep its values as they are
         check_pixels(array, name)
-        pixels = unit_magnitude(array)
+        # A camera's 8- or 16-bit integers cannot overflow, and stay integers for `normalize`,
+        # which reads their percentiles from a histogram instead of sorting them.
+        pixels = array if is_narrow_unsigned(array) else unit_magnitude(array)
     image = to_channels(pixels, count, name)
     if spec is None:
         return image

@@ -85,11 +85,37 @@ def unit_magnitude(array: np.ndarray) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def is_narrow_unsigned(array: np.ndarray) -> bool:
+    """Whether `array` holds 8- or 16-bit unsigned integers (or booleans): a camera's pixels."""
+    return array.dtype == bool or (array.dtype.kind == "u" and array.dtype.itemsize <= 2)
+
+
+def percentiles(values: np.ndarray, q: list[float]) -> np.ndarray:
+    """`np.percentile(values, q)` (linear interpolation), from a histogram for narrow integers.
+
+    Sorting (partitioning) 65,536 pixels took 0.6 ms of a request's 1.5 ms of decoding; counting
+    them into at most 65,536 bins takes a tenth of that, and reads the same order statistics.
+    """
+    if not is_narrow_unsigned(values) or values.size == 0:
+        return np.percentile(values, q)
+    # cumulative[v]: how many pixels are <= v; the k-th smallest is the first v with more than k.
+    cumulative = np.cumsum(np.bincount(values.ravel()))
+    position = np.asarray(q, dtype=np.float64) / 100 * (values.size - 1)
+    below = np.floor(position)
+    lower = np.searchsorted(cumulative, below, side="right")
+    upper = np.searchsorted(cumulative, np.minimum(below + 1, values.size - 1), side="right")
+    return lower + (upper - lower) * (position - below)
+
+
 def normalize(image: np.ndarray, spec: Normalize) -> np.ndarray:
-    """`image` (C, H, W) as float32 by `spec`; `dtype`/`fixed` expect it already dtype-scaled."""
-    values = image.astype(np.float64, copy=True)
-    if values.size == 0 or spec.method == "dtype":
-        return values.astype(np.float32)
+    """`image` (C, H, W) as float32 by `spec`; `dtype`/`fixed` expect it already dtype-scaled.
+
+    The statistics-based methods take any real image: pixels in [0, 1], a camera's raw 8- or
+    16-bit integers (whose percentiles come from a histogram), or arbitrary floats.
+    """
+    if image.size == 0 or spec.method == "dtype":
+        return image.astype(np.float32)
+    values = image.astype(np.float64)
     if spec.method == "fixed":
         assert spec.mean is not None and spec.std is not None  # checked by the model
         mean = np.asarray(spec.mean, dtype=np.float64)[:, None, None]
@@ -99,9 +125,9 @@ def normalize(image: np.ndarray, spec: Normalize) -> np.ndarray:
         low, spread = float(values.mean()), float(values.std())
     else:
         if spec.method == "minmax":
-            low, high = float(values.min()), float(values.max())
+            low, high = float(image.min()), float(image.max())
         else:
-            low, high = (float(v) for v in np.percentile(values, [spec.low, spec.high]))
+            low, high = (float(v) for v in percentiles(image, [spec.low, spec.high]))
         spread = high - low
     values -= low
     if spread > _TINY:

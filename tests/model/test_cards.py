@@ -16,7 +16,7 @@ from torch import nn
 
 from model.card import CardError, load_card
 from model.decoding import image_from_bytes
-from model.normalize import ImageInput, Normalize, normalize
+from model.normalize import ImageInput, Normalize, normalize, percentiles
 from model.predict import predict
 from model.sources import load_predictor
 from model.synth import generate_pair, pair_rng
@@ -65,6 +65,28 @@ def test_each_method_maps_the_image_as_documented() -> None:
     )[:, None, None]
     np.testing.assert_allclose(normalize(rgb, fixed), expected, rtol=1e-5)
     assert not normalize(np.full((1, 4, 4), 7.0), Normalize(method="minmax")).any()
+
+
+@pytest.mark.parametrize("dtype, top", [(np.uint8, 255), (np.uint16, 4095), (np.uint16, 65535)])
+def test_integer_images_read_the_same_percentiles_from_a_histogram(dtype: type, top: int) -> None:
+    rng = np.random.default_rng(top)
+    q = [0.0, 1.0, 37.5, 50.0, 99.8, 100.0]
+    for size in (1, 2, 7, 1000, 65536):
+        pixels = rng.integers(0, top + 1, size).astype(dtype)
+        np.testing.assert_allclose(percentiles(pixels, q), np.percentile(pixels, q), rtol=1e-12)
+    flags = rng.random(500) < 0.1
+    np.testing.assert_allclose(percentiles(flags, q), np.percentile(flags.astype(float), q))
+
+
+@pytest.mark.parametrize("method", ["percentile", "minmax", "zscore"])
+def test_a_12_bit_upload_normalises_as_its_scaled_floats_would(method: str) -> None:
+    # Integers go to `normalize` as they are; the result must not depend on that shortcut.
+    rng = np.random.default_rng(12)
+    raw = rng.integers(180, 3900, (48, 40)).astype(np.uint16)
+    spec = ImageInput(channels=1, normalize=Normalize(method=method))
+    served = image_from_bytes(png(raw), spec)
+    by_floats = normalize((raw / raw.max())[None], spec.normalize)
+    np.testing.assert_allclose(served, by_floats, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_normalisations_are_refused() -> None:
