@@ -85,19 +85,29 @@ class OrtBackend:
 
     One session per worker with `threads` intra-op threads each, as torch runs one pass per
     core under load; and, when `wide` > 0, a session with `wide` threads for a pass that runs
-    alone, so that a lone request uses every core. The padding to the network's grid and the
-    crop back happen here, around the exported graph (`model.onnx_export`).
+    alone while `crowded()` says no other work waits, so that a lone request uses every core.
+    The padding to the network's grid and the crop back happen here, around the exported graph
+    (`model.onnx_export`).
     """
 
     name: BackendName = ONNXRUNTIME
 
-    def __init__(self, path: Path, network: UNet, workers: int, threads: int, wide: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        network: UNet,
+        workers: int,
+        threads: int,
+        wide: int,
+        crowded: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.network = network  # for its padding rule; the pass itself is ONNX Runtime's
         self._narrow: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(workers):
             self._narrow.put(ort_session(path, threads))
         self._wide = ort_session(path, wide) if wide > threads else None
         self._wide_free = self._wide is not None
+        self._crowded = crowded
         self._running = 0
         self._lock = threading.Lock()
 
@@ -114,7 +124,8 @@ class OrtBackend:
         """A session for one pass: the wide one when no other pass runs, else a narrow one."""
         with self._lock:
             self._running += 1
-            wide = self._wide_free and self._running == 1
+            # Under load a wide pass would share its cores with the next narrow one.
+            wide = self._wide_free and self._running == 1 and not self._crowded()
             if wide:
                 self._wide_free = False
         session = self._wide if wide else self._narrow.get()
@@ -143,7 +154,13 @@ def ort_session(path: Path, threads: int) -> Any:
 
 
 def onnx_backend(
-    network: UNet, digest: str, folder: Path, workers: int, threads: int, wide: int
+    network: UNet,
+    digest: str,
+    folder: Path,
+    workers: int,
+    threads: int,
+    wide: int,
+    crowded: Callable[[], bool] = lambda: False,
 ) -> tuple[OrtBackend, bool]:
     """An OrtBackend of `network` checked against torch: (backend, whether it was exported now).
 
@@ -152,7 +169,7 @@ def onnx_backend(
     """
     path, fresh = cached_export(network, digest, folder)
     try:
-        backend = OrtBackend(path, network, workers, threads, wide)
+        backend = OrtBackend(path, network, workers, threads, wide, crowded)
     except ImportError:
         raise
     except Exception:
@@ -161,7 +178,7 @@ def onnx_backend(
         # A cached file that no longer loads (truncated, older runtime): export it once more.
         path.unlink(missing_ok=True)
         path, fresh = cached_export(network, digest, folder)
-        backend = OrtBackend(path, network, workers, threads, wide)
+        backend = OrtBackend(path, network, workers, threads, wide, crowded)
     check(network, backend)
     return backend, fresh
 

@@ -1,22 +1,28 @@
-"""Dynamic batching: a bounded queue per model and dispatchers that gather jobs into batches.
+"""Dynamic batching: a bounded queue per model, and worker threads that take batches from it.
 
 A job is one request split into `units` pieces of work (one for an ordinary image, one per tile
 for a large one). Units whose jobs share a `key` (the input shape) may run in one forward pass, so
 a batch never pads one image to another's size and batched results equal single-image ones.
-Dispatchers first take a compute slot (one per worker thread, shared by all models), then gather
-up to `max_batch` units, waiting at most `wait_s` for more to arrive. While every slot is busy, new
-jobs pile up in the queue, so batches grow exactly when the load does.
+
+The event loop only queues jobs and settles their futures. The worker threads (one per compute
+slot, shared by every model) take the oldest job's key, claim up to `max_batch` units with it,
+waiting at most `wait_s` for more to arrive, run the batch, hand the results to the loop and go
+straight on to the next batch. While every worker is busy, new jobs pile up in the queue, so
+batches grow exactly when the load does. A worker never waits for the event loop between passes:
+on a small CPU under load, each thread wake-up and loop turn per pass cost the forward passes
+about a tenth of their throughput (docs/benchmarks.md, "ONNX Runtime").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,15 +51,19 @@ class BatchLimits:
     queue_size: int
 
 
+_arrivals = itertools.count()  # orders jobs of every model: the oldest runs first
+
+
 class Job:
     """One request waiting for the model: `units` pieces of work that batch with equal `key`s."""
 
     def __init__(self, key: Hashable, units: int = 1) -> None:
         self.key = key
         self.units = units
-        self.claimed = 0  # units handed to a batch so far
+        self.claimed = 0  # units handed to a batch so far (changed under the pool's lock)
         # Set on the event loop, read by worker threads: a plain bool is atomic under the GIL.
         self.cancelled = False
+        self.arrival = next(_arrivals)
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
@@ -62,50 +72,107 @@ Unit = tuple[Job, int]
 Execute = Callable[[list[Unit]], list[tuple[Job, Any]]]
 
 
+class WorkerPool:
+    """`workers` threads shared by every model's Batcher: each runs one batch at a time."""
+
+    def __init__(self, workers: int, name: str = "inference") -> None:
+        self.workers = workers
+        self.name = name
+        self.lock = threading.Condition()  # guards every batcher's queue and the stop flag
+        self.batchers: list[Batcher] = []
+        self.running = 0  # batches being run now
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the worker threads."""
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{self.name}_{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def add(self, batcher: Batcher) -> None:
+        """Serve `batcher`'s queue too."""
+        with self.lock:
+            self.batchers.append(batcher)
+
+    def waiting(self) -> int:
+        """Jobs queued for every model, not yet fully handed to a batch."""
+        return sum(len(batcher.queue) for batcher in self.batchers)
+
+    def stop(self) -> None:
+        """Let running batches finish, start no other and wait for the threads (blocking)."""
+        with self.lock:
+            self._stopping = True
+            self.lock.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                picked = self._next_batch()
+                while picked is None:
+                    if self._stopping:
+                        return
+                    self.lock.wait()
+                    picked = self._next_batch()
+                self.running += 1
+            batcher, batch = picked
+            try:
+                batcher.run(batch)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    def _next_batch(self) -> tuple[Batcher, list[Unit]] | None:
+        """The oldest job's batcher and a batch of its units (called holding the lock)."""
+        if self._stopping:
+            return None
+        ready = [b for b in self.batchers if b.queue and not b.stopped]
+        if not ready:
+            return None
+        batcher = min(ready, key=lambda b: b.queue[0].arrival)
+        return batcher, batcher.gather(self.lock)
+
+
 class Batcher:
-    """The queue of one model and the dispatcher tasks that run its jobs in batches."""
+    """The queue of one model: jobs in from the event loop, batches out to the worker pool."""
 
     def __init__(
         self,
         name: str,
         limits: BatchLimits,
         execute: Execute,
-        executor: Executor,
-        slots: asyncio.Semaphore,
+        pool: WorkerPool,
         metrics: Metrics,
     ) -> None:
         self.name = name
         self.limits = limits
+        self.queue: deque[Job] = deque()
+        self.stopped = False
         self._execute = execute
-        self._executor = executor
-        self._slots = slots
+        self._pool = pool
         self._metrics = metrics
-        self._queue: deque[Job] = deque()
-        self._arrived = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._freed = asyncio.Event()  # set when the queue has room again
-        self._stopped = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._room_waiters = 0
         self._seconds_per_job = 0.1  # running estimate, for Retry-After
+        pool.add(self)
 
-    def start(self) -> None:
-        """Start one dispatcher per worker thread."""
-        self._tasks = [
-            asyncio.create_task(self._dispatch(), name=f"batcher-{self.name}-{i}")
-            for i in range(self.limits.workers)
-        ]
+    # On the event loop ----------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop dispatching and fail every queued job and every submitter waiting for room."""
-        self._stopped = True
+        """Stop taking work and fail every queued job and every submitter waiting for room."""
+        with self._pool.lock:
+            self.stopped = True
+            queued, self.queue = list(self.queue), deque()
         self._freed.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        while self._queue:
-            job = self._queue.popleft()
+        for job in queued:
             if not job.future.done():
                 job.future.set_exception(Stopped("the engine stopped"))
         self._queue_changed()
@@ -113,20 +180,23 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Jobs waiting (not yet fully handed to a batch)."""
-        return len(self._queue)
+        return len(self.queue)
 
     def check_room(self) -> None:
         """Raise QueueFull when `queue_size` jobs wait already."""
-        if len(self._queue) >= self.limits.queue_size:
+        if len(self.queue) >= self.limits.queue_size:
             self._metrics.rejected.labels(self.name).inc()
             raise QueueFull(self.retry_after())
 
     def submit(self, job: Job) -> None:
         """Queue `job`, or raise QueueFull when `queue_size` jobs wait already."""
+        if self.stopped:
+            raise Stopped("the engine stopped")
         self.check_room()
-        self._queue.append(job)
+        with self._pool.lock:
+            self.queue.append(job)
+            self._pool.lock.notify()  # wakes one idle worker, if there is one
         self._queue_changed()
-        self._arrived.set()
 
     async def wait_for_room(self) -> None:
         """Until the queue has room for one more job; Stopped when the batcher stops first.
@@ -134,19 +204,21 @@ class Batcher:
         For work that must wait its turn rather than be refused (calibration images): it is not
         counted as rejected, but as waiting (`unet_queue_waiting`).
         """
-        if self._stopped:
+        if self.stopped:
             raise Stopped("the engine stopped")
-        if len(self._queue) < self.limits.queue_size:
+        if len(self.queue) < self.limits.queue_size:
             return
         waiting = self._metrics.queue_waiting.labels(self.name)
         waiting.inc()
+        self._room_waiters += 1  # before the check below: a worker that frees room then sees it
         try:
-            while len(self._queue) >= self.limits.queue_size:
+            while len(self.queue) >= self.limits.queue_size:
                 self._freed.clear()
                 await self._freed.wait()
-                if self._stopped:
+                if self.stopped:
                     raise Stopped("the engine stopped")
         finally:
+            self._room_waiters -= 1
             waiting.dec()
 
     async def submit_waiting(self, job: Job) -> None:
@@ -160,80 +232,17 @@ class Batcher:
         if not job.future.done():
             job.future.cancel()
 
-    def _drop(self, job: Job) -> None:
-        job.cancelled = True
-        if job in self._queue:
-            self._queue.remove(job)
-            self._queue_changed()
-
     def retry_after(self) -> int:
         """Whole seconds until the queue has likely drained enough to take a new job."""
-        waiting = (len(self._queue) + 1) * self._seconds_per_job / self.limits.workers
+        waiting = (len(self.queue) + 1) * self._seconds_per_job / self.limits.workers
         return max(1, min(60, math.ceil(waiting)))
 
-    async def _dispatch(self) -> None:
-        while True:
-            await self._wait_for_work()
-            async with self._slots:
-                batch = await self._gather()
-                if batch:
-                    await self._run(batch)
-
-    async def _wait_for_work(self) -> None:
-        while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
-
-    async def _gather(self) -> list[Unit]:
-        """Up to max_batch units with the key of the oldest job, waiting at most wait_s."""
-        if not self._queue:  # another dispatcher took it while this one waited for a slot
-            return []
-        key = self._queue[0].key
-        batch = self._take(key, self.limits.max_batch)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.wait_s
-        while len(batch) < self.limits.max_batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            batch += self._take(key, self.limits.max_batch - len(batch))
-        return batch
-
-    def _take(self, key: Hashable, wanted: int) -> list[Unit]:
-        """Claim up to `wanted` units of queued jobs with `key`, oldest first."""
-        units: list[Unit] = []
-        for job in list(self._queue):
-            if len(units) == wanted:
-                break
-            if job.key != key:
-                continue
-            count = min(wanted - len(units), job.units - job.claimed)
-            units += [(job, job.claimed + i) for i in range(count)]
-            job.claimed += count
-            if job.claimed == job.units:
-                self._queue.remove(job)
+    def _drop(self, job: Job) -> None:
+        with self._pool.lock:
+            job.cancelled = True
+            with contextlib.suppress(ValueError):
+                self.queue.remove(job)
         self._queue_changed()
-        return units
-
-    async def _run(self, batch: list[Unit]) -> None:
-        self._metrics.batch_size.labels(self.name).observe(len(batch))
-        jobs = list(dict.fromkeys(job for job, _ in batch))
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            finished = await loop.run_in_executor(self._executor, self._execute, batch)
-        except asyncio.CancelledError:
-            # Stopping: the thread finishes on its own, but nobody will read its result.
-            self._settle([(job, Stopped("the engine stopped")) for job in jobs])
-            raise
-        except Exception as error:  # a failed batch fails its jobs, never the dispatcher
-            finished = [(job, error) for job in jobs]
-        elapsed = time.perf_counter() - started
-        self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed / len(jobs)
-        self._settle(finished)
 
     def _settle(self, finished: list[tuple[Job, Any]]) -> None:
         for job, result in finished:
@@ -245,7 +254,65 @@ class Batcher:
             else:
                 job.future.set_result(result)
 
+    # In a worker thread ---------------------------------------------------------------------
+
+    def gather(self, lock: threading.Condition) -> list[Unit]:
+        """Up to max_batch units with the oldest job's key, waiting at most wait_s for more.
+
+        Called holding `lock`, which the wait releases so that jobs can arrive.
+        """
+        key = self.queue[0].key
+        batch = self._take(key, self.limits.max_batch)
+        deadline = time.monotonic() + self.limits.wait_s
+        while len(batch) < self.limits.max_batch and not self.stopped:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            lock.wait(remaining)
+            batch += self._take(key, self.limits.max_batch - len(batch))
+        if self.queue:
+            lock.notify()  # what this batch left is another worker's
+        return batch
+
+    def _take(self, key: Hashable, wanted: int) -> list[Unit]:
+        """Claim up to `wanted` units of queued jobs with `key`, oldest first (under the lock)."""
+        units: list[Unit] = []
+        for job in list(self.queue):
+            if len(units) == wanted:
+                break
+            if job.key != key:
+                continue
+            count = min(wanted - len(units), job.units - job.claimed)
+            units += [(job, job.claimed + i) for i in range(count)]
+            job.claimed += count
+            if job.claimed == job.units:
+                self.queue.remove(job)
+        if units:
+            self._queue_changed()
+        return units
+
+    def run(self, batch: list[Unit]) -> None:
+        """Run one batch and hand its jobs' results (or its error) to the event loop."""
+        self._metrics.batch_size.labels(self.name).observe(len(batch))
+        jobs = list(dict.fromkeys(job for job, _ in batch))
+        started = time.perf_counter()
+        try:
+            finished = self._execute(batch)
+        except Exception as error:  # a failed batch fails its jobs, never the worker
+            finished = [(job, error) for job in jobs]
+        elapsed = time.perf_counter() - started
+        self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed / len(jobs)
+        if finished:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                self._loop.call_soon_threadsafe(self._settle, finished)
+
+    # Either side ----------------------------------------------------------------------------
+
     def _queue_changed(self) -> None:
-        self._metrics.queue_depth.labels(self.name).set(len(self._queue))
-        if len(self._queue) < self.limits.queue_size:
-            self._freed.set()
+        self._metrics.queue_depth.labels(self.name).set(len(self.queue))
+        if self._room_waiters and len(self.queue) < self.limits.queue_size:
+            if threading.get_ident() == self._loop_thread:
+                self._freed.set()
+            else:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._freed.set)

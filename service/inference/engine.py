@@ -1,10 +1,10 @@
 """The inference engine: device, precision, dynamic batching and tiling, off the event loop.
 
-Every request becomes a job in its model's bounded queue (`service.inference.batching`);
-dispatchers run batches of same-shaped work in a pool of worker threads, where torch releases
-the GIL. A job
-carries its request's post-processing (thresholding, encoding), which runs in the same worker
-right after the pass instead of costing another trip through the event loop. Images
+Every request becomes a job in its model's bounded queue (`service.inference.batching`); a pool
+of worker threads takes batches of same-shaped work from the queues and runs them, with the GIL
+released during the pass. A job carries its request's post-processing (thresholding, encoding),
+which runs in the same worker right after the pass instead of costing another trip through the
+event loop. A pass that runs alone with nothing queued uses every core. Images
 whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles
 (`model.tiling`); the tiles are the job's units, so they spread over every worker and batch like
 ordinary images, and memory stays bounded by the tile whatever the image.
@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +37,15 @@ from service.inference.backends import (
     TorchBackend,
     onnx_backend,
 )
-from service.inference.batching import Batcher, BatchLimits, Job, QueueFull, Stopped, Unit
+from service.inference.batching import (
+    Batcher,
+    BatchLimits,
+    Job,
+    QueueFull,
+    Stopped,
+    Unit,
+    WorkerPool,
+)
 from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.inference.units import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
@@ -117,10 +124,13 @@ class CoreShare:
     torch's thread count is a per-thread OpenMP setting (the process-wide value only seeds new
     threads), so each worker sets its own before a pass: alone it takes every core, and under
     load each pass runs single-threaded side by side, which measured faster on a small CPU.
+    A pass is not alone while `crowded()` says other work waits: another pass will start at
+    once, and a pass holding every core would then share them with it.
     """
 
-    def __init__(self, cores: int) -> None:
+    def __init__(self, cores: int, crowded: Callable[[], bool] = lambda: False) -> None:
         self.cores = cores
+        self.crowded = crowded
         self._running = 0
         self._lock = threading.Lock()
 
@@ -129,7 +139,7 @@ class CoreShare:
         """Run one pass with this thread's share of the cores."""
         with self._lock:
             self._running += 1
-            threads = max(1, self.cores // self._running)
+            threads = 1 if self.crowded() else max(1, self.cores // self._running)
         # Ask torch rather than remember: a thread's first parallel op resets its count to the
         # last value set by any thread, which left one worker single-threaded for good (its
         # lone passes took 50 ms instead of 32). Asking runs that first-op reset now.
@@ -154,9 +164,10 @@ class InferenceEngine:
         self.plan = plan_engine(settings, device)
         self._batchers: dict[str, Batcher] = {}
         self._backends: dict[str, Backend] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._previous_threads = torch.get_num_threads()
-        self._cores = CoreShare(self.plan.share_cores) if self.plan.share_cores else None
+        share = self.plan.share_cores
+        self._cores = CoreShare(share, self._crowded) if share else None
         self._large = asyncio.Semaphore(self.plan.limits.workers)
         self._started = asyncio.Event()  # set once the batchers take work
 
@@ -167,8 +178,8 @@ class InferenceEngine:
         if plan.torch_threads is not None:
             # Process-wide: worker threads pick it up when they first run a parallel region.
             torch.set_num_threads(plan.torch_threads)
-        self._executor = ThreadPoolExecutor(plan.limits.workers, thread_name_prefix="inference")
-        slots = asyncio.Semaphore(plan.limits.workers)  # shared: models compete for the workers
+        self._pool = WorkerPool(plan.limits.workers)
+        self._pool.start()
         for served in self.registry:
             if plan.channels_last:
                 served.network.channels_last()
@@ -179,11 +190,9 @@ class InferenceEngine:
                 served.name,
                 plan.limits,
                 functools.partial(self._execute, served),
-                self._executor,
-                slots,
+                self._pool,
                 self.metrics,
             )
-            batcher.start()
             self._batchers[served.name] = batcher
         self._started.set()
         try:
@@ -201,9 +210,9 @@ class InferenceEngine:
         batchers, self._batchers = self._batchers, {}
         for batcher in batchers.values():
             await batcher.stop()
-        if self._executor is not None:
-            executor, self._executor = self._executor, None
-            await to_thread.run_sync(executor.shutdown)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await to_thread.run_sync(pool.stop)  # running passes finish first
         if self.plan.torch_threads is not None:
             torch.set_num_threads(self._previous_threads)
 
@@ -335,6 +344,7 @@ class InferenceEngine:
                 workers=plan.limits.workers,
                 threads=plan.torch_threads or 1,
                 wide=plan.share_cores,
+                crowded=self._crowded,
             )
         except Exception as error:  # whatever stops ONNX Runtime, torch still serves
             log.warning(
@@ -351,6 +361,10 @@ class InferenceEngine:
             self.settings.state_dir / "onnx" / f"{served.digest}.onnx",
         )
         return ort_backend
+
+    def _crowded(self) -> bool:
+        """Whether work waits for a worker (a pass in progress then has company soon)."""
+        return self._pool is not None and self._pool.waiting() > 0
 
     def queue_depth(self, name: str) -> int:
         """Jobs waiting for model `name`."""
