@@ -225,13 +225,19 @@ def raw_onnxruntime(
     # As the service runs it: a narrow session per worker, a wide one for a lone pass.
     served = OrtBackend(onnx_path, network, workers=cores, threads=1, wide=cores)
 
+    passes = [0]
+
     def as_served(batch: int) -> int:
         served.logits(inputs[:batch])
+        passes[0] += batch
         return batch
 
+    cpu_before = time.process_time()
     rate = _parallel_rate(as_served, cores, 1, 1, images, seconds)
+    # The CPU time one image's pass costs: what every request spends on the model itself.
+    cpu_ms = 1000 * (time.process_time() - cpu_before) / passes[0]
     configs.append({"way": f"as served: {cores} workers, batch 1", "images_per_s": rate})
-    log(f"raw onnxruntime: as served, {cores} workers: {rate:.2f} images/s")
+    log(f"raw onnxruntime: as served, {cores} workers: {rate:.2f} images/s, {cpu_ms:.1f} ms CPU")
     single = {}
     for threads in sorted({1, cores}):
         forward = pooled([ort_session(onnx_path, threads)])
@@ -244,6 +250,7 @@ def raw_onnxruntime(
         "ceiling_images_per_s": max(c["images_per_s"] for c in configs),
         "model_ms_single_image": min(single.values()),
         "model_ms_single_image_by_threads": single,
+        "cpu_ms_per_image_as_served": cpu_ms,
     }
 
 
@@ -439,12 +446,31 @@ def engine_totals(url: str) -> dict[str, float]:
     return totals
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time that process `pid` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drive_with_engine_view(
-    url: str, model: str, pngs: list[bytes], concurrency: int, requests: int, seconds: float
+    url: str,
+    model: str,
+    pngs: list[bytes],
+    concurrency: int,
+    requests: int,
+    seconds: float,
+    pid: int | None = None,
 ) -> dict[str, Any]:
-    """`drive`, plus the engine's own view from /metrics: images per pass and ms per pass."""
+    """`drive`, plus the engine's own view from /metrics (images per pass, ms per pass) and,
+    given the server's `pid`, the CPU time the server and these clients spent per request."""
     before = engine_totals(url)
+    server_cpu, client_cpu = cpu_seconds(pid) if pid else 0.0, time.process_time()
     result = asyncio.run(drive(url, model, pngs, concurrency, requests, seconds))
+    client_cpu = time.process_time() - client_cpu
+    if pid and result["requests"]:
+        server_cpu = cpu_seconds(pid) - server_cpu
+        result["server_cpu_ms_per_request"] = 1000 * server_cpu / result["requests"]
+        result["client_cpu_ms_per_request"] = 1000 * client_cpu / result["requests"]
     after = engine_totals(url)
     passes = after["passes"] - before["passes"]
     if passes:
@@ -464,13 +490,15 @@ def serve_run(
         for concurrency in args.concurrency:
             asyncio.run(drive(url, model, pngs, concurrency, 2 * concurrency, args.seconds))
             result = drive_with_engine_view(
-                url, model, pngs, concurrency, args.requests, args.seconds
+                url, model, pngs, concurrency, args.requests, args.seconds, process.pid
             )
             log(
                 f"  c={concurrency}: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                 f"failed {result['failed']}, batch {result.get('mean_batch_size', 0):.1f}, "
-                f"forward {result.get('forward_ms_per_pass', 0):.1f} ms"
+                f"forward {result.get('forward_ms_per_pass', 0):.1f} ms, CPU per request: "
+                f"server {result.get('server_cpu_ms_per_request', 0):.1f} ms, "
+                f"clients {result.get('client_cpu_ms_per_request', 0):.1f} ms"
             )
             levels[str(concurrency)] = result
         peak = memory_mb(process.pid)
@@ -542,6 +570,30 @@ def service_summary(
         f"latency_vs_own_backend_single_image_c{one}": low["mean_ms"]
         / own.get("model_ms_single_image", float("nan"))
         - 1,
+        **cpu_budget(own, high, top),
+    }
+
+
+def cpu_budget(own: dict[str, Any], high: dict[str, Any], top: str) -> dict[str, Any]:
+    """Where a request's CPU time goes under load, against the model pass alone.
+
+    With every core busy, throughput is cores / CPU time per request; the model's own pass is
+    `cpu_ms_per_image_as_served`, and whatever the server and the clients (on the same cores
+    here) spend beyond it is what keeps the service under the in-process ceiling.
+    """
+    model = own.get("cpu_ms_per_image_as_served")
+    server = high.get("server_cpu_ms_per_request")
+    if model is None or server is None:
+        return {}
+    clients = high["client_cpu_ms_per_request"]
+    return {
+        f"cpu_ms_per_request_c{top}": {
+            "model_pass_in_process": model,
+            "server": server,
+            "clients": clients,
+            "beyond_the_model": server + clients - model,
+        },
+        f"model_share_of_cpu_c{top}": model / (server + clients),
     }
 
 

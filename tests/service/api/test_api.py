@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from model.synth import generate_pair, pair_rng
+from service.api import uploads
 from service.app import create_app
 from service.inference.encoding import rle_decode
 from service.settings import Settings
@@ -335,3 +337,28 @@ def test_bodies_over_the_limit_are_refused_while_streaming(settings: Settings) -
             headers={"content-type": "multipart/form-data; boundary=xyz"},
         )
         assert_problem(streamed, 413)
+
+
+def test_small_images_decode_on_the_event_loop_and_large_ones_off_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread: list[int] = []
+    decoded_in: dict[int, int] = {}
+    real = uploads.image_from_bytes
+
+    def watched(data: bytes, *args: object) -> np.ndarray:
+        pixels = real(data, *args)
+        decoded_in[pixels.shape[-1]] = threading.get_ident()
+        return pixels
+
+    async def on_loop() -> None:
+        loop_thread.append(threading.get_ident())
+
+    monkeypatch.setattr(uploads, "image_from_bytes", watched)
+    client.portal.call(on_loop)
+    side = math.isqrt(uploads.INLINE_PIXELS)
+    for width in (side, side + 1):
+        image = np.zeros((side, width), np.uint8)
+        assert post_image(client, f"{SIGMOID}/mask", png(image)).status_code == 200
+    assert decoded_in[side] == loop_thread[0]  # under a millisecond: no hand-off
+    assert decoded_in[side + 1] != loop_thread[0]  # larger: a worker thread, the loop answers

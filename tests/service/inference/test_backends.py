@@ -14,6 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from model import load_checkpoint
 from model.checkpoint import checkpoint_digest
 from model.synth import generate_pair, pair_rng
 from service.app import create_app
@@ -219,3 +220,21 @@ def test_a_request_during_start_up_waits_for_the_backend_instead_of_failing(
             files={"image": ("x.png", png(np.zeros((40, 50), np.uint8)), "image/png")},
         )
         assert response.status_code == 200, response.text
+
+
+def test_a_lone_pass_takes_the_wide_session_only_while_nothing_waits(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    weights = tiny_model_dir / "tiny.safetensors"
+    network, _ = load_checkpoint(weights, torch.device("cpu"))
+    waiting = [False]
+    backend, _ = backends.onnx_backend(
+        network, checkpoint_digest(weights), tmp_path, 1, 1, 2, crowded=lambda: waiting[0]
+    )
+    with backend._session() as session:  # alone, nothing queued: every core
+        assert session is backend._wide
+    waiting[0] = True
+    with backend._session() as session:  # the next pass starts at once: keep to one core
+        assert session is not backend._wide
+    x = np.random.default_rng(0).random((1, 1, 40, 50), dtype=np.float32)
+    assert backend.logits(x).shape == (1, 1, 40, 50)

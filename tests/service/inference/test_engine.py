@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -481,3 +482,47 @@ def test_a_worker_keeps_its_share_when_another_changes_torchs_default() -> None:
         assert seen == [4, 4]
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_pass_keeps_to_one_core_while_other_work_waits() -> None:
+    previous = torch.get_num_threads()
+    waiting = [True]
+    share, seen = CoreShare(4, crowded=lambda: waiting[0]), []
+    try:
+        for crowded in (True, False):
+            waiting[0] = crowded
+            worker = threading.Thread(target=_one_pass, args=(share, seen))
+            worker.start()
+            worker.join(BOUND_S)
+        assert seen == [1, 4]  # queued work: the next pass starts at once, beside this one
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _one_pass(share: CoreShare, seen: list[int]) -> None:
+    with share.share():
+        seen.append(torch.get_num_threads())
+
+
+async def test_workers_go_on_to_queued_work_while_the_event_loop_is_busy(
+    tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One worker: every pass after the first must be taken from the queue by the worker itself.
+    settings = make_settings(tmp_path, torch_threads=usable_cores())
+    engine = await started_engine(registry, settings)
+    try:
+        assert engine.plan.limits.workers == 1
+        served = registry.get("m")
+        assert served is not None
+        gate = Gate(served, monkeypatch)
+        tasks = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(3)]
+        await until_async(lambda: gate.entered == 1 and engine.queue_depth("m") == 2)
+        gate.open()
+        deadline = time.monotonic() + BOUND_S
+        while gate.entered < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the event loop is blocked: no task of it can hand out work
+        assert gate.entered == 3
+        results = await asyncio.wait_for(asyncio.gather(*tasks), BOUND_S)
+        assert all(r.output.shape == (32, 32) for r in results)
+    finally:
+        await engine.stop()
