@@ -80,7 +80,6 @@ class WorkerPool:
         self.name = name
         self.lock = threading.Condition()  # guards every batcher's queue and the stop flag
         self.batchers: list[Batcher] = []
-        self.running = 0  # batches being run now
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -120,13 +119,8 @@ class WorkerPool:
                         return
                     self.lock.wait()
                     picked = self._next_batch()
-                self.running += 1
             batcher, batch = picked
-            try:
-                batcher.run(batch)
-            finally:
-                with self.lock:
-                    self.running -= 1
+            batcher.run(batch)
 
     def _next_batch(self) -> tuple[Batcher, list[Unit]] | None:
         """The oldest job's batcher and a batch of its units (called holding the lock)."""
