@@ -95,6 +95,19 @@ class Gate:
         self.opened.set()
 
 
+async def hold_every_worker(
+    engine: InferenceEngine, served: ServedModel, gate: Gate, wait: bool = False
+) -> list[asyncio.Task[Any]]:
+    """One request per worker, each held in its pass by `gate`, once every worker is busy."""
+    workers = engine.plan.limits.workers
+    held = [
+        asyncio.create_task(engine.predict(served, image(32, 32), wait=wait))
+        for _ in range(workers)
+    ]
+    await until_async(lambda: gate.entered == workers)
+    return held
+
+
 @pytest.fixture
 async def batching(
     tmp_path: Path, registry: ModelRegistry
@@ -184,9 +197,7 @@ async def test_full_queue_answers_503_with_retry_after_and_recovers(
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
-        workers = engine.plan.limits.workers
-        held = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(workers)]
-        await until_async(lambda: gate.entered == workers)  # every worker busy
+        held = await hold_every_worker(engine, served, gate)
         queued = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(2)]
         await until_async(lambda: engine.queue_depth("m") == 2)
         with pytest.raises(EngineBusy) as refused:
@@ -223,13 +234,11 @@ async def test_an_image_that_waits_takes_room_as_it_frees_and_has_no_deadline(
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
-        workers = engine.plan.limits.workers
 
         def waiting_for(x: np.ndarray) -> asyncio.Task[Any]:
             return asyncio.create_task(engine.predict(served, x, wait=True))
 
-        held = [waiting_for(image(32, 32)) for _ in range(workers)]
-        await until_async(lambda: gate.entered == workers)
+        held = await hold_every_worker(engine, served, gate, wait=True)
         queued = [waiting_for(image(32, 32)) for _ in range(2)]
         await until_async(lambda: engine.queue_depth("m") == 2)
         x = image(32, 32, seed=1)
@@ -256,12 +265,9 @@ async def test_stop_fails_an_image_waiting_for_room(
     served = registry.get("m")
     assert served is not None
     gate = Gate(served, monkeypatch)
-    workers = engine.plan.limits.workers
-    busy = [
-        asyncio.create_task(engine.predict(served, image(32, 32), wait=True))
-        for _ in range(workers + 1)
-    ]
-    await until_async(lambda: gate.entered == workers and engine.queue_depth("m") == 1)
+    busy = await hold_every_worker(engine, served, gate, wait=True)
+    busy.append(asyncio.create_task(engine.predict(served, image(32, 32), wait=True)))
+    await until_async(lambda: engine.queue_depth("m") == 1)
     waiting = asyncio.create_task(engine.predict(served, image(32, 32), wait=True))
     await until_async(lambda: sample(engine, "unet_queue_waiting") == 1)
     stopping = asyncio.create_task(engine.stop())
@@ -281,9 +287,7 @@ async def test_timeout_answers_503_and_drops_the_waiting_job(
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
-        workers = engine.plan.limits.workers
-        held = [asyncio.create_task(engine.predict(served, image(32, 32))) for _ in range(workers)]
-        await until_async(lambda: gate.entered == workers)
+        held = await hold_every_worker(engine, served, gate)
         with pytest.raises(EngineTimeout) as timed_out:
             await engine.predict(served, image(32, 32))  # waits in the queue past its deadline
         problem = problem_for(timed_out.value)
