@@ -9,7 +9,11 @@ far more than the service allows. Cases:
 - `truncated-*`, `lying-*`: cut-off files and headers that promise data that is not there;
 - `huge-*`: headers declaring 100,000 x 100,000 pixels; `bomb-*`: compressed images that expand
   past the pixel or byte limits (the 9000 x 9000 float64 TIFF of issue 10 among them);
-- `zip-*.zip`: calibration data sets holding one such image next to a valid mask.
+- `inflate-*`: TIFFs of 1024 x 1024 bytes whose one deflated strip, or whose 16 tiles, inflate to
+  1 GiB (issue 22: the header is honest, the compressed data is not);
+- `overlong-*`: a PNG whose IDAT inflates to 1 GiB, far past the rows its header declares;
+- `zip-*.zip`: calibration data sets holding one such image next to a valid mask, and
+  `zip-three-inflating-strips.zip`, a deflated 10 KB zip of three `inflate-` strips.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import tifffile
 from PIL import Image
 
 SIDE = 32  # decodable cases are small: the model runs on every one of them
+MiB = 1 << 20
+GiB = 1 << 30
 INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 FLOATS = ("float16", "float32", "float64")
 
@@ -96,6 +102,41 @@ def tiff_bomb(height: int, width: int, samples: int, dtype: str) -> bytes:
     return buffer.getvalue()
 
 
+def inflating_zlib(size: int) -> bytes:
+    """A zlib stream of `size` zero bytes (a whole number of MiB), made in milliseconds.
+
+    Each MiB is deflated once, ending on a full flush, which aligns it to a byte and forgets the
+    history: every MiB's compressed bytes are then the same, and the stream is that block repeated,
+    an empty final block and the Adler-32 of `size` zeros (a = 1, b = size mod 65521).
+    """
+    mib, rest = divmod(size, MiB)
+    assert rest == 0, "a whole number of MiB"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(MiB)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    adler = (size % 65521) << 16 | 1
+    return b"\x78\xda" + block * mib + compressor.flush() + struct.pack(">I", adler)
+
+
+def tiff_inflating(side: int, inflated: int, tile: int | None = None) -> bytes:
+    """A `side` x `side` uint8 TIFF whose deflated segments inflate to `inflated` bytes in all.
+
+    The header is honest (`side`^2 bytes); the data is not. Without `tile`, one strip holds all
+    of it; with `tile`, each of the (side / tile)^2 tiles holds an equal share.
+    """
+    count = 1 if tile is None else (side // tile) ** 2
+    encoded = inflating_zlib(inflated // count)
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=(encoded for _ in range(count)),
+        shape=(side, side),
+        dtype="uint8",
+        compression="zlib",
+        **({"rowsperstrip": side} if tile is None else {"tile": (tile, tile)}),  # type: ignore[arg-type]
+    )
+    return buffer.getvalue()
+
+
 def _values(dtype: str, kind: str, rng: np.random.Generator) -> np.ndarray:
     info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
     if kind == "extreme":  # alternating columns at the type's two limits
@@ -150,6 +191,9 @@ def images() -> Iterator[tuple[str, bytes]]:
     yield "bomb-tiff-float64-rgba-9000.tif", tiff_bomb(9000, 9000, 4, "float64")
     # At the pixel limit, over the byte limit: 4096 x 4096 float64 RGBA decodes to 512 MiB.
     yield "bomb-tiff-float64-rgba-4096.tif", tiff_bomb(4096, 4096, 4, "float64")
+    yield "inflate-tiff-strip-1gib.tif", tiff_inflating(1024, GiB)
+    yield "inflate-tiff-tiles-1gib.tif", tiff_inflating(1024, GiB, tile=256)
+    yield "overlong-png-idat-1gib.png", png_stream(SIDE, SIDE, 0, inflating_zlib(GiB))
 
 
 def _tiff_declaring(width: int, height: int) -> bytes:
@@ -185,6 +229,22 @@ def dataset_zip(name: str, image: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def inflating_zip(count: int = 3) -> bytes:
+    """A deflated calibration zip of `count` `inflate-` strips, each with a valid mask.
+
+    Its entries expand to a few MB, well within the zip's own limit; the images inside inflate to
+    `count` GiB.
+    """
+    image = tiff_inflating(1024, GiB)
+    mask = png(np.zeros((1024, 1024), dtype=bool))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in range(count):
+            archive.writestr(f"images/bomb{n}.tif", image)
+            archive.writestr(f"masks/bomb{n}.png", mask)
+    return buffer.getvalue()
+
+
 def write_corpus(folder: Path) -> list[Path]:
     """Write every case into `folder`: images, and a `zip-` data set for each; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,6 +253,8 @@ def write_corpus(folder: Path) -> list[Path]:
         for path, content in ((folder / name, data), (folder / f"zip-{name}.zip", None)):
             path.write_bytes(content if content is not None else dataset_zip(name, data))
             written.append(path)
+    written.append(folder / "zip-three-inflating-strips.zip")
+    written[-1].write_bytes(inflating_zip())
     return written
 
 

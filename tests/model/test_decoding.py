@@ -1,26 +1,48 @@
-"""Decoding edge cases: every sample type to finite [0, 1], sizes from headers, byte limits."""
+"""Decoding edge cases: every sample type to finite [0, 1], sizes from headers, byte limits,
+compressed data bounded by the size its header declares."""
 
 from __future__ import annotations
 
 import io
+import lzma
+import re
+import struct
 import time
 import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from model.decoding import (
     BYTES_PER_PIXEL,
+    DatasetError,
     ImageHeader,
     ImageTooLargeError,
     NonFiniteImageError,
+    OverInflatedError,
     check_header,
+    check_image,
     image_from_bytes,
     read_header,
     to_unit,
 )
-from tests.hostile.make_corpus import FLOATS, INTEGERS, png_bomb, tiff_bomb
+from tests.hostile.make_corpus import (
+    FLOATS,
+    INTEGERS,
+    GiB,
+    MiB,
+    inflating_zlib,
+    png_bomb,
+    png_stream,
+    tiff_bomb,
+    tiff_inflating,
+)
 
 
 def _tiff(array: np.ndarray) -> bytes:
@@ -83,3 +105,123 @@ def test_the_decoded_size_is_bounded_as_well_as_the_pixel_count() -> None:
         check_header("deep", ImageHeader(100, 100, limit * BYTES_PER_PIXEL + 1), limit)
     with pytest.raises(ImageTooLargeError, match="decodes to"):
         image_from_bytes(tiff_bomb(512, 512, 4, "float64"), max_pixels=512 * 512)
+
+
+def _peak_of(action: Callable[[], object]) -> tuple[object, int]:
+    """What `action` returned or raised, and the peak of memory it allocated (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        outcome: object = action()
+    except Exception as error:  # the outcome under test
+        outcome = error
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return outcome, peak
+
+
+def _tiff_with_segment(encoded: bytes, compression: int = 8, fill_order: int = 1) -> bytes:
+    """A 1024 x 1024 uint8 TIFF whose one strip is `encoded`, compressed by `compression`.
+
+    tifffile writes the strip as deflated; the directory is then patched: its Compression, and
+    CellLength (265, which sorts just before FillOrder) renamed to FillOrder (266), which tifffile
+    refuses to write. FillOrder 2 stores each byte's bits reversed.
+    """
+    if fill_order == 2:
+        encoded = encoded.translate(bytes(int(f"{b:08b}"[::-1], 2) for b in range(256)))
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=iter([encoded]),
+        shape=(1024, 1024),
+        dtype="uint8",
+        compression="zlib",
+        rowsperstrip=1024,
+        extratags=[(265, "H", 1, fill_order, True)],
+    )
+    data = buffer.getvalue()
+    for tag, old, new in ((259, 8, compression), (265, fill_order, fill_order)):
+        entry = struct.pack("<HHIH", tag, 3, 1, old)
+        assert data.count(entry) == 1
+        data = data.replace(entry, struct.pack("<HHIH", 266 if tag == 265 else tag, 3, 1, new))
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        assert (page.compression, page.fillorder) == (compression, fill_order)
+    return data
+
+
+INFLATING = {
+    "deflate-strip": lambda: tiff_inflating(1024, GiB),
+    "deflate-tiles": lambda: tiff_inflating(1024, GiB, tile=256),
+    # FillOrder 2: tifffile reverses every byte's bits before it inflates.
+    "deflate-fillorder-2": lambda: _tiff_with_segment(inflating_zlib(GiB), fill_order=2),
+    # A small first stream, then the bomb: `lzma.decompress` reads every concatenated stream.
+    "lzma-concatenated": lambda: _tiff_with_segment(
+        lzma.compress(b"\x00" * 100) + lzma.compress(bytes(64 * MiB)), 34925
+    ),
+    "packbits": lambda: _tiff_with_segment(b"\x81\x00" * (2 * MiB), 32773),  # 256 MiB
+}
+
+
+@pytest.mark.parametrize("case", sorted(INFLATING))
+def test_compressed_segments_stop_at_their_declared_size(case: str) -> None:
+    data = INFLATING[case]()
+    assert read_header(data) == ImageHeader(1024, 1024, 1024 * 1024)  # an honest header
+    error, peak = _peak_of(lambda: image_from_bytes(data, name="x.tif", max_pixels=1 << 24))
+    assert isinstance(error, OverInflatedError), error
+    assert re.search(r"x.tif: (strip|tile) 0 inflates to more than the \d+ bytes", str(error))
+    assert peak < 16 * MiB  # before the check: the whole inflated segment, 256 MiB to 1 GiB
+
+
+def test_the_same_check_reads_files_and_inflates_nothing_into_memory(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.tif"
+    path.write_bytes(tiff_inflating(1024, GiB))
+    error, peak = _peak_of(lambda: check_image(path, 1 << 24, name="images/bomb.tif"))
+    assert isinstance(error, OverInflatedError) and "images/bomb.tif: strip 0" in str(error)
+    assert peak < 8 * MiB
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzma", "none"])
+@pytest.mark.parametrize("tiled", [False, True])
+def test_honest_compressed_tiffs_still_decode(
+    compression: str, tiled: bool, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    array = rng.integers(0, 4, (300, 200), dtype=np.uint16) * 1000  # runs for PackBits
+    buffer = io.BytesIO()
+    layout: dict[str, Any] = {"tile": (64, 64)} if tiled else {"rowsperstrip": 7}
+    tifffile.imwrite(
+        buffer, array, compression=compression, predictor=compression == "zlib", **layout
+    )
+    path = tmp_path / "x.tif"
+    path.write_bytes(buffer.getvalue())
+    check_image(path, 1 << 24)
+    assert np.array_equal(image_from_bytes(buffer.getvalue())[0], array / np.float32(65535))
+
+
+def test_a_bit_reversed_deflate_tiff_still_decodes() -> None:
+    array = np.arange(1024 * 1024, dtype=np.uint32).reshape(1024, 1024).astype(np.uint8)
+    data = _tiff_with_segment(zlib.compress(array.tobytes()), fill_order=2)
+    assert np.array_equal(image_from_bytes(data)[0], array / np.float32(255))
+
+
+def test_an_honest_packbits_tiff_decodes() -> None:
+    # Each row: a literal run of 1, 2, 3, 4, then 1020 fives as seven runs of 128 and one of 124.
+    row = bytes([3, 1, 2, 3, 4]) + bytes([129, 5]) * 7 + bytes([257 - 124, 5])
+    decoded = image_from_bytes(_tiff_with_segment(row * 1024, 32773))[0] * 255
+    assert decoded[:, :4].tolist() == [[1, 2, 3, 4]] * 1024 and (decoded[:, 4:] == 5).all()
+
+
+def test_a_png_stops_at_its_declared_rows() -> None:
+    # 1 GiB of IDAT behind a 32 x 32 header: Pillow's decoder stops once the rows are full.
+    data = png_stream(32, 32, 0, inflating_zlib(GiB))
+    image, peak = _peak_of(lambda: image_from_bytes(data, max_pixels=1 << 24))
+    assert isinstance(image, np.ndarray) and image.shape == (1, 32, 32) and not image.any()
+    assert peak < 4 * MiB
+
+
+def test_only_the_documented_formats_are_opened() -> None:
+    # Pillow's other plugins (FITS, SGI, ICNS...) are not read: each is a decoder to attack.
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "SGI")
+    with pytest.raises(DatasetError, match=r"x.sgi: not a readable image"):
+        image_from_bytes(buffer.getvalue(), name="x.sgi")
