@@ -15,8 +15,8 @@ bytes per sample (and one strip's or tile's size) against `BYTES_PER_PIXEL` byte
 pixel, so a small file cannot expand into a large array. Nor can its compressed data: every TIFF
 strip or tile tifffile would inflate is first inflated streaming and refused past its declared
 size (`model.inflation`); Pillow's decoders (libtiff, PNG's zlib) stop at the declared size by
-themselves. Every problem is a `DatasetError` whose one-line message names the file and says
-what to fix.
+themselves, and a PNG's text chunks may inflate to `PNG_TEXT_BYTES` in all. Every problem is a
+`DatasetError` whose one-line message names the file and says what to fix.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from model.inflation import BOUNDED, InflationError, check_segments, segment_bytes
+from model.inflation import InflationError, check_segments, segment_bytes, tifffile_may_decode
 from model.normalize import ImageInput, is_narrow_unsigned, normalize, unit_magnitude
 
 # A channel count (the `dtype` rule) or a model card's whole `input` section.
@@ -41,6 +41,10 @@ BYTES_PER_PIXEL = 16
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Pillow reads these and nothing else: its other plugins (FITS, ICNS, PSD...) are attack surface.
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
+# A PNG's text chunks are inflated as it opens, before any size check, and serve nothing here:
+# at most 1 MiB of them in all (Pillow's default, 64 MiB, lets a 60 KB file cost 60 MB).
+PNG_TEXT_BYTES = 1 << 20
+PngImagePlugin.MAX_TEXT_MEMORY = PNG_TEXT_BYTES
 _PIXEL_KINDS = "biuf"  # bool, signed and unsigned integers, floats; not complex or structured
 
 
@@ -146,7 +150,7 @@ def _from_tifffile(data: bytes, name: str, max_pixels: int | None) -> np.ndarray
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
         check_header(name, _page_header(page), max_pixels)
-        if page.compression not in BOUNDED:
+        if not tifffile_may_decode(page):
             return None
         _check_segments(page, name)
         array = page.asarray(maxworkers=1)  # one decoded segment in memory at a time
@@ -212,7 +216,7 @@ def check_image(path: Path, max_pixels: int | None, name: str | None = None) -> 
     try:
         with tifffile.TiffFile(Path(path)) as tif:
             page = tif.pages.first
-            if page.compression in BOUNDED:
+            if tifffile_may_decode(page):
                 _check_segments(page, shown)
     except DatasetError:
         raise

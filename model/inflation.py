@@ -5,8 +5,9 @@ its compressed bytes may inflate to far more: a 1 MB deflate strip of a 1024 x 1
 2 GiB, and tifffile inflates a segment whole before cutting it to size. So every segment of a
 codec tifffile would run here (deflate, LZMA, PackBits) is first inflated in 1 MiB pieces that are
 counted and dropped, and refused the moment it passes its declared size: memory stays at a piece
-and time at the declared size, whatever the data holds. Other codecs (LZW, JPEG, ...) are not run
-by tifffile at all: Pillow's libtiff decodes them into buffers of the declared strip size.
+and time at the declared size, whatever the data holds. Other codecs (LZW, JPEG, ...), and
+PackBits strips too large for tifffile's pure-Python decoder, are not run by tifffile at all:
+Pillow's libtiff decodes them into buffers of the declared strip size.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ DEFLATE = (8, 32946, 50013)  # Adobe deflate, the old deflate code, PixTIFF's
 LZMA = 34925
 PACKBITS = 32773
 BOUNDED = (NONE, *DEFLATE, LZMA, PACKBITS)  # what tifffile may decode here
+# tifffile's own PackBits decoder (pure Python) builds a list of ints, 8 bytes per decoded byte:
+# past this segment size, Pillow's C decoder takes the image instead.
+PACKBITS_SEGMENT_BYTES = 4 << 20
 _REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))  # FillOrder 2's bytes
 
 
@@ -42,6 +46,13 @@ def segment_bytes(page: tifffile.TiffPage) -> int:
         area = max(1, page.imagedepth) * min(page.rowsperstrip, page.imagelength) * page.imagewidth
     # Packed samples (1-bit, 12-bit) take less than a byte each; the dtype's size bounds them.
     return int(area * samples * page.dtype.itemsize)
+
+
+def tifffile_may_decode(page: tifffile.TiffPage) -> bool:
+    """Whether tifffile decodes `page` within its declared size once `check_segments` passed."""
+    if page.compression == PACKBITS:
+        return segment_bytes(page) <= PACKBITS_SEGMENT_BYTES
+    return page.compression in BOUNDED
 
 
 def check_segments(page: tifffile.TiffPage) -> None:

@@ -53,7 +53,8 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, kind, data and CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -62,9 +63,9 @@ def png_stream(width: int, height: int, colour: int, idat: bytes) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", idat)
-        + _chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -135,6 +136,75 @@ def tiff_inflating(side: int, inflated: int, tile: int | None = None) -> bytes:
         **({"rowsperstrip": side} if tile is None else {"tile": (tile, tile)}),  # type: ignore[arg-type]
     )
     return buffer.getvalue()
+
+
+def tiff_segment(
+    encoded: bytes, compression: int = 8, fill_order: int = 1, side: int = 1024
+) -> bytes:
+    """A `side` x `side` uint8 TIFF whose one strip is `encoded`, compressed by `compression`.
+
+    tifffile writes the strip as deflated (it cannot encode every codec, and would check nothing);
+    the directory is then patched: its Compression, and CellLength (265, which sorts just before
+    FillOrder) renamed to FillOrder (266), which tifffile refuses to write. FillOrder 2 stores each
+    byte's bits reversed, so `encoded` is stored so.
+    """
+    if fill_order == 2:
+        encoded = encoded.translate(bytes(int(f"{b:08b}"[::-1], 2) for b in range(256)))
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=iter([encoded]),
+        shape=(side, side),
+        dtype="uint8",
+        compression="zlib",
+        rowsperstrip=side,
+        extratags=[(265, "H", 1, fill_order, True)],
+    )
+    data = buffer.getvalue()
+    for tag, old, new in ((259, 8, compression), (265, fill_order, fill_order)):
+        entry = struct.pack("<HHIH", tag, 3, 1, old)
+        assert data.count(entry) == 1
+        data = data.replace(entry, struct.pack("<HHIH", 266 if tag == 265 else tag, 3, 1, new))
+    return data
+
+
+def lzw_zeros(size: int) -> bytes:
+    """TIFF's LZW (MSB first, early change) of `size` zero bytes: about 1400 to 1.
+
+    Within a run the k-th code after a clear stands for k zeros and names the entry the decoder
+    is about to add (the KwKwK case); the table is cleared before it fills. A plain loop: 1 GiB
+    takes a few seconds.
+    """
+    out = bytearray()
+    bits, held = 0, 0
+
+    def put(code: int, width: int) -> None:
+        nonlocal bits, held
+        bits, held = (bits << width) | code, held + width
+        while held >= 8:
+            held -= 8
+            out.append((bits >> held) & 0xFF)
+        bits &= (1 << held) - 1
+
+    width, free, run, left = 9, 258, 1, size
+    put(256, width)  # clear
+    while left > 0:
+        n = min(run, left)
+        put(0 if n == 1 else 256 + n, width)
+        left -= n
+        if run == 1:  # the first code after a clear adds no entry
+            run = 2
+            continue
+        free, run = free + 1, n + 1
+        if free >= (1 << width) - 1 and width < 12:
+            width += 1
+        if free >= 4094 and left > 0:
+            put(256, width)
+            width, free, run = 9, 258, 1
+    put(257, width)  # end of information
+    if held:
+        put(0, 8 - held)
+    return bytes(out)
 
 
 def _values(dtype: str, kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import lzma
 import re
-import struct
 import time
 import tracemalloc
 import zlib
@@ -32,16 +31,20 @@ from model.decoding import (
     read_header,
     to_unit,
 )
+from model.inflation import tifffile_may_decode
 from tests.hostile.make_corpus import (
     FLOATS,
     INTEGERS,
     GiB,
     MiB,
     inflating_zlib,
+    lzw_zeros,
     png_bomb,
+    png_chunk,
     png_stream,
     tiff_bomb,
     tiff_inflating,
+    tiff_segment,
 )
 
 
@@ -119,46 +122,16 @@ def _peak_of(action: Callable[[], object]) -> tuple[object, int]:
     return outcome, peak
 
 
-def _tiff_with_segment(encoded: bytes, compression: int = 8, fill_order: int = 1) -> bytes:
-    """A 1024 x 1024 uint8 TIFF whose one strip is `encoded`, compressed by `compression`.
-
-    tifffile writes the strip as deflated; the directory is then patched: its Compression, and
-    CellLength (265, which sorts just before FillOrder) renamed to FillOrder (266), which tifffile
-    refuses to write. FillOrder 2 stores each byte's bits reversed.
-    """
-    if fill_order == 2:
-        encoded = encoded.translate(bytes(int(f"{b:08b}"[::-1], 2) for b in range(256)))
-    buffer = io.BytesIO()
-    tifffile.imwrite(
-        buffer,
-        data=iter([encoded]),
-        shape=(1024, 1024),
-        dtype="uint8",
-        compression="zlib",
-        rowsperstrip=1024,
-        extratags=[(265, "H", 1, fill_order, True)],
-    )
-    data = buffer.getvalue()
-    for tag, old, new in ((259, 8, compression), (265, fill_order, fill_order)):
-        entry = struct.pack("<HHIH", tag, 3, 1, old)
-        assert data.count(entry) == 1
-        data = data.replace(entry, struct.pack("<HHIH", 266 if tag == 265 else tag, 3, 1, new))
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        page = tif.pages.first
-        assert (page.compression, page.fillorder) == (compression, fill_order)
-    return data
-
-
 INFLATING = {
     "deflate-strip": lambda: tiff_inflating(1024, GiB),
     "deflate-tiles": lambda: tiff_inflating(1024, GiB, tile=256),
     # FillOrder 2: tifffile reverses every byte's bits before it inflates.
-    "deflate-fillorder-2": lambda: _tiff_with_segment(inflating_zlib(GiB), fill_order=2),
+    "deflate-fillorder-2": lambda: tiff_segment(inflating_zlib(GiB), fill_order=2),
     # A small first stream, then the bomb: `lzma.decompress` reads every concatenated stream.
-    "lzma-concatenated": lambda: _tiff_with_segment(
+    "lzma-concatenated": lambda: tiff_segment(
         lzma.compress(b"\x00" * 100) + lzma.compress(bytes(64 * MiB)), 34925
     ),
-    "packbits": lambda: _tiff_with_segment(b"\x81\x00" * (2 * MiB), 32773),  # 256 MiB
+    "packbits": lambda: tiff_segment(b"\x81\x00" * (2 * MiB), 32773),  # 256 MiB
 }
 
 
@@ -200,15 +173,25 @@ def test_honest_compressed_tiffs_still_decode(
 
 def test_a_bit_reversed_deflate_tiff_still_decodes() -> None:
     array = np.arange(1024 * 1024, dtype=np.uint32).reshape(1024, 1024).astype(np.uint8)
-    data = _tiff_with_segment(zlib.compress(array.tobytes()), fill_order=2)
+    data = tiff_segment(zlib.compress(array.tobytes()), fill_order=2)
     assert np.array_equal(image_from_bytes(data)[0], array / np.float32(255))
 
 
 def test_an_honest_packbits_tiff_decodes() -> None:
     # Each row: a literal run of 1, 2, 3, 4, then 1020 fives as seven runs of 128 and one of 124.
     row = bytes([3, 1, 2, 3, 4]) + bytes([129, 5]) * 7 + bytes([257 - 124, 5])
-    decoded = image_from_bytes(_tiff_with_segment(row * 1024, 32773))[0] * 255
+    decoded = image_from_bytes(tiff_segment(row * 1024, 32773))[0] * 255
     assert decoded[:, :4].tolist() == [[1, 2, 3, 4]] * 1024 and (decoded[:, 4:] == 5).all()
+
+
+def test_a_large_packbits_strip_is_left_to_pillows_decoder() -> None:
+    # tifffile's pure-Python PackBits holds 8 bytes per decoded byte: a 16 MiB strip would cost
+    # 128 MiB, so Pillow's C decoder takes it.
+    data = tiff_segment(bytes([129, 7]) * 32 * 4096, compression=32773, side=4096)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        assert not tifffile_may_decode(tif.pages.first)
+    image = image_from_bytes(data, max_pixels=1 << 24)
+    assert image.shape == (1, 4096, 4096) and np.allclose(image, 7 / 255)
 
 
 def test_a_png_stops_at_its_declared_rows() -> None:
@@ -219,9 +202,33 @@ def test_a_png_stops_at_its_declared_rows() -> None:
     assert peak < 4 * MiB
 
 
+def test_a_png_may_inflate_1_mib_of_text() -> None:
+    # Pillow inflates text chunks as the file opens; 60 chunks of 1 MB each are 60 KB on disk.
+    text = zlib.compress(b"a" * 1_000_000, 9)
+    image = png_stream(32, 32, 0, zlib.compress(bytes(33 * 32)))
+    header_end = 8 + 25  # signature, IHDR
+    for count, fits in ((1, True), (60, False)):
+        chunks = b"".join(png_chunk(b"zTXt", b"k%d\0\0" % n + text) for n in range(count))
+        data = image[:header_end] + chunks + image[header_end:]
+        outcome, peak = _peak_of(lambda: image_from_bytes(data, name="t.png"))  # noqa: B023
+        assert isinstance(outcome, np.ndarray) == fits, outcome
+        assert fits or "t.png: not a readable image" in str(outcome)
+        assert peak < 4 * MiB  # with Pillow's default limit: 60 MB
+
+
 def test_only_the_documented_formats_are_opened() -> None:
     # Pillow's other plugins (FITS, SGI, ICNS...) are not read: each is a decoder to attack.
     buffer = io.BytesIO()
     Image.new("L", (8, 8)).save(buffer, "SGI")
     with pytest.raises(DatasetError, match=r"x.sgi: not a readable image"):
         image_from_bytes(buffer.getvalue(), name="x.sgi")
+
+
+def test_an_lzw_strip_goes_to_libtiff_which_stops_at_the_declared_size() -> None:
+    # tifffile would inflate it whole (with imagecodecs) or not at all; Pillow's libtiff fills
+    # the 64 KiB strip and reads no further than that.
+    data = tiff_segment(lzw_zeros(256 * MiB), compression=5, side=256)
+    started = time.perf_counter()
+    image = image_from_bytes(data, max_pixels=1 << 24)
+    assert image.shape == (1, 256, 256) and not image.any()
+    assert time.perf_counter() - started < 1  # inflating 256 MiB takes longer
