@@ -43,7 +43,7 @@ def segment_bytes(page: tifffile.TiffPage) -> int:
     if page.is_tiled:
         area = page.tiledepth * page.tilelength * page.tilewidth
     else:
-        area = max(1, page.imagedepth) * min(page.rowsperstrip, page.imagelength) * page.imagewidth
+        area = min(page.rowsperstrip, page.imagelength) * page.imagewidth  # one plane's rows
     # Packed samples (1-bit, 12-bit) take less than a byte each; the dtype's size bounds them.
     return int(area * samples * page.dtype.itemsize)
 
