@@ -70,6 +70,13 @@ def check_segments(page: tifffile.TiffPage) -> None:
     for index, (offset, count) in enumerate(segments):
         if not offset or not count:
             continue  # a segment the file leaves out: tifffile fills it, nothing to inflate
+        if page.compression == PACKBITS and count > bound + bound // 128 + 2:
+            # All-literal runs need one header byte per 128: anything more is padding (no-op
+            # headers) that only spends time in a pure-Python loop, here and in tifffile.
+            raise InflationError(
+                f"{kind} {index} holds {count} bytes, more than PackBits needs for the {bound} "
+                "bytes its header declares"
+            )
         pieces = _pieces(handle, offset, count, reverse=page.fillorder == 2)
         produced = inflate(pieces, bound)
         if produced > bound:

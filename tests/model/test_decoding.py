@@ -131,7 +131,7 @@ INFLATING = {
     "lzma-concatenated": lambda: tiff_segment(
         lzma.compress(b"\x00" * 100) + lzma.compress(bytes(64 * MiB)), 34925
     ),
-    "packbits": lambda: tiff_segment(b"\x81\x00" * (2 * MiB), 32773),  # 256 MiB
+    "packbits": lambda: tiff_segment(b"\x81\x00" * (MiB // 2), 32773),  # 64 MiB from 1 MiB
 }
 
 
@@ -182,6 +182,15 @@ def test_an_honest_packbits_tiff_decodes() -> None:
     row = bytes([3, 1, 2, 3, 4]) + bytes([129, 5]) * 7 + bytes([257 - 124, 5])
     decoded = image_from_bytes(tiff_segment(row * 1024, 32773))[0] * 255
     assert decoded[:, :4].tolist() == [[1, 2, 3, 4]] * 1024 and (decoded[:, 4:] == 5).all()
+
+
+def test_packbits_padded_with_no_ops_is_refused_before_it_is_read() -> None:
+    # 32 MiB of no-op headers (128) inflate to nothing but cost a Python loop per byte.
+    data = tiff_segment(b"\x80" * (32 * MiB), compression=32773, side=256)
+    started = time.perf_counter()
+    with pytest.raises(OverInflatedError, match=r"strip 0 holds 33554432 bytes, more than"):
+        image_from_bytes(data, name="x.tif", max_pixels=1 << 24)
+    assert time.perf_counter() - started < 1  # the loop takes seconds
 
 
 def test_a_large_packbits_strip_is_left_to_pillows_decoder() -> None:
