@@ -7,12 +7,16 @@ Images become float32 (C, H, W) in [0, 1]:
   for values near the float64 limits; a constant image becomes 0;
 - NaN or infinite pixels are refused (`NonFiniteImageError`): no scaling can make them data;
 - alpha is dropped; 1 channel means ITU-R 601 luminance, 3 means RGB (grey replicated).
-TIFF is read with tifffile (16-bit RGB, planar layouts, first page of a stack), with Pillow where
-tifffile lacks the codec (LZW, JPEG); other formats with Pillow, first frame only. Before any
-pixel is decoded, the header's size is checked: width x height against the pixel limit, and
-samples x bytes per sample against `BYTES_PER_PIXEL` bytes per allowed pixel, so a small file
-cannot expand into a large array. Every problem is a `DatasetError` whose one-line message
-names the file and says what to fix.
+TIFF is read with tifffile (16-bit RGB, planar layouts, first page of a stack) when it is
+uncompressed, deflated, LZMA- or PackBits-compressed, with Pillow otherwise (LZW, JPEG); the other
+formats (PNG, JPEG, BMP, GIF; no others) with Pillow, first frame only. Before any pixel is
+decoded, the header's size is checked: width x height against the pixel limit, and samples x
+bytes per sample (and one strip's or tile's size) against `BYTES_PER_PIXEL` bytes per allowed
+pixel, so a small file cannot expand into a large array. Nor can its compressed data: every TIFF
+strip or tile tifffile would inflate is first inflated streaming and refused past its declared
+size (`model.inflation`); Pillow's decoders (libtiff, PNG's zlib) stop at the declared size by
+themselves, and a PNG's text chunks may inflate to `PNG_TEXT_BYTES` in all. Every problem is a
+`DatasetError` whose one-line message names the file and says what to fix.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from model.inflation import InflationError, check_segments, segment_bytes, tifffile_may_decode
 from model.normalize import ImageInput, is_narrow_unsigned, normalize, unit_magnitude
 
 # A channel count (the `dtype` rule) or a model card's whole `input` section.
@@ -34,6 +39,12 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 # The decoded-size budget per allowed pixel: 4 channels of 4 bytes (RGBA float32 or uint32).
 BYTES_PER_PIXEL = 16
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# Pillow reads these and nothing else: its other plugins (FITS, ICNS, PSD...) are attack surface.
+PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF")
+# A PNG's text chunks are inflated as it opens, before any size check, and serve nothing here:
+# at most 1 MiB of them in all (Pillow's default, 64 MiB, lets a 60 KB file cost 60 MB).
+PNG_TEXT_BYTES = 1 << 20
+PngImagePlugin.MAX_TEXT_MEMORY = PNG_TEXT_BYTES
 _PIXEL_KINDS = "biuf"  # bool, signed and unsigned integers, floats; not complex or structured
 
 
@@ -43,6 +54,10 @@ class DatasetError(ValueError):
 
 class ImageTooLargeError(DatasetError):
     """An image over the pixel or decoded-byte limit, or Pillow's decompression-bomb guard."""
+
+
+class OverInflatedError(DatasetError):
+    """An image whose compressed data inflates past the size its header declares."""
 
 
 class NonFiniteImageError(DatasetError):
@@ -94,11 +109,24 @@ def _magic(data: bytes | Path) -> bytes:
     return data[:4]
 
 
+def _page_header(page: tifffile.TiffPage) -> ImageHeader:
+    decoded = math.prod(page.shape) * page.dtype.itemsize if page.dtype is not None else 0
+    # tifffile decodes one strip or tile at a time: a 1 x 1 image may declare 4 GiB tiles.
+    return ImageHeader(page.imagewidth, page.imagelength, max(decoded, segment_bytes(page)))
+
+
 def _tiff_header(data: bytes | Path) -> ImageHeader:
     with tifffile.TiffFile(_source(data)) as tif:
-        page = tif.pages.first
-        decoded = math.prod(page.shape) * page.dtype.itemsize if page.dtype is not None else 0
-        return ImageHeader(page.imagewidth, page.imagelength, decoded)
+        return _page_header(tif.pages.first)
+
+
+def _check_segments(page: tifffile.TiffPage, name: str) -> None:
+    try:
+        check_segments(page)
+    except InflationError as error:
+        raise OverInflatedError(
+            f"{name}: {error}; the file is damaged or hostile, save the image again"
+        ) from None
 
 
 def _pillow_header(image: Image.Image) -> ImageHeader:
@@ -109,7 +137,7 @@ def _pillow_header(image: Image.Image) -> ImageHeader:
 
 def _open_pillow(data: bytes | Path, name: str) -> Image.Image:
     try:
-        return Image.open(_source(data))
+        return Image.open(_source(data), formats=PILLOW_FORMATS)
     except Image.DecompressionBombError:
         raise ImageTooLargeError(
             f"{name}: image has more pixels than the limit of {Image.MAX_IMAGE_PIXELS} pixels "
@@ -117,11 +145,15 @@ def _open_pillow(data: bytes | Path, name: str) -> Image.Image:
         ) from None
 
 
-def _from_tifffile(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
+def _from_tifffile(data: bytes, name: str, max_pixels: int | None) -> np.ndarray | None:
+    """The first page's pixels; None for a codec tifffile cannot run with a bound (Pillow can)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages.first
-        check_header(name, _tiff_header(data), max_pixels)
-        array = page.asarray()
+        check_header(name, _page_header(page), max_pixels)
+        if not tifffile_may_decode(page):
+            return None
+        _check_segments(page, name)
+        array = page.asarray(maxworkers=1)  # one decoded segment in memory at a time
         # Keep rows, columns and samples; take the first plane of any other axis.
         array = array[tuple(slice(None) if a in "YXS" else 0 for a in page.axes)]
         axes = "".join(a for a in page.axes if a in "YXS")
@@ -169,17 +201,42 @@ def read_header(data: bytes | Path, name: str = "upload") -> ImageHeader:
         raise _unreadable(name, tiff, error) from None
 
 
+def check_image(path: Path, max_pixels: int | None, name: str | None = None) -> None:
+    """DatasetError unless the image file's declared size is within the limits and, for a TIFF,
+    every strip or tile tifffile would inflate stays within its declared size.
+
+    Reads the header and inflates nothing into memory: a calibration set is checked this way
+    before it is accepted.
+    """
+    shown = str(path) if name is None else name
+    header = read_header(Path(path), shown)
+    check_header(shown, header, max_pixels)
+    if _magic(Path(path)) not in _TIFF_MAGIC:
+        return  # Pillow's decoders stop at the declared size by themselves
+    try:
+        with tifffile.TiffFile(Path(path)) as tif:
+            page = tif.pages.first
+            if tifffile_may_decode(page):
+                _check_segments(page, shown)
+    except DatasetError:
+        raise
+    except Exception:  # a layout tifffile refuses: Pillow decodes it, bounded, or refuses it
+        pass
+
+
 def decode(data: bytes, name: str, max_pixels: int | None, palette: bool = False) -> np.ndarray:
     """The first image in `data` as an (H, W) or (H, W, C) array of its own dtype."""
     tiff = data[:4] in _TIFF_MAGIC
     try:
         if tiff:
             try:
-                return _from_tifffile(data, name, max_pixels)
+                array = _from_tifffile(data, name, max_pixels)
             except DatasetError:
                 raise
-            except Exception:  # a codec tifffile lacks (LZW, JPEG): Pillow has it
-                pass
+            except Exception:  # a layout tifffile refuses: Pillow may still read it
+                array = None
+            if array is not None:
+                return array
         return _from_pillow(data, name, max_pixels, palette)
     except DatasetError:
         raise

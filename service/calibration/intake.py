@@ -6,6 +6,8 @@ its data may expand a thousand-fold. Names, types, entry count and declared size
 against the central directory before a byte is written; while extracting, the bytes are counted
 again, so neither a forged header nor a bomb gets past the limits. Only the image files of
 `images/` and `masks/` are written, at paths built from checked name parts, never from the raw name.
+Compression nested inside an image (a TIFF strip that inflates to gigabytes) is checked after
+extraction, streaming, before the data set is accepted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.datasets import EXTENSIONS, find_pairs
-from model.decoding import DatasetError, ImageTooLargeError, check_header, read_header
+from model.decoding import DatasetError, ImageTooLargeError, check_image
 from service.calibration.errors import DatasetRejected, Rejection
 from service.settings import Settings
 
@@ -69,13 +71,15 @@ def relative(message: str, folder: Path) -> str:
 
 
 def check_image_sizes(paths: Iterable[Path], max_pixels: int, folder: Path) -> None:
-    """DatasetRejected for an image over the pixel or decoded-byte limit, or unreadable.
+    """DatasetRejected for an image over the pixel or decoded-byte limit, unreadable, or whose
+    compressed TIFF strips or tiles inflate past the size its header declares.
 
-    Reads headers only: a small compressed file must not be decoded to learn it is too large.
+    Decodes nothing: a small compressed file must not be decoded to learn it is too large, and a
+    strip is inflated in counted pieces that are dropped at once.
     """
     for path in paths:
         try:
-            check_header(str(path), read_header(path, str(path)), max_pixels)
+            check_image(path, max_pixels)
         except ImageTooLargeError as error:
             raise _too_large_image(
                 f"{relative(str(error), folder)} (limits follow UNET_MAX_IMAGE_PIXELS)"

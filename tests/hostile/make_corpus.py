@@ -9,7 +9,11 @@ far more than the service allows. Cases:
 - `truncated-*`, `lying-*`: cut-off files and headers that promise data that is not there;
 - `huge-*`: headers declaring 100,000 x 100,000 pixels; `bomb-*`: compressed images that expand
   past the pixel or byte limits (the 9000 x 9000 float64 TIFF of issue 10 among them);
-- `zip-*.zip`: calibration data sets holding one such image next to a valid mask.
+- `inflate-*`: TIFFs of 1024 x 1024 bytes whose one deflated strip, or whose 16 tiles, inflate to
+  1 GiB (issue 22: the header is honest, the compressed data is not);
+- `overlong-*`: a PNG whose IDAT inflates to 1 GiB, far past the rows its header declares;
+- `zip-*.zip`: calibration data sets holding one such image next to a valid mask, and
+  `zip-three-inflating-strips.zip`, a deflated 10 KB zip of three `inflate-` strips.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import tifffile
 from PIL import Image
 
 SIDE = 32  # decodable cases are small: the model runs on every one of them
+MiB = 1 << 20
+GiB = 1 << 30
 INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 FLOATS = ("float16", "float32", "float64")
 
@@ -47,7 +53,8 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, kind, data and CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -56,9 +63,9 @@ def png_stream(width: int, height: int, colour: int, idat: bytes) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", idat)
-        + _chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -94,6 +101,110 @@ def tiff_bomb(height: int, width: int, samples: int, dtype: str) -> bytes:
         extrasamples=["unassalpha"] if samples == 4 else None,
     )
     return buffer.getvalue()
+
+
+def inflating_zlib(size: int) -> bytes:
+    """A zlib stream of `size` zero bytes (a whole number of MiB), made in milliseconds.
+
+    Each MiB is deflated once, ending on a full flush, which aligns it to a byte and forgets the
+    history: every MiB's compressed bytes are then the same, and the stream is that block repeated,
+    an empty final block and the Adler-32 of `size` zeros (a = 1, b = size mod 65521).
+    """
+    mib, rest = divmod(size, MiB)
+    assert rest == 0, "a whole number of MiB"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(MiB)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    adler = (size % 65521) << 16 | 1
+    return b"\x78\xda" + block * mib + compressor.flush() + struct.pack(">I", adler)
+
+
+def tiff_inflating(side: int, inflated: int, tile: int | None = None) -> bytes:
+    """A `side` x `side` uint8 TIFF whose deflated segments inflate to `inflated` bytes in all.
+
+    The header is honest (`side`^2 bytes); the data is not. Without `tile`, one strip holds all
+    of it; with `tile`, each of the (side / tile)^2 tiles holds an equal share.
+    """
+    count = 1 if tile is None else (side // tile) ** 2
+    encoded = inflating_zlib(inflated // count)
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=(encoded for _ in range(count)),
+        shape=(side, side),
+        dtype="uint8",
+        compression="zlib",
+        **({"rowsperstrip": side} if tile is None else {"tile": (tile, tile)}),  # type: ignore[arg-type]
+    )
+    return buffer.getvalue()
+
+
+def tiff_segment(
+    encoded: bytes, compression: int = 8, fill_order: int = 1, side: int = 1024
+) -> bytes:
+    """A `side` x `side` uint8 TIFF whose one strip is `encoded`, compressed by `compression`.
+
+    tifffile writes the strip as deflated (it cannot encode every codec, and would check nothing);
+    the directory is then patched: its Compression, and CellLength (265, which sorts just before
+    FillOrder) renamed to FillOrder (266), which tifffile refuses to write. FillOrder 2 stores each
+    byte's bits reversed, so `encoded` is stored so.
+    """
+    if fill_order == 2:
+        encoded = encoded.translate(bytes(int(f"{b:08b}"[::-1], 2) for b in range(256)))
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        data=iter([encoded]),
+        shape=(side, side),
+        dtype="uint8",
+        compression="zlib",
+        rowsperstrip=side,
+        extratags=[(265, "H", 1, fill_order, True)],
+    )
+    data = buffer.getvalue()
+    for tag, old, new in ((259, 8, compression), (265, fill_order, fill_order)):
+        entry = struct.pack("<HHIH", tag, 3, 1, old)
+        assert data.count(entry) == 1
+        data = data.replace(entry, struct.pack("<HHIH", 266 if tag == 265 else tag, 3, 1, new))
+    return data
+
+
+def lzw_zeros(size: int) -> bytes:
+    """TIFF's LZW (MSB first, early change) of `size` zero bytes: about 1400 to 1.
+
+    Within a run the k-th code after a clear stands for k zeros and names the entry the decoder
+    is about to add (the KwKwK case); the table is cleared before it fills. A plain loop: 1 GiB
+    takes a few seconds.
+    """
+    out = bytearray()
+    bits, held = 0, 0
+
+    def put(code: int, width: int) -> None:
+        nonlocal bits, held
+        bits, held = (bits << width) | code, held + width
+        while held >= 8:
+            held -= 8
+            out.append((bits >> held) & 0xFF)
+        bits &= (1 << held) - 1
+
+    width, free, run, left = 9, 258, 1, size
+    put(256, width)  # clear
+    while left > 0:
+        n = min(run, left)
+        put(0 if n == 1 else 256 + n, width)
+        left -= n
+        if run == 1:  # the first code after a clear adds no entry
+            run = 2
+            continue
+        free, run = free + 1, n + 1
+        if free >= (1 << width) - 1 and width < 12:
+            width += 1
+        if free >= 4094 and left > 0:
+            put(256, width)
+            width, free, run = 9, 258, 1
+    put(257, width)  # end of information
+    if held:
+        put(0, 8 - held)
+    return bytes(out)
 
 
 def _values(dtype: str, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -150,6 +261,9 @@ def images() -> Iterator[tuple[str, bytes]]:
     yield "bomb-tiff-float64-rgba-9000.tif", tiff_bomb(9000, 9000, 4, "float64")
     # At the pixel limit, over the byte limit: 4096 x 4096 float64 RGBA decodes to 512 MiB.
     yield "bomb-tiff-float64-rgba-4096.tif", tiff_bomb(4096, 4096, 4, "float64")
+    yield "inflate-tiff-strip-1gib.tif", tiff_inflating(1024, GiB)
+    yield "inflate-tiff-tiles-1gib.tif", tiff_inflating(1024, GiB, tile=256)
+    yield "overlong-png-idat-1gib.png", png_stream(SIDE, SIDE, 0, inflating_zlib(GiB))
 
 
 def _tiff_declaring(width: int, height: int) -> bytes:
@@ -185,6 +299,22 @@ def dataset_zip(name: str, image: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def inflating_zip(count: int = 3) -> bytes:
+    """A deflated calibration zip of `count` `inflate-` strips, each with a valid mask.
+
+    Its entries expand to a few MB, well within the zip's own limit; the images inside inflate to
+    `count` GiB.
+    """
+    image = tiff_inflating(1024, GiB)
+    mask = png(np.zeros((1024, 1024), dtype=bool))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in range(count):
+            archive.writestr(f"images/bomb{n}.tif", image)
+            archive.writestr(f"masks/bomb{n}.png", mask)
+    return buffer.getvalue()
+
+
 def write_corpus(folder: Path) -> list[Path]:
     """Write every case into `folder`: images, and a `zip-` data set for each; returns the paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -193,6 +323,8 @@ def write_corpus(folder: Path) -> list[Path]:
         for path, content in ((folder / name, data), (folder / f"zip-{name}.zip", None)):
             path.write_bytes(content if content is not None else dataset_zip(name, data))
             written.append(path)
+    written.append(folder / "zip-three-inflating-strips.zip")
+    written[-1].write_bytes(inflating_zip())
     return written
 
 

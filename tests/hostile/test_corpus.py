@@ -49,6 +49,8 @@ EXPECTED: dict[str, int | None] = {
     "lying": None,
     "huge": 413,
     "bomb": 413,
+    "inflate": 422,  # compressed data inflating past an honest header
+    "overlong": 200,  # Pillow stops inflating once the declared rows are full
 }
 
 
@@ -157,18 +159,34 @@ def test_every_zip_is_calibrated_or_refused_with_a_reason(
     assert response.status_code < 500, response.text[:300]
     if response.status_code != 202:
         assert_problem(response, response.status_code)
-        assert name.split("-")[0] in ("huge", "bomb", "truncated", "lying"), response.text
+        assert name.split("-")[0] in ("huge", "bomb", "truncated", "lying", "inflate"), (
+            response.text
+        )
         if name.startswith(("huge", "bomb")):
             assert response.status_code == 413
+        if name.startswith("inflate"):
+            assert response.status_code == 422 and "inflates to more than" in response.text
         return
+    assert not name.startswith("inflate"), "a strip that inflates past its header was accepted"
     job = _finished(client, response)
-    if name.startswith("dtype") or (name.startswith("lying") and job["status"] == "succeeded"):
+    succeeds = name.startswith(("dtype", "overlong"))
+    if succeeds or (name.startswith("lying") and job["status"] == "succeeded"):
         assert job["status"] == "succeeded", job["error"]
         assert isinstance(job["threshold"], float) and math.isfinite(job["threshold"])
     else:
         assert job["status"] == "failed"
         error = str(job["error"])
         assert error != INTERNAL_ERROR and "weights" not in error and name in error
+
+
+def test_a_zip_of_three_inflating_strips_is_refused_before_it_is_accepted(
+    client: TestClient, corpus: Path
+) -> None:
+    data = (corpus / "zip-three-inflating-strips.zip").read_bytes()
+    body = assert_problem(_calibration(client, data, "three.zip"), 422)
+    assert "images/bomb0.tif: strip 0 inflates to more than the 1048576 bytes" in str(
+        body["detail"]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import tracemalloc
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from service.calibration.errors import DatasetRejected
 from service.calibration.intake import extract_dataset
 from service.settings import Settings
 from tests.helpers import dataset_files, make_zip, patch_central, patch_central_size, png
+from tests.hostile.make_corpus import inflating_zip
 
 MiB = 1 << 20
 
@@ -189,6 +191,26 @@ def test_pixel_limit_and_unreadable_images(tmp_path: Path) -> None:
     assert "images/a.png" in detail and "40000 pixels" in detail
     garbage = {"images/a.png": b"not an image", "masks/a.png": png(np.zeros((8, 8), bool))}
     assert "images/a.png" in (rejected(tmp_path, make_zip(garbage), 422).detail or "")
+
+
+def test_images_whose_compressed_data_inflates_past_their_header_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Three 1024 x 1024 TIFFs in a 10 KB zip, each strip inflating to 1 GiB: refused, and the
+    check holds one 1 MiB piece at a time."""
+    data = inflating_zip(3)
+    assert len(data) < 16 * 1024
+    tracemalloc.start()
+    try:
+        problem = rejected(tmp_path, data, 422, max_image_pixels=1024 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert problem.title == "Unreadable image"
+    assert "images/bomb0.tif: strip 0 inflates to more than the 1048576 bytes" in str(
+        problem.detail
+    )
+    assert peak < 24 * MiB  # the zip and its extraction; the strips inflate to 3 GiB
 
 
 def test_no_input_gives_anything_but_a_4xx(tmp_path: Path) -> None:
