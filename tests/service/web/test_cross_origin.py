@@ -202,3 +202,19 @@ def test_the_explorer_on_the_service_calibrates_activates_and_sets_a_threshold(
         ("PUT", 200),
     ]
     assert {origin for _, _, origin in posts} == {base}
+
+
+def test_swagger_ui_try_it_out_resets_the_threshold(visit: Visit) -> None:
+    page, base = visit.page, visit.base
+    assert httpx.put(api(base, "/threshold"), json={"value": 0.3}, timeout=10).status_code == 200
+    page.goto(f"{base}/docs")
+    operation = page.locator("#operations-thresholds-thresholds-reset")
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    operation.locator("input[placeholder='model']").fill(MODEL)
+    with page.expect_response(
+        lambda r: r.url == api(base, "/threshold") and r.request.method == "DELETE"
+    ) as answer:
+        operation.locator(".execute").click()
+    assert answer.value.status == 200
+    assert httpx.get(api(base, "/threshold"), timeout=10).json()["source"] == "default"
