@@ -1,10 +1,10 @@
-"""Cross-site request forgery: a browser on another origin may read, never change state.
+"""Cross-site request forgery: a page on another origin may send reads, never changes.
 
 Without an API key, any page a user of the service opens could post a form to it (a form post
 needs no CORS preflight), activating a calibration or setting a threshold. Browsers say where a
 request comes from, and non-browser clients (curl, scripts, generated clients) say nothing, so:
 
-1. An `Origin` listed in UNET_ALLOWED_ORIGINS passes.
+1. An `Origin` listed in UNET_ALLOWED_ORIGINS passes (this adds no CORS headers).
 2. `Origin: null` (a sandboxed frame, a `file:` page, a cross-origin redirect) is refused.
 3. `Sec-Fetch-Site` (every current browser sends it) decides next: `same-origin` and `none`
    pass, `same-site` (another port of the same host is a different origin) and `cross-site` do

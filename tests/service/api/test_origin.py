@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
+from service.api.origin import refusal
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip
@@ -119,3 +121,23 @@ def test_allowed_origins_are_a_comma_separated_list_of_origins(
         monkeypatch.setenv("UNET_ALLOWED_ORIGINS", wrong)
         with pytest.raises(ValidationError, match="origin"):
             Settings()
+
+
+@pytest.mark.parametrize(
+    ("headers", "passes"),
+    [
+        ({"origin": "https://svc.example", "host": "svc.example:443"}, True),
+        ({"origin": "http://[::1]:8000", "host": "[::1]:8000"}, True),
+        ({"origin": "http://svc.example:8000", "host": "svc.example:8001"}, False),
+        # Behind a proxy that rewrote Host, a browser without fetch metadata is refused...
+        ({"origin": "https://svc.example", "host": "127.0.0.1:8000"}, False),
+        # ...unless the public origin is listed; fetch-metadata browsers are unaffected.
+        ({"origin": "https://listed.example", "host": "127.0.0.1:8000"}, True),
+        ({"origin": "https://svc.example", "sec-fetch-site": "same-origin", "host": "x"}, True),
+        ({"origin": "not a url", "host": "svc.example"}, False),
+    ],
+)
+def test_how_same_origin_is_judged(headers: dict[str, str], passes: bool) -> None:
+    why = refusal("POST", Headers(headers), {"https://listed.example"})
+    assert (why is None) == passes, why
+    assert refusal("GET", Headers(headers), ()) is None
