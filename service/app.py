@@ -20,9 +20,11 @@ from service.api.docs import install_docs
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
+from service.api.origin import SameOriginWrites
 from service.api.pages import install_pages
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, drift, health, inference, models, thresholds
+from service.api.security_headers import SecurityHeaders
 from service.calibration.jobs import CalibrationJobs
 from service.container import Services
 from service.inference.drift import DriftMonitor
@@ -99,9 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings=settings,
         needs_key=require_api_key,
     )
+    # Before the key: a cross-site page's change is refused whether or not a key is set.
+    app.add_middleware(SameOriginWrites, allowed_origins=settings.allowed_origins)
     # Outside the key and body checks, inside the metrics: an abandoned request is counted.
     app.add_middleware(CancelOnDisconnect, metrics=metrics)
     install_metrics(app, metrics)
+    # Outermost of the service's own: every answer, refusals and 500 problems too, gets them.
+    app.add_middleware(SecurityHeaders)
     for router in routers:
         app.include_router(router)
     install_docs(app)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "UNET_"
 MiB = 1 << 20
 GiB = 1 << 30
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def shipped_weights() -> Path:
@@ -27,6 +29,21 @@ def shipped_weights() -> Path:
 def _shown_as(text: str) -> dict[str, Any]:
     """How the settings table shows a default that is computed or unwieldy as a bare number."""
     return {"default_display": text}
+
+
+def normal_origin(text: str) -> str:
+    """`scheme://host[:port]` in the form browsers send: lower case, default port left out.
+
+    Raises ValueError for anything that is not an http(s) origin (a path, a query, no host).
+    """
+    parts = urlsplit(text.strip().rstrip("/"))
+    if parts.scheme.lower() not in DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin like https://host or http://host:port")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{text!r} is not an origin: leave out paths, queries and user names")
+    scheme, port = parts.scheme.lower(), parts.port  # .port raises ValueError when not a number
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}" + ("" if port in (None, DEFAULT_PORTS[scheme]) else f":{port}")
 
 
 class Settings(BaseSettings):
@@ -71,6 +88,14 @@ class Settings(BaseSettings):
         default=None,
         description="When set, mutating endpoints need `Authorization: Bearer <key>`; "
         "unset or empty: no authentication.",
+    )
+    # NoDecode: a comma-separated list, not the JSON pydantic-settings expects of a list.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated origins (`https://host[:port]`) whose pages may change "
+        "state (POST, PUT, DELETE) from a browser, besides the service's own; other origins' "
+        "pages get 403.",
+        json_schema_extra=_shown_as("none"),
     )
     host: str = Field(
         default="127.0.0.1", description="Interface to listen on (`0.0.0.0` for all)."
@@ -254,6 +279,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        return tuple(normal_origin(str(origin)) for origin in value)
 
     @field_validator("database_url")
     @classmethod

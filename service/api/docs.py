@@ -15,6 +15,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from service.api.security_headers import CSP, page_policy
+
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/docs-static"
 # ReDoc's sidebar shows Redocly's logo from their CDN; the local icon takes its place. Relative
@@ -38,7 +40,7 @@ def docs_router(app: FastAPI) -> APIRouter:
     def swagger_ui(request: Request) -> HTMLResponse:
         """Swagger UI for the OpenAPI document."""
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - Swagger UI",
             swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
@@ -47,18 +49,22 @@ def docs_router(app: FastAPI) -> APIRouter:
             # Swagger UI would otherwise fetch a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
+        return _with_policy(page)
 
     @router.get("/redoc", name="redoc")
     def redoc_page(request: Request) -> HTMLResponse:
         """ReDoc for the OpenAPI document, with system fonts instead of Google's."""
         root = request.scope.get("root_path", "")
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+        # ReDoc (styled-components) writes its styles into <style> elements as it renders, and
+        # runs its search index in a worker made from a blob: URL of its own bundle's code.
+        return _with_policy(page, style_src="'self' 'unsafe-inline'", worker_src="'self' blob:")
 
     @router.get(f"{ASSETS_URL}/redoc.standalone.js", name="redoc-script")
     def redoc_js() -> Response:
@@ -66,6 +72,12 @@ def docs_router(app: FastAPI) -> APIRouter:
         return Response(redoc, media_type="text/javascript")
 
     return router
+
+
+def _with_policy(page: HTMLResponse, **directives: str) -> HTMLResponse:
+    """`page` with a CSP that allows its own inline scripts, by hash, and nothing else inline."""
+    page.headers[CSP] = page_policy(bytes(page.body).decode(), **directives)
+    return page
 
 
 def install_docs(app: FastAPI) -> None:

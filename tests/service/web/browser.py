@@ -18,8 +18,34 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# Reports every Content-Security-Policy violation of every frame to the test, across navigations.
+REPORT_CSP_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolation(`${event.violatedDirective} blocked ${event.blockedURI || "inline"}`
+    + ` at ${event.sourceFile}:${event.lineNumber} on ${document.location.pathname}`);
+}, true);"""
+# A service loads and warms two models before it is ready: minutes when the machine is busy.
+LAUNCH_WAIT_S = 180.0
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 390, "height": 844}
+
+
+# Polls `condition` once a frame; its source is part of the function, so no eval() is needed.
+WAIT_UNTIL = """async ([timeoutMs, condition]) => {
+  const started = performance.now();
+  while (!(%s)) {
+    if (performance.now() - started > timeoutMs) throw new Error(`timed out: ${condition}`);
+    await new Promise((done) => requestAnimationFrame(done));
+  }
+}"""
+
+
+def wait_until(page: Any, condition: str, timeout_ms: float = 30_000) -> None:
+    """Wait until the JavaScript expression `condition` is true in `page`.
+
+    Playwright's own wait_for_function eval()s its predicate in the page, which the service's
+    Content-Security-Policy rightly forbids; page.evaluate runs through the DevTools protocol.
+    """
+    page.evaluate(WAIT_UNTIL % condition, [timeout_ms, condition])
 
 
 def origin(url: str) -> str:
@@ -37,6 +63,7 @@ class Visit:
     requests: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
+    csp_violations: list[str] = field(default_factory=list)
     expected_statuses: set[int] = field(default_factory=set)
 
     def expect_status(self, status: int) -> None:
@@ -55,6 +82,4 @@ class Visit:
         self.page.goto(f"{self.base}/")
         self.page.wait_for_selector("body[data-ready='true']", timeout=30_000)
         self.page.select_option("#model-select", model)
-        self.page.wait_for_function(
-            f"document.getElementById('model-head').dataset.model === {model!r}"
-        )
+        wait_until(self.page, f"document.getElementById('model-head').dataset.model === {model!r}")

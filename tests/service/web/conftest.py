@@ -9,8 +9,17 @@ from typing import Any
 
 import pytest
 
-from tests.servers import running_service
-from tests.service.web.browser import API_KEY, CHROMIUM, LAUNCH_ARGS, WIDE, Visit, origin
+from tests.servers import ServiceProcess
+from tests.service.web.browser import (
+    API_KEY,
+    CHROMIUM,
+    LAUNCH_ARGS,
+    LAUNCH_WAIT_S,
+    REPORT_CSP_VIOLATIONS,
+    WIDE,
+    Visit,
+    origin,
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,14 +40,20 @@ def chromium() -> Iterator[Any]:
 def service(shipped_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m service` with an API key on a free 127.0.0.1 port; yields its base URL."""
     state = tmp_path_factory.mktemp("state")
-    with running_service(shipped_weights, state, {"UNET_API_KEY": API_KEY}) as running:
+    running = ServiceProcess(
+        shipped_weights, state, {"UNET_API_KEY": API_KEY}, ready_within_s=LAUNCH_WAIT_S
+    )
+    try:
         yield running.base
+    finally:
+        running.stop()
 
 
 @pytest.fixture
 def visit(chromium: Any, service: str) -> Iterator[Visit]:
     """A fresh browser context on `service` that blocks every other host and, once the test is
-    done, fails it on any console error and on any request that left the service's origin.
+    done, fails it on any console error, any Content-Security-Policy violation and any request
+    that left the service's origin.
     """
     context = chromium.new_context(viewport=WIDE, accept_downloads=True)
     page = context.new_page()
@@ -53,6 +68,8 @@ def visit(chromium: Any, service: str) -> Iterator[Visit]:
             route.abort()
 
     context.route("**/*", only_the_service)
+    context.expose_binding("__cspViolation", lambda _source, what: seen.csp_violations.append(what))
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page.on("request", lambda request: seen.requests.append(request.url))
     page.on(
         "console",
@@ -68,6 +85,7 @@ def visit(chromium: Any, service: str) -> Iterator[Visit]:
     elsewhere = [u for u in seen.requests if not u.startswith("data:") and origin(u) != home]
     assert not elsewhere, f"requests that left {home}: {elsewhere}"
     assert not seen.unexpected_errors(), f"console errors: {seen.unexpected_errors()}"
+    assert not seen.csp_violations, f"Content-Security-Policy violations: {seen.csp_violations}"
 
 
 @pytest.fixture

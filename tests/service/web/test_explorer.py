@@ -15,7 +15,7 @@ import tifffile
 from PIL import Image
 
 from model.synth import generate_pair, pair_rng, write_dataset
-from tests.service.web.browser import API_KEY, NARROW, WIDE, Visit
+from tests.service.web.browser import API_KEY, NARROW, WIDE, Visit, wait_until
 
 MODEL = "unet-sigmoid"
 # The mask canvas as 0/1 bytes, base64-encoded, once the pending redraw has happened.
@@ -51,8 +51,8 @@ def upload_image(visit: Visit, path: Path) -> None:
     """Choose `path` in the image input and wait until its mask is drawn."""
     visit.page.set_input_files("#image-input", str(path))
     visit.page.wait_for_selector("#view:not([hidden])", timeout=60_000)
-    visit.page.wait_for_function(
-        "document.getElementById('foreground-fraction').textContent.includes('pixels')"
+    wait_until(
+        visit.page, "document.getElementById('foreground-fraction').textContent.includes('pixels')"
     )
 
 
@@ -69,8 +69,8 @@ def drop_file(visit: Visit, path: Path) -> None:
     )
     visit.page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
     visit.page.wait_for_selector("#view:not([hidden])", timeout=60_000)
-    visit.page.wait_for_function(
-        "document.getElementById('foreground-fraction').textContent.includes('pixels')"
+    wait_until(
+        visit.page, "document.getElementById('foreground-fraction').textContent.includes('pixels')"
     )
 
 
@@ -265,14 +265,15 @@ def test_calibrate_activate_pick_a_point_and_set_a_manual_threshold(
     assert api_threshold(base)["source"] != "calibration"  # not activated yet: it was asked not to
 
     page.click("#activate-calibration")
-    page.wait_for_function(
+    wait_until(
+        page,
         "document.getElementById('model-source').textContent.startsWith('calibration')"
-        " && document.getElementById('roc-caption').textContent.startsWith('Active')"
+        " && document.getElementById('roc-caption').textContent.startsWith('Active')",
     )
     active = api_threshold(base)
     assert active["source"] == "calibration" and active["calibration_id"] == calibration_id
     assert active["value"] == calibration["report"]["threshold"] == current_threshold(visit)
-    page.wait_for_function("document.getElementById('activate-calibration').disabled")
+    wait_until(page, "document.getElementById('activate-calibration').disabled")
 
     # The ROC curve shows every operating point; choosing one (by keyboard) moves the slider.
     page.locator("#roc").wait_for(state="visible")
@@ -312,9 +313,7 @@ def test_calibrate_activate_pick_a_point_and_set_a_manual_threshold(
     assert probabilities.shape == (256, 256) and probabilities.dtype == np.float32
 
     page.click("#set-manual")
-    page.wait_for_function(
-        "document.getElementById('model-source').textContent.startsWith('manual')"
-    )
+    wait_until(page, "document.getElementById('model-source').textContent.startsWith('manual')")
     assert api_threshold(base) | {"updated": None} == {
         "value": 0.5,
         "source": "manual",
@@ -368,8 +367,8 @@ def test_a_blocked_calibration_says_why_and_activates_when_forced(
 
     page.check("#force")
     page.click("#activate-calibration")
-    page.wait_for_function(
-        "document.getElementById('model-source').textContent.startsWith('calibration')"
+    wait_until(
+        page, "document.getElementById('model-source').textContent.startsWith('calibration')"
     )
     assert api_threshold(base)["source"] == "calibration"
     assert "block (auc_below_chance)" in (page.text_content("#model-warnings") or "")
