@@ -222,9 +222,7 @@ class InferenceEngine:
 
     def _set_aside(self, served: ServedModel, why: str) -> None:
         """Mark `served` unavailable with a one-line reason naming its card."""
-        self.registry.mark_unavailable(
-            served.name, f"{served.path}: {why}; fix the model and restart the service"
-        )
+        self.registry.mark_unavailable(served.name, f"{served.path}: {why}")
 
     async def _quarantine(self, served: ServedModel, why: str) -> None:
         """Take a model that failed warm-up out of service; its queue is dropped."""
