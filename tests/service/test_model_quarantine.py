@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -133,9 +134,18 @@ def test_names_are_nfc_and_a_normalisation_clash_is_refused(folder: Path) -> Non
     assert reason is not None and "same name after Unicode NFC normalisation" in reason
 
 
+def join_abandoned(name: str) -> None:
+    """Wait for the abandoned load thread `name` to end: none may still run at interpreter exit."""
+    for thread in threading.enumerate():
+        if thread.name == name:
+            thread.join(60)
+            assert not thread.is_alive()
+
+
 def test_loading_has_a_time_bound(folder: Path) -> None:
     with pytest.raises(CheckpointError, match=r"loading took longer than 0.001 s"):
         ModelRegistry.from_folder(folder, CPU, load_timeout_s=0.001)
+    join_abandoned(f"load-{TINY_MODEL}")
 
 
 def test_a_load_that_hangs_is_abandoned(tmp_path: Path) -> None:
@@ -147,6 +157,7 @@ def test_a_load_that_hangs_is_abandoned(tmp_path: Path) -> None:
     assert time.monotonic() - began < 5
     # Release the abandoned reader: a writer opens the pipe and closes it (end of file).
     os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+    join_abandoned("load-m")
 
 
 def test_public_reasons_name_files_relative_to_the_folder(tmp_path: Path) -> None:
