@@ -163,5 +163,7 @@ def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 over both files of a checkpoint: a threshold belongs to exactly these bytes."""
     digest = hashlib.sha256()
     for part in checkpoint_paths(path):
-        digest.update(part.read_bytes())
+        with part.open("rb") as file:
+            while chunk := file.read(1 << 20):  # streamed: the weights are never all in memory
+                digest.update(chunk)
     return digest.hexdigest()

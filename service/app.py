@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -128,7 +129,15 @@ async def _serving(
 ) -> AsyncIterator[None]:
     """Models, store, engine and jobs for the app's lifetime; `read_only`: why no writes."""
     device = pick_device(settings.device)
-    registry = ModelRegistry.from_folder(settings.model_dir, device)
+    registry = await to_thread.run_sync(
+        functools.partial(
+            ModelRegistry.from_folder,
+            settings.model_dir,
+            device,
+            max_model_bytes=settings.max_model_bytes,
+            load_timeout_s=settings.model_load_timeout_s,
+        )
+    )
     store = await to_thread.run_sync(_open_store, settings, registry, read_only)
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)

@@ -182,6 +182,19 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         default=60, gt=0, description="Seconds an inference request may take before it gets 503."
     )
+    model_load_timeout_s: float = Field(
+        default=120,
+        gt=0,
+        description="Seconds one model may take to load and test at start-up, and again to warm "
+        "up; past it the model is unavailable (503 `model-unavailable`) and the others serve.",
+    )
+    max_model_bytes: int = Field(
+        default=2 * GiB,
+        gt=0,
+        description="Largest network file a model card may name; a larger one leaves that model "
+        "unavailable.",
+        json_schema_extra=_shown_as("2147483648 (2 GiB)"),
+    )
     tile_size: int = Field(
         default=512,
         ge=16,

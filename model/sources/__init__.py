@@ -6,28 +6,46 @@ from pathlib import Path
 
 import torch
 
-from model.card import CardError, load_card
+from model.card import DEFAULT_MAX_MODEL_BYTES, CardError, ModelCard, check_file, load_card
+from model.checkpoint import CheckpointError
 from model.sources.base import Predictor
 
 __all__ = ["Predictor", "load_predictor"]
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """Load the model whose card is at `path`, run a test pass, and return its predictor.
+def load_predictor(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> Predictor:
+    """Load the model whose card is at `path`, run test passes, and return its predictor.
 
-    Every failure is a `CardError` whose one-line message names the card and the fix.
+    The network file must be a regular file of at most `max_bytes` inside the card's folder.
+    Every failure, whatever the loading library raises, is a `CardError` whose one-line message
+    names the card and the fix.
     """
     card_path = Path(path)
     if card_path.suffix == ".safetensors":
         card_path = card_path.with_suffix(".json")
     card = load_card(card_path)
-    device = torch.device(device)
-    fmt = card.source.format
-    if fmt != "native" and not card.source_path(card_path).exists():
+    check_file(card.source_path(card_path), card_path, max_bytes, f"{card.source.path}")
+    try:
+        predictor = _construct(card, card_path, torch.device(device))
+        predictor.probe()
+    except CheckpointError:  # CardError included: already one line naming the card
+        raise
+    except Exception as error:  # a library's own type (UnpicklingError, ...): still one line
+        text = " ".join(str(error).split())[:300] or "no message"
         raise CardError(
-            f"{card_path}: {card.source_path(card_path)} is missing; put the {fmt} file there "
-            "or fix source.path"
-        )
+            f"{card_path}: loading the {card.source.format} model failed "
+            f"({type(error).__name__}: {text}); check the network file and the card"
+        ) from None
+    return predictor
+
+
+def _construct(card: ModelCard, card_path: Path, device: torch.device) -> Predictor:
+    """The predictor of the card's source format."""
+    fmt = card.source.format
     predictor: Predictor
     if fmt == "native":
         from model.sources.native import load_native
@@ -49,5 +67,4 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
         from model.sources.onnx import OnnxPredictor
 
         predictor = OnnxPredictor(card, card_path, device)
-    predictor.probe()
     return predictor

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model.card import CardError, ModelCard
-from model.heads import make_head
+from model.heads import head_range, make_head
 from model.normalize import ImageInput
 from model.padding import pad_to_multiple
 
@@ -102,26 +102,47 @@ class Predictor(ABC):
 
     @torch.inference_mode()
     def probe(self) -> np.ndarray:
-        """One pass on a synthetic image of an awkward size; checks the output, returns its map.
+        """Passes on a random and a blank image of an awkward size; checks them, returns a map.
 
         Catches at load time what would otherwise fail every request: a wrong input channel
-        count, an output of another size, a foreground channel the output lacks.
+        count, an output of another size, a foreground channel the output lacks, an output
+        that is not floating point, not finite, or outside the range the card promises.
         """
         side = max(self.multiple, 8)
         height, width = 2 * side + 5, 3 * side + 3  # not multiples: exercises the padding
         generator = torch.Generator().manual_seed(0)
-        image = torch.rand((1, self.in_channels, height, width), generator=generator)
+        images = {
+            "random": torch.rand((1, self.in_channels, height, width), generator=generator),
+            "blank": torch.zeros((1, self.in_channels, height, width)),
+        }
+        first: np.ndarray | None = None
+        for kind, image in images.items():
+            raw = self._probe_pass(image, kind)
+            if first is None:
+                first = raw[0, self.channel].cpu().numpy()
+        assert first is not None
+        return first
+
+    def _probe_pass(self, image: torch.Tensor, kind: str) -> torch.Tensor:
+        """One checked pass on `image`; its float32 output (N, K, H, W)."""
+        height, width = image.shape[-2:]
+        what = f"a {self.in_channels}-channel {width} x {height} {kind} image"
         try:
-            raw = self.logits(image.to(self.device)).float()
+            raw = self.logits(image.to(self.device))
         except CardError:
             raise
         except Exception as error:  # whatever the library raises, the card is what to fix
             message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise CardError(
-                f"{self.card_path}: a test pass on a {self.in_channels}-channel "
-                f"{width} x {height} image failed ({message[:300]}); check input.channels, "
-                "pad_multiple and the network file"
+                f"{self.card_path}: a test pass on {what} failed ({message[:300]}); check "
+                "input.channels, pad_multiple and the network file"
             ) from None
+        if not raw.is_floating_point():
+            raise CardError(
+                f"{self.card_path}: the network outputs {str(raw.dtype).removeprefix('torch.')}, "
+                "not floating-point scores; serve a network whose output is float"
+            )
+        raw = raw.float()
         channels = raw.shape[1]
         if self.channel >= channels:
             raise CardError(
@@ -135,4 +156,23 @@ class Predictor(ABC):
                 "network emits 1; use head sigmoid"
             )
         self.out_channels = channels
-        return raw[0, self.channel].cpu().numpy()
+        self._check_values(raw, what)
+        return raw
+
+    def _check_values(self, raw: torch.Tensor, what: str) -> None:
+        """The served map on a probe image must be finite and inside the head's range."""
+        served, scores = self.foreground(raw)
+        bad = int((~torch.isfinite(raw[:, self.channel])).sum())
+        if bad or not bool(torch.isfinite(served).all()) or not bool(torch.isfinite(scores).all()):
+            raise CardError(
+                f"{self.card_path}: the network's output on {what} has NaN or infinite values; "
+                "fix the network (or the card's normalisation) so that it outputs finite numbers"
+            )
+        low, high = head_range(self.head)
+        found = (float(served.min()), float(served.max()))
+        if found[0] < low or found[1] > high:
+            raise CardError(
+                f"{self.card_path}: the served output on {what} lies in [{found[0]:.4g}, "
+                f"{found[1]:.4g}], outside the {self.head} range [{low:g}, {high:g}]; set "
+                "output.emits to logits (with a head) or scores"
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ def read_state_dict(path: Path, card_path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CardError(
+            f"{card_path}: {path.name} holds pickled objects that weights_only=True refuses (none "
+            "was run); save model.state_dict() with safetensors or torch.save"
+        ) from None
     except (SafetensorError, RuntimeError, OSError, ValueError) as error:
         raise CardError(
             f"{card_path}: {path.name} is not a state dict ({str(error)[:200]}); save it with "

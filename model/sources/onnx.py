@@ -39,4 +39,7 @@ class OnnxPredictor(Predictor):
         """One session run; the session is thread-safe, so workers may share it."""
         array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         (out, *_) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+        out = np.asarray(out)
+        if out.dtype.kind != "f":  # integers or booleans are not scores: the probe refuses them
+            return torch.from_numpy(out)
+        return torch.from_numpy(out.astype(np.float32, copy=False))

@@ -87,7 +87,8 @@ class Readiness(BaseModel):
     )
     unavailable: dict[str, str] | None = Field(
         default=None,
-        description="Models that failed to load and will not become ready, with the reason.",
+        description="Models that failed to load, probe or warm up and will not become ready, "
+        "with the reason (files named relative to the model folder).",
     )
 
 
@@ -220,8 +221,13 @@ class ModelInfo(BaseModel):
     )
 
     name: str = Field(description="The card's (checkpoint's) file stem; use it in URLs.")
-    available: bool = Field(default=True, description="False when the model failed to load.")
-    error: str | None = Field(default=None, description="Why it failed to load, and what to fix.")
+    available: bool = Field(
+        default=True, description="False when the model failed to load, probe or warm up."
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why it is unavailable, and what to fix (files relative to the model folder).",
+    )
     # The fields below are null for a model that failed to load; `architecture` also for a
     # network that is not this package's own U-Net (its card says what it is).
     architecture: Architecture | None = None

@@ -63,6 +63,12 @@ def _unchanged(prediction: Prediction) -> Prediction:
     return prediction
 
 
+def _said(error: BaseException) -> str:
+    """An exception as one short line: its message, else its type."""
+    text = " ".join(str(error).split())[:300]
+    return text or type(error).__name__
+
+
 @dataclass(frozen=True)
 class EnginePlan:
     """How the engine runs on its device, resolved once from the settings."""
@@ -181,10 +187,14 @@ class InferenceEngine:
         self._pool = WorkerPool(plan.limits.workers)
         self._pool.start()
         for served in self.registry:
-            if plan.channels_last:
-                served.network.channels_last()
-            # In a worker thread: an export takes seconds, and the loop must keep answering.
-            backend = await to_thread.run_sync(self._choose_backend, served)
+            try:
+                if plan.channels_last:
+                    served.network.channels_last()
+                # In a worker thread: an export takes seconds, and the loop must keep answering.
+                backend = await to_thread.run_sync(self._choose_backend, served)
+            except Exception as error:  # one model's failure leaves the others serving
+                self._set_aside(served, f"could not be set up: {_said(error)}")
+                continue
             self._backends[served.name] = backend
             batcher = Batcher(
                 served.name,
@@ -195,14 +205,32 @@ class InferenceEngine:
             )
             self._batchers[served.name] = batcher
         self._started.set()
-        try:
-            for served in self.registry:
-                await self._warm_up(served)
-        except Exception:
-            log.exception("warm-up failed; the service stays not ready")
-            raise
-        self.ready = True
-        log.info("inference engine ready")
+        bound = self.settings.model_load_timeout_s
+        for served in self.registry:
+            try:
+                async with asyncio.timeout(bound):
+                    await self._warm_up(served)
+            except TimeoutError:
+                await self._quarantine(
+                    served, f"warm-up took longer than {bound:g} s (UNET_MODEL_LOAD_TIMEOUT_S)"
+                )
+            except Exception as error:  # NaN output, a library error: that model only
+                await self._quarantine(served, f"warm-up failed: {_said(error)}")
+        # Ready once every loadable model is warm; with none left there is nothing to serve.
+        self.ready = bool(self.registry.names())
+        log.info("inference engine ready" if self.ready else "no model survived warm-up")
+
+    def _set_aside(self, served: ServedModel, why: str) -> None:
+        """Mark `served` unavailable with a one-line reason naming its card."""
+        self.registry.mark_unavailable(served.name, f"{served.path}: {why}")
+
+    async def _quarantine(self, served: ServedModel, why: str) -> None:
+        """Take a model that failed warm-up out of service; its queue is dropped."""
+        self._set_aside(served, why)
+        self._backends.pop(served.name, None)
+        batcher = self._batchers.pop(served.name, None)
+        if batcher is not None:
+            await batcher.stop()
 
     async def stop(self) -> None:
         """Stop accepting work, fail what is queued and let running passes finish."""

@@ -23,18 +23,20 @@ def healthz() -> Liveness:
 @router.get(
     "/readyz",
     name="ready",
-    summary="Readiness: 200 once models are loaded and warmed, else 503",
+    summary="Readiness: 200 once every loadable model is warm, else 503",
     response_model=Readiness,
     responses={503: STARTING},
 )
 def readyz(request: Request) -> JSONResponse:
-    """Readiness probe: ready once every model is warm; says whether the state is read-only."""
+    """Readiness probe: ready once every loadable model is warm; names the unavailable ones."""
     services = getattr(request.app.state, "services", None)
+    failed = services.registry.failures() if services is not None else {}
     if services is None or not services.engine.ready:
-        return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+        starting = {"status": "starting"} | ({"unavailable": failed} if failed else {})
+        return JSONResponse(starting, status_code=503, headers={"Retry-After": "1"})
     why = services.store.read_only_because
-    failed = services.registry.failures()
-    # The rest serve: a model that failed to load is reported, not a reason to stay unready.
+    # The rest serve: a model that failed to load or warm up is reported, not a reason to
+    # stay unready.
     ready = {
         "status": "ready",
         "models": services.registry.names(),
