@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -32,6 +31,12 @@ from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.drift_windows import DriftWindows
+from service.state.integrity import (
+    StateUnsound,
+    check_before_opening,
+    check_opened,
+    store_location,
+)
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
 
@@ -160,13 +165,20 @@ def _open_store(
     """The store with stopped processes' leftovers settled and every model's threshold in memory.
 
     Run in a worker thread: the database never blocks the event loop. A read-only store settles
-    nothing: what it reads is what the last writer left.
+    nothing: what it reads is what the last writer left. An unsound database raises StateUnsound.
     """
+    location = store_location(settings)
+    check_before_opening(location, settings.state_start_fresh, read_only)
     store = ThresholdStore(
-        store_location(settings),
+        location,
         lease_s=settings.calibration_lease_s,
         read_only_because=read_only,
     )
+    try:
+        check_opened(store.engine, location, require_head=read_only is None)
+    except StateUnsound:
+        store.close()
+        raise
     if read_only is None:
         interrupted = store.fail_interrupted("the service restarted while this calibration ran")
         if interrupted:
@@ -178,8 +190,11 @@ def _open_store(
     return store
 
 
-def store_location(settings: Settings) -> Path | str:
-    """The database URL when one is set, else the SQLite file in the state folder."""
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    return settings.state_dir / "thresholds.sqlite3"
+def check_state(settings: Settings) -> None:
+    """Before serving: raise StateUnsound when the state database must not be served from.
+
+    Run once by `python -m service` before any worker starts, so that the operator reads one
+    line, and a damaged file is moved aside (UNET_STATE_START_FRESH) by one process only.
+    """
+    read_only = why_read_only(settings.state_dir)
+    check_before_opening(store_location(settings), settings.state_start_fresh, read_only)
