@@ -35,6 +35,7 @@ from service.state.integrity import (
     StateUnsound,
     check_before_opening,
     check_opened,
+    set_aside_if_damaged,
     store_location,
 )
 from service.state.store import ThresholdStore
@@ -132,9 +133,10 @@ async def _serving(
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
     # Per process, beside the store: what this process served is what its window counts.
-    drift_windows = DriftWindows(
-        settings.state_dir / "drift.sqlite3", read_only=read_only is not None
-    )
+    drift_file = settings.state_dir / "drift.sqlite3"
+    if read_only is None:
+        await to_thread.run_sync(set_aside_if_damaged, drift_file, "the drift windows")
+    drift_windows = DriftWindows(drift_file, read_only=read_only is not None)
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services

@@ -344,3 +344,19 @@ def check_opened(engine: Engine, location: Path | str, require_head: bool) -> No
         finding = check_connection(db, require_head)
     if finding.problem is not None:
         raise unsound(location, finding)
+
+
+def set_aside_if_damaged(path: Path, what: str) -> Path | None:
+    """Move a damaged, disposable SQLite file aside (logged, `what` it held); the new name.
+
+    For caches such as the drift windows, which are rebuilt from traffic: losing one is cheaper
+    than not starting. An empty file is left alone: SQLite creates its tables in it.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    finding = check_file(path)
+    if not finding.damaged:
+        return None
+    moved = move_aside(path)
+    log.warning("%s %s; moved it aside to %s: %s start empty", path, finding.problem, moved, what)
+    return moved

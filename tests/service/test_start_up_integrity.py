@@ -11,7 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.settings import Settings
+from service.state.integrity import StateUnsound
 from service.state.store import ThresholdStore
 from tests.helpers import TINY_MODEL
 from tests.servers import ServiceProcess, free_port
@@ -103,3 +107,26 @@ def test_a_new_state_folder_starts_as_ever(tiny_model_dir: Path, tmp_path: Path)
         service.stop()
     assert (state / "thresholds.sqlite3").stat().st_size > 0
     assert list(state.glob("*damaged*")) == []
+
+
+def test_the_app_itself_refuses_an_empty_state_database(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Served some other way (a factory, Ray), the app's start-up refuses it too."""
+    (tmp_path / "thresholds.sqlite3").write_bytes(b"")
+    settings = Settings(model_dir=tiny_model_dir, state_dir=tmp_path, tile_size=64)
+    with pytest.raises(StateUnsound, match="is empty"), TestClient(create_app(settings)):
+        pass
+
+
+def test_a_damaged_drift_file_is_set_aside_and_the_service_starts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Drift windows are rebuilt from traffic: a damaged file costs minutes, not start-up."""
+    (tmp_path / "drift.sqlite3").write_bytes(b"not a database" * 100)
+    settings = Settings(model_dir=tiny_model_dir, state_dir=tmp_path, tile_size=64)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+    (aside,) = tmp_path.glob("drift.damaged-*.sqlite3")
+    assert aside.read_bytes() == b"not a database" * 100
+    assert (tmp_path / "drift.sqlite3").read_bytes().startswith(b"SQLite format 3")
