@@ -115,16 +115,19 @@ def check_file(path: Path, thorough: bool = False) -> Finding:
         )
     if not header.startswith(MAGIC[: len(header)]):
         return Finding("is not a SQLite database (its header is damaged)", damaged=True)
+    if size < HEADER_BYTES:
+        return Finding(f"is truncated ({size} of at least {HEADER_BYTES} bytes)", damaged=True)
+    found = _check_pages(path, thorough)
+    # Read without SQLite's locks, the header's page count may run ahead of the file while a
+    # live process checkpoints; so it only names the damage that SQLite itself found.
     expected = _expected_size(header)
-    if size < HEADER_BYTES or (expected is not None and size < expected):
-        return Finding(f"is truncated ({size} of {expected or 'at least 100'} bytes)", damaged=True)
-    return _check_pages(path, thorough)
+    if found.damaged and expected is not None and path.stat().st_size < expected:
+        return Finding(f"is truncated ({path.stat().st_size} of {expected} bytes)", damaged=True)
+    return found
 
 
 def _expected_size(header: bytes) -> int | None:
     """Page size x page count from a complete header, when the header vouches for its count."""
-    if len(header) < HEADER_BYTES:
-        return None
     (page_size,) = struct.unpack(">H", header[16:18])
     page_size = 65536 if page_size == 1 else page_size
     changes, pages = struct.unpack(">II", header[24:32])

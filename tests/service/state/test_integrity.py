@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,33 @@ def test_the_open_store_path_refuses_an_empty_file(tmp_path: Path) -> None:
     (tmp_path / "thresholds.sqlite3").write_bytes(b"")
     with pytest.raises(StateUnsound, match="is empty"):
         _open_store(Settings(state_dir=tmp_path), ModelRegistry({}), None)
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from service.state.store import ThresholdStore
+
+store = ThresholdStore(Path(sys.argv[1]))
+for n in range(300):
+    store.set_manual("m", f"digest-{n:0>500}", 0.5)  # long keys: the file grows as it goes
+    if n % 5 == 0:  # checkpoints move pages (and the header's page count) into the file
+        with store.engine.connect() as db:
+            db.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    print(n, flush=True)
+"""
+
+
+def test_a_live_database_being_written_is_never_called_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "thresholds.sqlite3"
+    prepare_file(path, start_fresh=False, read_only_because=None)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "0"
+    checks = 0
+    while writer.poll() is None:
+        assert check_file(path).problem is None
+        checks += 1
+    assert writer.returncode == 0 and checks > 0
+    assert check_file(path, thorough=True).problem is None
