@@ -40,8 +40,10 @@ HEADER_BYTES = 100
 # SQLite's primary result codes for a file that is not, or no longer, a database.
 SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
 SIDE_FILES = ("-wal", "-shm")  # SQLite's companions of a WAL-mode database file
 START_FRESH = "UNET_STATE_START_FRESH"
+UNREADABLE = "check the file's owner and permissions, and that no process holds it locked"
 
 
 class StateUnsound(Exception):
@@ -56,6 +58,7 @@ class Finding:
     damaged: bool = False  # the file itself is bad (moving it aside is the remedy)
     revision: str | None = None
     remedy: str | None = None  # when it is not the usual restore-or-move-aside
+    readable: bool = True  # False: it could not be read at all (permissions, locks, network)
 
 
 def store_location(settings: Settings) -> Path | str:
@@ -106,7 +109,7 @@ def check_file(path: Path, thorough: bool = False) -> Finding:
             header = file.read(HEADER_BYTES)
             size = os.fstat(file.fileno()).st_size
     except OSError as error:
-        return Finding(f"cannot be read ({error.strerror})")
+        return Finding(f"cannot be read ({error.strerror})", remedy=UNREADABLE, readable=False)
     if size == 0:
         return Finding(
             "is empty (0 bytes): every stored threshold, calibration and history entry is gone "
@@ -140,10 +143,11 @@ def _check_pages(path: Path, thorough: bool) -> Finding:
     pragma = "integrity_check" if thorough else "quick_check"
     error: Exception | None = None
     # mode=ro needs the WAL index (-shm), which a read-only folder may not let SQLite create;
-    # immutable=1 reads the main file alone (what a cleanly stopped service left).
+    # immutable=1 reads the main file alone (what a cleanly stopped service left). A file
+    # that is busy (locked by a live writer) is never read that way: it could look torn.
     for query in ("mode=ro", "mode=ro&immutable=1"):
         try:
-            db = sqlite3.connect(f"file:{path.resolve()}?{query}", uri=True)
+            db = sqlite3.connect(f"file:{path.resolve()}?{query}", uri=True, timeout=30)
             try:
                 rows = [row[0] for row in db.execute(f"PRAGMA {pragma}(1)")]
                 found = schema_finding(_raw_tables(db), _revisions(db), require_head=False)
@@ -155,17 +159,19 @@ def _check_pages(path: Path, thorough: bool) -> Finding:
                 what = "is not a SQLite database" if code == SQLITE_NOTADB else "is damaged"
                 return Finding(f"{what} ({failed})", damaged=True)
             error = failed
+            if code in (SQLITE_BUSY, SQLITE_LOCKED):
+                break
             continue
         if rows != ["ok"]:
             # SQLite's first complaint, on one line ("*** in database main ***\nPage 3: ...").
             detail = " ".join(rows[0].replace("*** in database main ***", "").split())
             return Finding(f"is damaged ({pragma}: {detail})", damaged=True)
         return found
-    return Finding(f"cannot be read ({error})")
+    return Finding(f"cannot be read ({error})", remedy=UNREADABLE, readable=False)
 
 
 def _raw_tables(db: sqlite3.Connection) -> dict[str, set[str]]:
-    names = [row[0] for row in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+    names = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {name: {row[1] for row in db.execute(f'PRAGMA table_info("{name}")')} for name in names}
 
 
@@ -243,7 +249,12 @@ def check_url(location: str) -> Finding:
         with engine.connect() as db:
             return check_connection(db, require_head=False)
     except DBAPIError as error:
-        return Finding(f"cannot be read ({str(error.orig or error).strip().splitlines()[0]})")
+        reason = str(error.orig or error).strip().splitlines()[0]
+        return Finding(
+            f"cannot be read ({reason})",
+            remedy="check that the server is up and that UNET_DATABASE_URL names it",
+            readable=False,
+        )
     finally:
         engine.dispose()
 
@@ -264,11 +275,9 @@ def prepare_file(path: Path, start_fresh: bool, read_only_because: str | None) -
     finding = check_file(path)
     if finding.problem is None:
         return
-    if not finding.damaged:
-        if read_only_because is not None:
-            return  # unreadable in a read-only folder: served on the defaults, as before
-        raise unsound(path, finding)
-    if not start_fresh:
+    if not finding.readable:
+        return  # not known to be damaged: the store opens it or says why, as it always has
+    if not finding.damaged or not start_fresh:
         raise unsound(path, finding)
     if read_only_because is not None:
         raise StateUnsound(
@@ -336,8 +345,8 @@ def check_before_opening(
         prepare_file(location, start_fresh, read_only_because)
         return
     finding = check_url(location)
-    # Only a schema problem has a revision: an unreachable server is the store's to report.
-    if finding.problem is not None and finding.revision is not None:
+    # An unreachable server is the store's to report (and to wait out).
+    if finding.problem is not None and finding.readable:
         raise unsound(location, finding)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from service.cli import main
 from service.state.store import ThresholdStore
+from tests.servers import free_port
 
 DIGEST = "d" * 64
 
@@ -135,3 +136,14 @@ def test_postgresql_is_checked_and_backed_up_with_pg_dump(
 
     code, out, err = run(capsys, "state", "backup", "somewhere.sqlite3")
     assert code == 2 and out == "" and "pg_dump" in err
+
+
+def test_check_of_an_unreachable_postgresql_says_what_to_look_at(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setenv("UNET_DATABASE_URL", f"postgresql://u:pw@127.0.0.1:{free_port()}/db")
+    code, _, err = run(capsys, "state", "check")
+    (line,) = err.splitlines()
+    assert code == 1 and "cannot be read (" in line and "pw" not in line
+    assert line.endswith("check that the server is up and that UNET_DATABASE_URL names it")
