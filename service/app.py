@@ -190,13 +190,3 @@ def _open_store(
             store.note_checkpoint(served.name, served.digest)
         store.active_threshold(served.name, served.digest)  # first requests then read memory
     return store
-
-
-def check_state(settings: Settings) -> None:
-    """Before serving: raise StateUnsound when the state database must not be served from.
-
-    Run once by `python -m service` before any worker starts, so that the operator reads one
-    line, and a damaged file is moved aside (UNET_STATE_START_FRESH) by one process only.
-    """
-    read_only = why_read_only(settings.state_dir)
-    check_before_opening(store_location(settings), settings.state_start_fresh, read_only)

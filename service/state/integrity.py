@@ -32,6 +32,7 @@ from service.settings import Settings
 from service.state.database import database_url, open_engine
 from service.state.migrate import MIGRATIONS
 from service.state.tables import metadata
+from service.state.writable import why_read_only
 
 log = logging.getLogger(__name__)
 
@@ -372,3 +373,13 @@ def set_aside_if_damaged(path: Path, what: str) -> Path | None:
     moved = move_aside(path)
     log.warning("%s %s; moved it aside to %s: %s start empty", path, finding.problem, moved, what)
     return moved
+
+
+def check_state(settings: Settings) -> None:
+    """Before serving: raise StateUnsound when the state database must not be served from.
+
+    Run once by `python -m service` before any worker starts (and before the models load), so
+    the operator reads one line at once, and only one process moves a damaged file aside.
+    """
+    read_only = why_read_only(settings.state_dir)
+    check_before_opening(store_location(settings), settings.state_start_fresh, read_only)

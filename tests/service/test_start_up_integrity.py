@@ -20,7 +20,9 @@ from service.state.store import ThresholdStore
 from tests.helpers import TINY_MODEL
 from tests.servers import ServiceProcess, free_port
 
-START_WITHIN_S = 120
+START_WITHIN_S = 180  # generous: other test suites may load the machine
+# A short warm-up and no ONNX export: these tests are about the state folder.
+QUICK = {"UNET_TILE_SIZE": "64", "UNET_BACKEND": "torch", "UNET_LOG_LEVEL": "warning"}
 
 
 def stored(state: Path) -> Path:
@@ -42,6 +44,7 @@ def start(model_dir: Path, state: Path, **env: str) -> subprocess.CompletedProce
             "UNET_STATE_DIR": str(state),
             "UNET_HOST": "127.0.0.1",
             "UNET_PORT": str(free_port()),
+            **QUICK,
             **env,
         },
         capture_output=True,
@@ -82,8 +85,9 @@ def test_told_to_start_fresh_it_moves_the_empty_file_aside_and_serves(
     service = ServiceProcess(
         tiny_model_dir,
         tmp_path,
-        env={"UNET_STATE_START_FRESH": "true", "UNET_LOG_LEVEL": "warning"},
+        env={**QUICK, "UNET_STATE_START_FRESH": "true"},
         stderr=subprocess.PIPE,
+        ready_within_s=START_WITHIN_S,
     )
     try:
         ready = httpx.get(f"{service.base}/readyz", timeout=10).json()
@@ -100,7 +104,7 @@ def test_told_to_start_fresh_it_moves_the_empty_file_aside_and_serves(
 @pytest.mark.slow
 def test_a_new_state_folder_starts_as_ever(tiny_model_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "brand-new"
-    service = ServiceProcess(tiny_model_dir, state, env={"UNET_LOG_LEVEL": "warning"})
+    service = ServiceProcess(tiny_model_dir, state, env=QUICK, ready_within_s=START_WITHIN_S)
     try:
         assert httpx.get(f"{service.base}/readyz", timeout=10).status_code == 200
     finally:
