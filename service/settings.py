@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         default=False,
         description="When the SQLite state database is empty, truncated or damaged, move it "
         "aside (`thresholds.damaged-<UTC time>.sqlite3`, logged) and start with no stored "
-        "thresholds; unset: start-up stops and says how to recover.",
+        "thresholds; `false`: start-up stops and says how to recover.",
     )
     # Shared state for scaling out (DESIGN.md, "Scaling out").
     database_url: SecretStr | None = Field(
