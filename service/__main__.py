@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
-from service.api import server
-from service.app import create_app
+from service.ops.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings
+from service.state.database import MissingDriver
+from service.state.integrity import StateUnsound, check_state
+
+EXIT_UNSOUND = 1  # the state database must not be served from: the one line on stderr says why
 
 
 def run(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
@@ -16,6 +20,17 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     settings = Settings()
     host, port = host or settings.host, port or settings.port
+    configure_logging(settings)
+    try:
+        check_state(settings)
+    except (StateUnsound, MissingDriver) as error:
+        # Before uvicorn: a failure in the app's start-up would come with a traceback.
+        print(f"unet: cannot start: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_UNSOUND) from None
+    # Imported after the check: the models' libraries take seconds to load, the check does not.
+    from service.api import server
+    from service.app import create_app
+
     if settings.workers > 1:
         server.run_workers("service.app:create_app", settings, host, port)
     else:

@@ -8,7 +8,6 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -35,6 +34,13 @@ from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.drift_windows import DriftWindows
+from service.state.integrity import (
+    StateUnsound,
+    check_before_opening,
+    check_opened,
+    set_aside_if_damaged,
+    store_location,
+)
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
 
@@ -142,9 +148,10 @@ async def _serving(
     engine = InferenceEngine(registry, settings, metrics)
     jobs = CalibrationJobs(registry, store, engine, settings, metrics)
     # Per process, beside the store: what this process served is what its window counts.
-    drift_windows = DriftWindows(
-        settings.state_dir / "drift.sqlite3", read_only=read_only is not None
-    )
+    drift_file = settings.state_dir / "drift.sqlite3"
+    if read_only is None:
+        await to_thread.run_sync(set_aside_if_damaged, drift_file, "the drift windows")
+    drift_windows = DriftWindows(drift_file, read_only=read_only is not None)
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
@@ -175,13 +182,20 @@ def _open_store(
     """The store with stopped processes' leftovers settled and every model's threshold in memory.
 
     Run in a worker thread: the database never blocks the event loop. A read-only store settles
-    nothing: what it reads is what the last writer left.
+    nothing: what it reads is what the last writer left. An unsound database raises StateUnsound.
     """
+    location = store_location(settings)
+    check_before_opening(location, settings.state_start_fresh, read_only)
     store = ThresholdStore(
-        store_location(settings),
+        location,
         lease_s=settings.calibration_lease_s,
         read_only_because=read_only,
     )
+    try:
+        check_opened(store.engine, location, require_head=read_only is None)
+    except StateUnsound:
+        store.close()
+        raise
     if read_only is None:
         interrupted = store.fail_interrupted("the service restarted while this calibration ran")
         if interrupted:
@@ -191,10 +205,3 @@ def _open_store(
             store.note_checkpoint(served.name, served.digest)
         store.active_threshold(served.name, served.digest)  # first requests then read memory
     return store
-
-
-def store_location(settings: Settings) -> Path | str:
-    """The database URL when one is set, else the SQLite file in the state folder."""
-    if settings.database_url is not None:
-        return settings.database_url.get_secret_value()
-    return settings.state_dir / "thresholds.sqlite3"

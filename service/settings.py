@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         default=Path("state"),
         description="Folder of the SQLite threshold store (active thresholds, calibrations).",
     )
+    state_start_fresh: bool = Field(
+        default=False,
+        description="When the SQLite state database is empty, truncated or damaged, move it "
+        "aside (`thresholds.damaged-<UTC time>.sqlite3`, logged) and start with no stored "
+        "thresholds; `false`: start-up stops and says how to recover.",
+    )
     # Shared state for scaling out (DESIGN.md, "Scaling out").
     database_url: SecretStr | None = Field(
         default=None,
