@@ -124,6 +124,13 @@ class WorkerPool:
         """Whether a free worker could start a batch now (work waits below its model's cap)."""
         return any(batcher.startable() for batcher in self.batchers)
 
+    def crowded(self) -> bool:
+        """Whether a pass starting now will soon have company: work waits that will run beside it.
+
+        Work of a model capped at one worker, which holds it, runs only after that model's pass.
+        """
+        return any(batcher.crowds() for batcher in self.batchers)
+
     def stop(self) -> None:
         """Let running batches finish, start no other and wait for the threads (blocking)."""
         with self.lock:
@@ -293,6 +300,12 @@ class Batcher:
     def startable(self) -> bool:
         """Whether a free worker may start a batch of this model now (under the pool's lock)."""
         return bool(self.queue) and not self.stopped and self.running < self.limits.per_model
+
+    def crowds(self) -> bool:
+        """Whether this model's queued work will start beside passes now running."""
+        if not self.queue or self.stopped:
+            return False
+        return self.running < self.limits.per_model or self.limits.per_model > 1
 
     def gather(self, lock: threading.Condition) -> list[Unit]:
         """Up to max_batch units with the oldest job's key, waiting at most wait_s for more.

@@ -371,11 +371,12 @@ class InferenceEngine:
         return ort_backend
 
     def _crowded(self) -> bool:
-        """Whether a worker could start more work now (a pass in progress has company soon).
+        """Whether work waits that will run beside a pass starting now (`WorkerPool.crowded`).
 
-        Work held back by its model's worker cap does not count: no pass starts for it.
+        A model capped at one worker, holding it, with work queued is not crowded by that work:
+        the cores its cap leaves idle are its lone pass's.
         """
-        return self._pool is not None and self._pool.startable()
+        return self._pool is not None and self._pool.crowded()
 
     def _admission(self, name: str) -> asyncio.Semaphore:
         """The semaphore that lets a model's large images in as many at a time as it has workers."""

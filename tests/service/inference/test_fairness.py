@@ -15,9 +15,17 @@ import torch
 
 from model import UNet, UNetConfig, save
 from service.inference import engine as engine_module
-from service.inference.batching import model_worker_cap
+from service.inference.batching import (
+    Batcher,
+    BatchLimits,
+    Job,
+    Stopped,
+    WorkerPool,
+    model_worker_cap,
+)
 from service.inference.engine import InferenceEngine, plan_engine
 from service.inference.registry import ModelRegistry, ServedModel
+from service.ops.metrics import Metrics
 from service.settings import Settings
 from tests.helpers import running_engine, until_async
 
@@ -183,3 +191,29 @@ def test_per_model_cap_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert (cuda.limits.workers, cuda.limits.per_model) == (2, 1)
     chosen = plan_engine(settings(tmp_path, model_max_workers=2), torch.device("cpu"), models=3)
     assert chosen.limits.per_model == 2
+
+
+async def test_only_work_that_will_run_beside_a_pass_crowds_it() -> None:
+    """A capped model's own backlog leaves its lone pass every core; a lone model's does not."""
+    pool = WorkerPool(2)  # not started: the test sets what the workers hold
+
+    def batcher(name: str, per_model: int) -> Batcher:
+        limits = BatchLimits(
+            max_batch=1, wait_s=0, workers=2, queue_size=8, model_workers=per_model
+        )
+        return Batcher(name, limits, lambda units: [], pool, Metrics())
+
+    capped, lone = batcher("capped", 1), batcher("lone", 2)
+    jobs = [Job(key=(1, 8, 8), units=4), Job(key=(1, 8, 8))]
+    capped.submit(jobs[0])
+    capped.running = 1  # it holds its one worker: its backlog waits for that pass to end
+    assert not pool.startable() and not pool.crowded()
+    capped.running = 0  # its worker is free: the backlog starts at once
+    assert pool.startable() and pool.crowded()
+    capped.running = 1
+    lone.submit(jobs[1])
+    lone.running = 2  # both workers busy; its next pass starts as soon as either is free
+    assert not pool.startable() and pool.crowded()
+    for each in (capped, lone):
+        await each.stop()
+    assert all(isinstance(job.future.exception(), Stopped) for job in jobs)
