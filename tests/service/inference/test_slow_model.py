@@ -1,7 +1,7 @@
 """A slow model's backlog does not starve a fast one, through a real server and real clients.
 
 The slow model is an ONNX graph built here to be deliberately expensive (a chain of 3 x 3
-convolutions, about a second per 512 px tile on a small CPU), served beside a copy of the shipped
+convolutions, about 1.4 s per 512 px tile on a small CPU), served beside a copy of the shipped
 `unet-sigmoid`. Four 2048 px images (25 tiles each) give it a backlog of minutes; meanwhile
 concurrent clients ask `unet-sigmoid` for masks of small images and must be answered fast.
 """
@@ -13,6 +13,7 @@ import io
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 SLOW = "slow"
 FAST = "unet-sigmoid"
-LAYERS, CHANNELS = 12, 32  # about 1 s per 512 px tile on an idle 2-core VM
+LAYERS, CHANNELS = 16, 32  # about 1.4 s per 512 px tile on an idle 2-core VM
 LARGE_SIDE, LARGE_COUNT = 2048, 4
 FAST_CLIENTS, FAST_REQUESTS = 2, 40  # requests per client
 BOUND_S = 60.0  # no wait in this test may take longer than this
@@ -130,12 +131,33 @@ async def fast_client(
     return latencies
 
 
-async def load(base: str) -> tuple[list[float], float, float]:
-    """(fast latencies, slow queue depth after them, mean slow pass s) under a slow backlog."""
+async def fast_clients(client: httpx.AsyncClient, images: list[bytes]) -> list[float]:
+    """Latencies of FAST_CLIENTS concurrent clients, FAST_REQUESTS each, within BOUND_S."""
+    deadline = time.monotonic() + BOUND_S
+    runs = [
+        fast_client(client, [images[(c + i) % len(images)] for i in range(FAST_REQUESTS)], deadline)
+        for c in range(FAST_CLIENTS)
+    ]
+    return [latency for run in await asyncio.gather(*runs) for latency in run]
+
+
+@dataclass
+class Measured:
+    """What the load saw."""
+
+    alone: list[float]  # unet-sigmoid latencies with the slow model idle
+    behind: list[float]  # the same while the slow model has a backlog
+    depth: float  # the slow model's queue depth after the last of them
+    slow_pass: float  # mean seconds of the slow model's passes meanwhile
+
+
+async def load(base: str) -> Measured:
+    """unet-sigmoid's latencies alone, then under a slow backlog."""
     small = [png(generate_pair(pair_rng(0, i), 128)[0]) for i in range(8)]
     large = large_png()
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=base, timeout=BOUND_S, limits=limits) as client:
+        alone = await fast_clients(client, small)
         before = samples((await client.get("/metrics")).text, "unet_inference_seconds", SLOW)
         # The slow requests wait as long as the server lets them; they are cancelled at the end.
         slow = [
@@ -146,14 +168,7 @@ async def load(base: str) -> tuple[list[float], float, float]:
             while await queue_depth(client, SLOW) < 1:  # its tiles are queued: a backlog
                 assert time.monotonic() < deadline, "the slow model never had a backlog"
                 await asyncio.sleep(0.05)
-            deadline = time.monotonic() + BOUND_S
-            runs = [
-                fast_client(
-                    client, [small[(c + i) % len(small)] for i in range(FAST_REQUESTS)], deadline
-                )
-                for c in range(FAST_CLIENTS)
-            ]
-            latencies = [s for run in await asyncio.gather(*runs) for s in run]
+            behind = await fast_clients(client, small)
             depth = await queue_depth(client, SLOW)
             assert not any(task.done() for task in slow), "the backlog drained meanwhile"
             text = (await client.get("/metrics")).text
@@ -163,10 +178,16 @@ async def load(base: str) -> tuple[list[float], float, float]:
             await asyncio.gather(*slow, return_exceptions=True)
     after = samples(text, "unet_inference_seconds", SLOW)  # the tiles' passes, not the warm-up's
     count, total = ("unet_inference_seconds_count", "unet_inference_seconds_sum")
-    return latencies, depth, (after[total] - before[total]) / (after[count] - before[count])
+    slow_pass = (after[total] - before[total]) / (after[count] - before[count])
+    return Measured(alone, behind, depth, slow_pass)
 
 
-def test_a_slow_models_backlog_leaves_another_model_answering_within_a_second(
+def p99(latencies: list[float]) -> float:
+    """The 99th percentile, in seconds."""
+    return float(np.percentile(latencies, 99))
+
+
+def test_a_slow_models_backlog_adds_under_a_second_to_another_models_p99(
     tmp_path: Path, shipped_weights: Path
 ) -> None:
     (tmp_path / "models").mkdir()
@@ -175,15 +196,17 @@ def test_a_slow_models_backlog_leaves_another_model_answering_within_a_second(
     env = {"UNET_LOG_LEVEL": "warning", "UNET_REQUEST_TIMEOUT_S": "600"}
     service = ServiceProcess(folder, tmp_path / "state", env, ready_within_s=180)
     try:
-        latencies, depth, slow_pass = asyncio.run(load(service.base))
+        seen = asyncio.run(load(service.base))
     finally:
         service.stop()
-    p99 = float(np.percentile(latencies, 99))
-    print(
-        f"{FAST}: p50 {np.median(latencies):.3f} s, p99 {p99:.3f} s, max {max(latencies):.3f} s;"
-        f" {SLOW}: {slow_pass:.2f} s a pass, {depth:.0f} queued at the end"
+    said = (
+        f"{FAST} p99 {p99(seen.alone):.3f} s alone, {p99(seen.behind):.3f} s behind the backlog"
+        f" (p50 {np.median(seen.behind):.3f} s); {SLOW}: {seen.slow_pass:.2f} s a pass"
     )
-    assert p99 < 1.0, f"{FAST} p99 {p99:.2f} s behind a slow backlog ({slow_pass:.2f} s a pass)"
-    assert len(latencies) == FAST_CLIENTS * FAST_REQUESTS, f"{FAST} starved: answers missing"
-    assert depth >= 1  # the slow model still had tiles waiting when the last answer came
-    assert slow_pass >= 0.5, f"the slow model is not slow here ({slow_pass:.2f} s a pass)"
+    print(said)
+    assert len(seen.alone) == len(seen.behind) == FAST_CLIENTS * FAST_REQUESTS, said
+    # Under 1 s on an idle machine; on a loaded one, its own slowness without the backlog is
+    # allowed for. A request that waited for even one slow pass would take longer.
+    assert p99(seen.behind) < 1.0 + p99(seen.alone), said
+    assert seen.depth >= 1  # the slow model still had tiles waiting when the last answer came
+    assert seen.slow_pass >= 1.0 + p99(seen.alone), f"the slow model is not slow here; {said}"
