@@ -4,10 +4,12 @@ Every request becomes a job in its model's bounded queue (`service.inference.bat
 of worker threads takes batches of same-shaped work from the queues and runs them, with the GIL
 released during the pass. A job carries its request's post-processing (thresholding, encoding),
 which runs in the same worker right after the pass instead of costing another trip through the
-event loop. A pass that runs alone with nothing queued uses every core. Images
-whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles
-(`model.tiling`); the tiles are the job's units, so they spread over every worker and batch like
-ordinary images, and memory stays bounded by the tile whatever the image.
+event loop. A pass that runs alone, with no queued work to start beside it, uses every core;
+models take turns at the workers, and one model holds at most `UNET_MODEL_MAX_WORKERS` of them
+(`service.inference.batching`). Images whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS`
+are cut into overlapping tiles (`model.tiling`); the tiles are the job's units, so they spread
+over the workers and batch like ordinary images, and memory stays bounded by the tile whatever
+the image.
 """
 
 from __future__ import annotations
