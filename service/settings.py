@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests waiting for the model beyond which new ones get 503.",
     )
+    model_max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most inference workers one model's passes may hold at once, so that a slow "
+        "model's backlog leaves workers to the others; unset: one fewer than the workers when "
+        "more than one model is served (at least 1), every worker when one is.",
+        json_schema_extra=_shown_as("workers - 1"),
+    )
     request_timeout_s: float = Field(
         default=60, gt=0, description="Seconds an inference request may take before it gets 503."
     )

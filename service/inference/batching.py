@@ -5,19 +5,23 @@ for a large one). Units whose jobs share a `key` (the input shape) may run in on
 a batch never pads one image to another's size and batched results equal single-image ones.
 
 The event loop only queues jobs and settles their futures. The worker threads (one per compute
-slot, shared by every model) take the oldest job's key, claim up to `max_batch` units with it,
+slot, shared by every model) take a model's oldest job's key, claim up to `max_batch` units with it,
 waiting at most `wait_s` for more to arrive, run the batch, hand the results to the loop and go
 straight on to the next batch. While every worker is busy, new jobs pile up in the queue, so
 batches grow exactly when the load does. A worker never waits for the event loop between passes:
 on a small CPU under load, each thread wake-up and loop turn per pass cost the forward passes
 about a tenth of their throughput (docs/benchmarks.md, "ONNX Runtime").
+
+Models take turns: a free worker serves the next model, in a fixed rotation, that has work and
+holds fewer than `model_workers` workers, so a slow model's backlog (a large image is many units)
+delays another model's request by at most one batch, and while `model_workers` is below
+`workers` a worker is always left for the other models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import threading
 import time
@@ -49,9 +53,23 @@ class BatchLimits:
     wait_s: float
     workers: int
     queue_size: int
+    model_workers: int = 0  # most workers one model's batches hold at once; 0: every worker
+
+    @property
+    def per_model(self) -> int:
+        """Workers one model may hold at once."""
+        return min(self.model_workers, self.workers) if self.model_workers else self.workers
 
 
-_arrivals = itertools.count()  # orders jobs of every model: the oldest runs first
+def model_worker_cap(setting: int | None, workers: int, models: int) -> int:
+    """Workers one model may hold: the setting, else one fewer than all when others are served.
+
+    With several models, leaving one worker free means a request for one model never waits for
+    another model's passes, however slow they are; a lone model may use every worker.
+    """
+    if setting is not None:
+        return min(setting, workers)
+    return max(1, workers - 1) if models > 1 else workers
 
 
 class Job:
@@ -63,7 +81,6 @@ class Job:
         self.claimed = 0  # units handed to a batch so far (changed under the pool's lock)
         # Set on the event loop, read by worker threads: a plain bool is atomic under the GIL.
         self.cancelled = False
-        self.arrival = next(_arrivals)
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
 
@@ -73,13 +90,19 @@ Execute = Callable[[list[Unit]], list[tuple[Job, Any]]]
 
 
 class WorkerPool:
-    """`workers` threads shared by every model's Batcher: each runs one batch at a time."""
+    """`workers` threads shared by every model's Batcher: each runs one batch at a time.
+
+    A free worker takes a batch from the next model in rotation that has queued work and holds
+    fewer than its `per_model` workers, not from the model whose job is oldest: one model's
+    backlog then delays another's work by one batch at most.
+    """
 
     def __init__(self, workers: int, name: str = "inference") -> None:
         self.workers = workers
         self.name = name
         self.lock = threading.Condition()  # guards every batcher's queue and the stop flag
         self.batchers: list[Batcher] = []
+        self._turn = 0  # index of the batcher whose turn is next
         self._stopping = False
         self._threads: list[threading.Thread] = []
 
@@ -97,9 +120,16 @@ class WorkerPool:
         with self.lock:
             self.batchers.append(batcher)
 
-    def waiting(self) -> int:
-        """Jobs queued for every model, not yet fully handed to a batch."""
-        return sum(len(batcher.queue) for batcher in self.batchers)
+    def startable(self) -> bool:
+        """Whether a free worker could start a batch now (work waits below its model's cap)."""
+        return any(batcher.startable() for batcher in self.batchers)
+
+    def crowded(self) -> bool:
+        """Whether a pass starting now will soon have company: work waits that will run beside it.
+
+        Work of a model capped at one worker, which holds it, runs only after that model's pass.
+        """
+        return any(batcher.crowds() for batcher in self.batchers)
 
     def stop(self) -> None:
         """Let running batches finish, start no other and wait for the threads (blocking)."""
@@ -111,26 +141,42 @@ class WorkerPool:
         self._threads = []
 
     def _work(self) -> None:
+        finished: Batcher | None = None  # the model of the batch this worker just ran
         while True:
             with self.lock:
+                if finished is not None:
+                    finished.running -= 1  # under the same lock as the next pick: one trip
                 picked = self._next_batch()
                 while picked is None:
                     if self._stopping:
                         return
                     self.lock.wait()
                     picked = self._next_batch()
-            batcher, batch = picked
-            batcher.run(batch)
+            finished, batch = picked
+            finished.run(batch)
 
     def _next_batch(self) -> tuple[Batcher, list[Unit]] | None:
-        """The oldest job's batcher and a batch of its units (called holding the lock)."""
+        """The next model in rotation with startable work, and a batch of its units.
+
+        Called holding the lock. The worker counts against the model's cap from here until its
+        batch has run, including while it waits for the batch to fill.
+        """
         if self._stopping:
             return None
-        ready = [b for b in self.batchers if b.queue and not b.stopped]
-        if not ready:
-            return None
-        batcher = min(ready, key=lambda b: b.queue[0].arrival)
-        return batcher, batcher.gather(self.lock)
+        count = len(self.batchers)
+        for step in range(count):
+            index = (self._turn + step) % count
+            batcher = self.batchers[index]
+            if batcher.startable():
+                self._turn = index + 1
+                batcher.running += 1
+                batch = batcher.gather(self.lock)
+                if self.startable():
+                    # What this batch left, or a model this worker has just stopped holding at
+                    # its cap, is another worker's.
+                    self.lock.notify()
+                return batcher, batch
+        return None
 
 
 class Batcher:
@@ -148,6 +194,7 @@ class Batcher:
         self.limits = limits
         self.queue: deque[Job] = deque()
         self.stopped = False
+        self.running = 0  # workers holding a batch of this model (changed under the pool's lock)
         self._execute = execute
         self._pool = pool
         self._metrics = metrics
@@ -228,7 +275,7 @@ class Batcher:
 
     def retry_after(self) -> int:
         """Whole seconds until the queue has likely drained enough to take a new job."""
-        waiting = (len(self.queue) + 1) * self._seconds_per_job / self.limits.workers
+        waiting = (len(self.queue) + 1) * self._seconds_per_job / self.limits.per_model
         return max(1, min(60, math.ceil(waiting)))
 
     def _drop(self, job: Job) -> None:
@@ -250,6 +297,16 @@ class Batcher:
 
     # In a worker thread ---------------------------------------------------------------------
 
+    def startable(self) -> bool:
+        """Whether a free worker may start a batch of this model now (under the pool's lock)."""
+        return bool(self.queue) and not self.stopped and self.running < self.limits.per_model
+
+    def crowds(self) -> bool:
+        """Whether this model's queued work will start beside passes now running."""
+        if not self.queue or self.stopped:
+            return False
+        return self.running < self.limits.per_model or self.limits.per_model > 1
+
     def gather(self, lock: threading.Condition) -> list[Unit]:
         """Up to max_batch units with the oldest job's key, waiting at most wait_s for more.
 
@@ -264,8 +321,6 @@ class Batcher:
                 break
             lock.wait(remaining)
             batch += self._take(key, self.limits.max_batch - len(batch))
-        if self.queue:
-            lock.notify()  # what this batch left is another worker's
         return batch
 
     def _take(self, key: Hashable, wanted: int) -> list[Unit]:

@@ -4,10 +4,12 @@ Every request becomes a job in its model's bounded queue (`service.inference.bat
 of worker threads takes batches of same-shaped work from the queues and runs them, with the GIL
 released during the pass. A job carries its request's post-processing (thresholding, encoding),
 which runs in the same worker right after the pass instead of costing another trip through the
-event loop. A pass that runs alone with nothing queued uses every core. Images
-whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles
-(`model.tiling`); the tiles are the job's units, so they spread over every worker and batch like
-ordinary images, and memory stays bounded by the tile whatever the image.
+event loop. A pass that runs alone, with no queued work to start beside it, uses every core;
+models take turns at the workers, and one model holds at most `UNET_MODEL_MAX_WORKERS` of them
+(`service.inference.batching`). Images whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS`
+are cut into overlapping tiles (`model.tiling`); the tiles are the job's units, so they spread
+over the workers and batch like ordinary images, and memory stays bounded by the tile whatever
+the image.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from service.inference.batching import (
     Stopped,
     Unit,
     WorkerPool,
+    model_worker_cap,
 )
 from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
@@ -94,8 +97,11 @@ def usable_cores() -> int:
     return cores
 
 
-def plan_engine(settings: Settings, device: torch.device) -> EnginePlan:
-    """Per-device defaults for whatever the settings leave unset (see docs/benchmarks.md)."""
+def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> EnginePlan:
+    """Per-device defaults for whatever the settings leave unset (see docs/benchmarks.md).
+
+    `models` is how many models share the workers (it sets the per-model worker cap).
+    """
     if device.type == "cuda":
         # A GPU is fed best by big batches; two workers overlap host copies with compute.
         limits = BatchLimits(
@@ -103,6 +109,7 @@ def plan_engine(settings: Settings, device: torch.device) -> EnginePlan:
             wait_s=(2.0 if settings.batch_wait_ms is None else settings.batch_wait_ms) / 1000,
             workers=2,
             queue_size=settings.queue_size,
+            model_workers=model_worker_cap(settings.model_max_workers, 2, models),
         )
         autocast = AUTOCAST.get(settings.autocast)
         return EnginePlan(device, limits, settings.torch_threads, 0, autocast, channels_last=True)
@@ -112,11 +119,13 @@ def plan_engine(settings: Settings, device: torch.device) -> EnginePlan:
     # Worker processes on one machine split its cores between them.
     cores = max(1, usable_cores() // settings.workers)
     threads = settings.torch_threads or 1
+    workers = max(1, cores // threads)
     limits = BatchLimits(
         max_batch=settings.max_batch or 1,
         wait_s=(settings.batch_wait_ms or 0.0) / 1000,
-        workers=max(1, cores // threads),
+        workers=workers,
         queue_size=settings.queue_size,
+        model_workers=model_worker_cap(settings.model_max_workers, workers, models),
     )
     if settings.autocast != "off":
         log.warning("UNET_AUTOCAST=%s applies on CUDA only; running float32", settings.autocast)
@@ -167,14 +176,15 @@ class InferenceEngine:
         self.metrics = metrics
         self.ready = False
         device = next(iter(registry)).device
-        self.plan = plan_engine(settings, device)
+        self.plan = plan_engine(settings, device, models=len(registry.names()))
         self._batchers: dict[str, Batcher] = {}
         self._backends: dict[str, Backend] = {}
         self._pool: WorkerPool | None = None
         self._previous_threads = torch.get_num_threads()
         share = self.plan.share_cores
         self._cores = CoreShare(share, self._crowded) if share else None
-        self._large = asyncio.Semaphore(self.plan.limits.workers)
+        # Per model, so that one model's large images never hold back another's.
+        self._large: dict[str, asyncio.Semaphore] = {}
         self._started = asyncio.Event()  # set once the batchers take work
 
     async def start(self) -> None:
@@ -299,7 +309,7 @@ class InferenceEngine:
         # A large image holds a few full-size planes while its tiles run; a few at a time are
         # enough to keep every worker busy, so the rest wait here instead of holding memory.
         large = needs_tiles(served, height, width, self.settings)
-        admission = self._large if large else contextlib.nullcontext()
+        admission = self._admission(served.name) if large else contextlib.nullcontext()
         job: Job | None = None
         try:
             async with asyncio.timeout(timeout), admission:
@@ -391,8 +401,18 @@ class InferenceEngine:
         return ort_backend
 
     def _crowded(self) -> bool:
-        """Whether work waits for a worker (a pass in progress then has company soon)."""
-        return self._pool is not None and self._pool.waiting() > 0
+        """Whether work waits that will run beside a pass starting now (`WorkerPool.crowded`).
+
+        A model capped at one worker, holding it, with work queued is not crowded by that work:
+        the cores its cap leaves idle are its lone pass's.
+        """
+        return self._pool is not None and self._pool.crowded()
+
+    def _admission(self, name: str) -> asyncio.Semaphore:
+        """The semaphore that lets a model's large images in as many at a time as it has workers."""
+        if name not in self._large:
+            self._large[name] = asyncio.Semaphore(self.plan.limits.per_model)
+        return self._large[name]
 
     def queue_depth(self, name: str) -> int:
         """Jobs waiting for model `name`."""
