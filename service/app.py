@@ -21,10 +21,12 @@ from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.origin import SameOriginWrites
+from service.api.pacing import BodyPacing
 from service.api.pages import install_pages
 from service.api.problems import install_problem_handlers
 from service.api.routes import calibrations, drift, health, inference, models, thresholds
 from service.api.security_headers import SecurityHeaders
+from service.api.spool import install_spooling
 from service.calibration.jobs import CalibrationJobs
 from service.container import Services
 from service.inference.drift import DriftMonitor
@@ -96,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit,
         limit_for=lambda path: _body_limit(settings, path),
-        timeout_s=settings.body_timeout_s,
+        pacing=BodyPacing.from_settings(settings),
     )
     routers = [
         module.router for module in (health, models, inference, calibrations, thresholds, drift)
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install_docs(app)
     install_pages(app)
+    install_spooling(app, settings)
     return app
 
 

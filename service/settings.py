@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -119,6 +120,12 @@ class Settings(BaseSettings):
         description="Largest accepted calibration zip upload; larger ones get 413.",
         json_schema_extra=_shown_as("536870912 (512 MiB)"),
     )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Folder where uploads over 1 MiB are spooled while they arrive; created "
+        "and checked at start-up. Unset: `TMPDIR` when set, else `/tmp`.",
+        json_schema_extra=_shown_as("`TMPDIR` or `/tmp`"),
+    )
     max_image_pixels: int = Field(
         default=4096 * 4096,
         gt=0,
@@ -157,6 +164,50 @@ class Settings(BaseSettings):
         default=30,
         gt=0,
         description="Seconds a request body may stall between chunks; then 408 and disconnect.",
+    )
+    # Connection hygiene (issue 31): slow bodies, unread answers, one address's share.
+    body_deadline_s: float = Field(
+        default=300,
+        gt=0,
+        description="Seconds a whole request body may take to arrive (the head has "
+        "`UNET_HEAD_TIMEOUT_S`); then 408 and disconnect.",
+    )
+    body_grace_s: float = Field(
+        default=5,
+        ge=0,
+        description="Seconds a request body may take before `UNET_BODY_MIN_BYTES_PER_S` applies.",
+    )
+    body_min_bytes_per_s: int = Field(
+        default=1024,
+        ge=0,
+        description="Least average rate, in bytes per second of waiting, at which a request "
+        "body must arrive once `UNET_BODY_GRACE_S` is spent; slower ones get 408 and are "
+        "disconnected. 0 turns the check off.",
+    )
+    send_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        description="Seconds an answer may wait for a client that reads none of it; then the "
+        "connection is dropped and the answer's memory freed.",
+    )
+    max_connections_per_client: int = Field(
+        default=64,
+        gt=0,
+        description="Most open connections from one client address (behind a trusted proxy: "
+        "requests in flight per `X-Forwarded-For` client); more get 429.",
+    )
+    unlimited_clients: Annotated[list[str], NoDecode] = Field(
+        default=["127.0.0.0/8", "::1"],
+        description="Comma-separated addresses or networks not held to "
+        "`UNET_MAX_CONNECTIONS_PER_CLIENT` (empty: none).",
+        json_schema_extra=_shown_as("`127.0.0.0/8,::1`"),
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default=["127.0.0.1", "::1"],
+        description="Comma-separated addresses or networks of proxies whose `X-Forwarded-For` "
+        "names the client (for logs and `UNET_MAX_CONNECTIONS_PER_CLIENT`); from anyone "
+        "else the header is ignored. Empty: none.",
+        json_schema_extra=_shown_as("`127.0.0.1,::1`"),
     )
     keep_alive_timeout_s: int = Field(
         default=5, gt=0, description="Seconds an idle keep-alive connection stays open."
@@ -313,6 +364,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part for part in value.split(",") if part.strip()]
         return tuple(normal_origin(str(origin)) for origin in value)
+
+    @field_validator("unlimited_clients", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # a ValueError names the bad entry
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -1,16 +1,18 @@
-"""ASGI middleware: body limits and stall timeouts enforced while the body streams in, metrics."""
+"""ASGI middleware: body limits and pacing enforced while the body streams in, metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.pacing import BodyClock, BodyPacing
 from service.api.problems import MEDIA_TYPE
 from service.ops.metrics import Metrics
 
@@ -24,18 +26,23 @@ CLIENT_CLOSED_REQUEST = 499
 
 class BodySizeLimit:
     """ASGI middleware: 413 for bodies over `limit_for(path)`, declared or streamed, and 408 for
-    a body that stalls for `timeout_s` between chunks.
+    a body that arrives too slowly for `pacing` (a stall, a rate below the least, a deadline).
 
     Starlette spools a multipart upload to disk before any route code runs, so a limit checked
     in the route would still let a client fill the disk; this one stops reading at the limit.
     """
 
     def __init__(
-        self, app: ASGIApp, limit_for: Callable[[str], int], timeout_s: float | None = None
+        self,
+        app: ASGIApp,
+        limit_for: Callable[[str], int],
+        timeout_s: float | None = None,
+        pacing: BodyPacing | None = None,
     ) -> None:
         self.app = app
         self.limit_for = limit_for
-        self.timeout_s = timeout_s
+        # `timeout_s` alone: a stall limit and nothing else.
+        self.pacing = pacing or BodyPacing(timeout_s or math.inf, math.inf, 0, 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, refusing it once its body exceeds the limit."""
@@ -47,26 +54,31 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _refuse(send, limit)
             return
-        received = 0
+        clock: BodyClock | None = None
         started = refused = complete = False
 
         async def counting_receive() -> Message:
-            nonlocal received, refused, complete
+            nonlocal clock, refused, complete
             if refused:
                 return {"type": "http.disconnect"}
+            if complete:
+                # After the body, receive() waits for the client to leave, which may rightly
+                # take as long as the answer does.
+                return await receive()
+            clock = clock or BodyClock(self.pacing)
+            allowed, reason = clock.allowance()
+            waiting = time.monotonic()
             try:
-                # Only a body still arriving has a deadline: after it, receive() waits for the
-                # client to leave, which may rightly take as long as the answer does.
-                async with asyncio.timeout(None if complete else self.timeout_s):
+                async with asyncio.timeout(None if math.isinf(allowed) else max(allowed, 0)):
                     message = await receive()
             except TimeoutError:
                 refused = True
                 if not started:
-                    await _send_problem(send, 408, _stalled(self.timeout_s))
+                    await _send_problem(send, 408, clock.problem(reason))
                 return {"type": "http.disconnect"}
-            complete = complete or not message.get("more_body", False)
-            received += len(message.get("body", b""))
-            if received > limit and not started:
+            complete = not message.get("more_body", False)
+            clock.note(time.monotonic() - waiting, len(message.get("body", b"")))
+            if clock.received > limit and not started:
                 # Answer now and tell the app the client left: it stops reading the body.
                 refused = True
                 await _refuse(send, limit)
@@ -76,7 +88,7 @@ class BodySizeLimit:
         async def guarded_send(message: Message) -> None:
             nonlocal started
             if refused:
-                return  # the client already has its 413
+                return  # the client already has its 413 or 408
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -97,16 +109,6 @@ async def _refuse(send: Send, limit: int) -> None:
         "calibration zips); send a smaller file",
     }
     await _send_problem(send, 413, problem)
-
-
-def _stalled(timeout_s: float | None) -> dict[str, object]:
-    return {
-        "type": "https://unet-service.dev/problems/body-timeout",
-        "title": "Request body timed out",
-        "status": 408,
-        "detail": f"the request body stalled for {timeout_s} s (UNET_BODY_TIMEOUT_S); "
-        "send it without pauses",
-    }
 
 
 async def _send_problem(send: Send, status: int, problem: dict[str, object]) -> None:

@@ -1,15 +1,20 @@
-"""The HTTP server: uvicorn with bounded request heads, head timeouts and a connection cap.
+"""The HTTP server: uvicorn with bounded request heads, head and send timeouts, a connection
+cap and each client's share of it.
 
-uvicorn's httptools protocol has no limit of its own on header size or count, and no deadline
-for a request head: a client could send a 16 MiB header, 100,000 headers or one byte every few
-seconds and be held forever. `guarded_protocol` adds those bounds; body stalls are bounded by
-the body-limit middleware, which sees each chunk arrive.
+uvicorn's httptools protocol has no limit of its own on header size or count, no deadline for a
+request head and none for an answer nobody reads: a client could send a 16 MiB header, 100,000
+headers or one byte every few seconds, or ask for a large answer and never read it, and be held
+forever. `guarded_protocol` adds those bounds; how fast a body must arrive is up to the
+body-limit middleware, which sees each chunk arrive while the app waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -21,15 +26,36 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.api.problems import MEDIA_TYPE, TYPE_BASE
 from service.settings import Settings
 
+log = logging.getLogger(__name__)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or networks (`10.0.0.0/8`, `::1`) as network objects."""
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _within(address: str | None, among: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False  # a Unix socket or a garbled forwarded entry: in no network
+    return any(ip in network for network in among)
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """What one connection may hold: head size and header count, head deadline, open count."""
+    """What connections may hold: head size and header count, head and send deadlines, the
+    open count, and one client's share of it."""
 
     max_header_bytes: int
     max_header_count: int
     head_timeout_s: float
     max_connections: int
+    send_timeout_s: float = 30.0
+    max_per_client: int | None = None  # None: no share
+    unlimited: tuple[Network, ...] = ()  # clients not held to the share
+    trusted_proxies: tuple[Network, ...] = ()  # whose X-Forwarded-For names the client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -39,7 +65,28 @@ class ConnectionLimits:
             settings.max_header_count,
             settings.head_timeout_s,
             settings.max_connections,
+            settings.send_timeout_s,
+            settings.max_connections_per_client,
+            networks(settings.unlimited_clients),
+            networks(settings.trusted_proxies),
         )
+
+    def forwarded_client(self, peer: str | None, forwarded_for: bytes | None) -> str | None:
+        """The client a request comes from: behind a trusted proxy, the nearest address in
+        `X-Forwarded-For` that is not itself a trusted proxy; else the peer."""
+        if forwarded_for is None or not _within(peer, self.trusted_proxies):
+            return peer
+        hops = [hop.strip() for hop in forwarded_for.decode("latin-1").split(",")]
+        for hop in reversed(hops):  # each proxy appends the address it was reached from
+            if hop and not _within(hop, self.trusted_proxies):
+                return hop
+        return peer
+
+    def shared(self, client: str | None) -> bool:
+        """Whether `client` is held to the per-client share."""
+        if self.max_per_client is None or client is None:
+            return False
+        return not _within(client, self.unlimited) and not _within(client, self.trusted_proxies)
 
 
 class _Refused(Exception):
@@ -67,17 +114,23 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with `limits` enforced on every connection."""
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        """Refuses oversized heads (431), slow heads (408) and connections over the cap (503)."""
+        """Refuses oversized heads (431), slow heads (408), connections over the cap (503) or
+        over one client's share (429), and drops connections whose answer is not read."""
 
         _head_bytes = 0
         _header_count = 0
         _awaiting_head = True
         _head_timer: asyncio.TimerHandle | None = None
+        _send_timer: asyncio.TimerHandle | None = None
         _refusal: bytes | None = None
+        _peer: str | None = None
+        _client_ip: str | None = None  # whom this connection counts for in the share
+        _forwarded_for: bytes | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            """Accept the connection, or answer 503 and close it when the cap is reached."""
+            """Accept the connection, or refuse it over the cap (503) or its client's share."""
             super().connection_made(transport)
+            self._peer = self._client_ip = self.client[0] if self.client else None
             if len(self.connections) > limits.max_connections:
                 self._refuse(
                     problem_bytes(
@@ -89,12 +142,36 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     )
                 )
                 return
+            if self._over_share():
+                self._refuse(self._share_refusal())
+                return
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            """Forget the head deadline with the connection."""
+            """Forget the deadlines with the connection."""
             self._cancel_head_timer()
+            self._cancel_send_timer()
             super().connection_lost(exc)
+
+        def pause_writing(self) -> None:
+            """The client is not reading what is sent: it has `send_timeout_s` to start again."""
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(limits.send_timeout_s, self._send_late)
+
+        def resume_writing(self) -> None:
+            """The client reads again: the send deadline is off."""
+            self._cancel_send_timer()
+            super().resume_writing()
+
+        def on_response_complete(self) -> None:
+            """The answer is out; a body it did not need is not waited for."""
+            self._client_ip = self._peer  # a proxy's next request may be someone else's
+            if not self._awaiting_head and not self.pipeline and not self.transport.is_closing():
+                # The request's body is still arriving: reading the rest only to throw it
+                # away would let a client hold the connection at one byte a minute.
+                self.transport.close()
+            super().on_response_complete()
 
         def data_received(self, data: bytes) -> None:
             """Feed the parser, refusing a head that grows past the byte limit."""
@@ -111,6 +188,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             """A new request: its head is counted from here."""
             self._header_count = 0
+            self._forwarded_for = None
             super().on_message_begin()
 
         def on_header(self, name: bytes, value: bytes) -> None:
@@ -124,12 +202,23 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     "(UNET_MAX_HEADER_COUNT); send fewer",
                 )
                 raise _Refused  # httptools turns it into a parser error: parsing stops
+            if name.lower() == b"x-forwarded-for":
+                # Several headers are one comma-separated list (RFC 9110, 5.3).
+                joined = (self._forwarded_for + b",") if self._forwarded_for else b""
+                self._forwarded_for = joined + value
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            """The head is in: its deadline and byte count no longer apply."""
+            """The head is in: its deadline and byte count no longer apply; a request a trusted
+            proxy forwards counts towards its client's share."""
             self._awaiting_head = False
             self._cancel_head_timer()
+            client = limits.forwarded_client(self._peer, self._forwarded_for)
+            if client != self._peer:
+                self._client_ip = client
+                if self._over_share():
+                    self._refusal = self._share_refusal()
+                    raise _Refused
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
@@ -144,6 +233,49 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 self._refuse(self._refusal)
             else:
                 super().send_400_response(msg)
+
+        def _over_share(self) -> bool:
+            if not limits.shared(self._client_ip) or limits.max_per_client is None:
+                return False
+            same = sum(
+                1
+                for connection in self.connections
+                if getattr(connection, "_client_ip", None) == self._client_ip
+            )
+            return same > limits.max_per_client
+
+        def _share_refusal(self) -> bytes:
+            log.warning(
+                "refused a connection from %s: it holds %d, its share (UNET_MAX_CONNECTIONS_PER_"
+                "CLIENT)",
+                self._client_ip,
+                limits.max_per_client,
+            )
+            return problem_bytes(
+                429,
+                "too-many-connections-from-client",
+                f"this client holds its share of {limits.max_per_client} connections "
+                "(UNET_MAX_CONNECTIONS_PER_CLIENT); close some or retry shortly",
+                retry_after=1,
+            )
+
+        def _cancel_send_timer(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+        def _send_late(self) -> None:
+            self._send_timer = None
+            if self.transport.is_closing() and self.transport.get_write_buffer_size() == 0:
+                return
+            log.warning(
+                "dropped the connection of %s: it read none of its answer for %s s "
+                "(UNET_SEND_TIMEOUT_S)",
+                self._client_ip,
+                limits.send_timeout_s,
+            )
+            # abort, not close: close would keep the unsent answer until the client reads it.
+            self.transport.abort()
 
         def _too_large(self) -> bytes:
             return problem_bytes(
@@ -206,6 +338,7 @@ def run(app: FastAPI, settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         http=guarded_protocol(ConnectionLimits.from_settings(settings)),
+        forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_level=settings.log_level,
         access_log=False,  # requests are logged by the service's own structured middleware
@@ -225,6 +358,7 @@ def run_workers(factory: str, settings: Settings, host: str, port: int) -> None:
         host=host,
         port=port,
         http=f"{__name__}:GuardedFromEnvironment",
+        forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         log_level=settings.log_level,
         access_log=False,

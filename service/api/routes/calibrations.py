@@ -21,6 +21,7 @@ from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
+from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
 from service.calibration.gate import blocked_reason, blocking_codes
 from service.calibration.jobs import CalibrationParams
@@ -28,7 +29,9 @@ from service.container import Services
 from service.inference.registry import ServedModel
 from service.state.store import ActivationError, CalibrationNotFound, CalibrationRecord
 
-router = APIRouter(prefix="/v1/models/{model}/calibrations", tags=["calibrations"])
+router = APIRouter(
+    prefix="/v1/models/{model}/calibrations", tags=["calibrations"], route_class=SpoolingRoute
+)
 
 DatasetFile = Annotated[
     UploadFile,

@@ -14,12 +14,13 @@ from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.thresholds import check_threshold
 from service.api.schemas import MaskJson
+from service.api.spool import SpoolingRoute
 from service.api.uploads import decode_image
 from service.container import Services
 from service.inference import encoding
 from service.inference.registry import ServedModel
 
-router = APIRouter(prefix="/v1/models/{model}", tags=["inference"])
+router = APIRouter(prefix="/v1/models/{model}", tags=["inference"], route_class=SpoolingRoute)
 
 ImageFile = Annotated[
     UploadFile, File(description="PNG, JPEG, TIFF, BMP or GIF; grey, RGB, RGBA, 16-bit, palette.")
