@@ -51,7 +51,12 @@ class ServiceProcess:
             text=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
-        self._wait_ready(ready_within_s)
+        try:
+            self._wait_ready(ready_within_s)
+        except BaseException:
+            self.process.kill()  # a service that failed to start must not outlive the test
+            self.process.wait(timeout=30)
+            raise
 
     def _wait_ready(self, within_s: float) -> None:
         deadline = time.monotonic() + within_s
