@@ -4,14 +4,12 @@ uvicorn stops on SIGTERM or SIGINT by closing the port, letting the requests in 
 within `timeout_graceful_shutdown` (UNET_SHUTDOWN_GRACE_S) and then cancelling the rest, which
 it would answer with a plain-text 500; `CutOffAnswers` answers them with a 503 problem instead.
 
-Worker processes (`UNET_WORKERS`) run under uvicorn's supervisor, made safe to stop here.
-
-uvicorn's own supervisor has two gaps. Its workers outlive it: SIGKILL the supervisor and they
-go on serving, re-parented to PID 1, holding the port. And on SIGTERM it keeps its copy of the
-listening socket open until every worker has drained, so the kernel goes on accepting
-connections that nobody will answer. Here each worker stops itself (SIGTERM: close the port,
-drain, exit) once its supervisor is gone, and the supervisor closes its copy of the port and
-tells the workers to stop the moment a stop signal arrives.
+Worker processes (`UNET_WORKERS`) run under uvicorn's supervisor, which has two gaps. Its workers
+outlive it: SIGKILL the supervisor and they go on serving, re-parented to PID 1, holding the port.
+And on SIGTERM it keeps its copy of the listening socket open until every worker has drained, so
+the kernel goes on accepting connections that nobody will answer. Here each worker stops itself
+(SIGTERM: close the port, drain, exit) once its supervisor is gone, and the supervisor closes its
+copy of the port and tells the workers to stop the moment a stop signal arrives.
 """
 
 from __future__ import annotations
@@ -61,8 +59,9 @@ class WorkerConfig(uvicorn.Config):
 class CutOffAnswers:
     """Answers a request cancelled before it answered with a 503 problem, not uvicorn's 500.
 
-    Only uvicorn cancels a whole request: at the end of the grace period of a shutdown. A
-    request whose client has gone is cancelled too, but then nothing can be sent anyway.
+    What cancels a whole request here is uvicorn, at the end of a shutdown's grace period: the
+    app's own cancellation of a request whose client left stays inside it (CancelOnDisconnect),
+    and a send to a client that has gone is dropped anyway.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -25,7 +25,7 @@ from tests.helpers import TINY_MODEL, png
 from tests.servers import ServiceProcess
 
 MASK = f"/v1/models/{TINY_MODEL}/mask"
-STARTED_WITHIN_S = 120.0
+STARTED_WITHIN_S = 600.0  # measured: 2 workers took over 300 s to warm up at load 19 on 2 cores
 
 
 def _children(pid: int) -> list[int]:
