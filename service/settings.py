@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="Service processes on one port, sharing the store; on a GPU each loads the "
         "models onto the device.",
     )
+    shutdown_grace_s: int = Field(
+        default=25,
+        ge=0,
+        description="On SIGTERM or SIGINT the port closes at once (new connections are refused) "
+        "and requests in flight get this many seconds to finish; any still running then are cut "
+        "off and the process exits.",
+    )
     calibration_lease_s: float = Field(
         default=15.0,
         gt=0,

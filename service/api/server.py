@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api.problems import MEDIA_TYPE, TYPE_BASE
+from service.api.stopping import CutOffAnswers, WorkerConfig, supervise
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -334,12 +335,13 @@ def __getattr__(name: str) -> Any:
 def run(app: FastAPI, settings: Settings, host: str, port: int) -> None:
     """Serve `app` with uvicorn under the connection limits of `settings`."""
     uvicorn.run(
-        app,
+        CutOffAnswers(app),
         host=host,
         port=port,
         http=guarded_protocol(ConnectionLimits.from_settings(settings)),
         forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level,
         access_log=False,  # requests are logged by the service's own structured middleware
     )
@@ -349,9 +351,10 @@ def run_workers(factory: str, settings: Settings, host: str, port: int) -> None:
     """Serve the app `factory` (an import path) in `settings.workers` processes on one port.
 
     Each worker builds its own app, settings and store from the environment, which it shares
-    with this process; the limits of `settings` come from the same environment.
+    with this process; the limits of `settings` come from the same environment. Workers stop
+    when this process stops or dies (service.api.stopping).
     """
-    uvicorn.run(
+    config = WorkerConfig(
         factory,
         factory=True,
         workers=settings.workers,
@@ -360,6 +363,8 @@ def run_workers(factory: str, settings: Settings, host: str, port: int) -> None:
         http=f"{__name__}:GuardedFromEnvironment",
         forwarded_allow_ips=list(settings.trusted_proxies),
         timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level,
         access_log=False,
     )
+    supervise(config)
