@@ -92,13 +92,14 @@ class Outage:
             self.answering_since = time.monotonic()
         log.warning("threshold database %s answers again after %.1f s", self.where, lasted)
 
-    def error(self, committing: bool = False) -> StoreFailing:
-        """The StoreFailing for the outage under way; `committing`: it failed at the commit."""
-        outcome = (
-            "the change may or may not have been applied: read it back before trying again"
-            if committing
-            else "nothing was changed: try again in a few seconds"
-        )
+    def error(self, during: str = "read") -> StoreFailing:
+        """The StoreFailing for the outage under way, met `during` a read, write or commit."""
+        outcome = {
+            "read": "try again in a few seconds",
+            "write": "nothing was changed: try again in a few seconds",
+            "commit": "the change may or may not have been applied: read it back before "
+            "trying again",
+        }[during]
         return StoreFailing(
             f"the threshold database is failing ({self.reason or 'unknown error'}); {outcome} "
             "(inference goes on with the last known thresholds)"

@@ -301,12 +301,12 @@ class ThresholdStore:
                 raise
             assert isinstance(error, DBAPIError)
             self.outage.failed(error)
-            raise self.outage.error(committing) from error
+            raise self.outage.error("commit" if committing else "write") from error
         except SQLAlchemyError as error:
             if not is_outage(error):
                 raise
             self.outage.failed(error)
-            raise self.outage.error(committing) from error
+            raise self.outage.error("commit" if committing else "write") from error
         self.outage.answered()
 
     def _thresholds_changed(
