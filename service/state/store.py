@@ -618,19 +618,23 @@ class ThresholdStore:
     def state(self) -> str:
         """`writable`, `read-only: <why>` or `failing since <time>: <why>`, as of the last try.
 
-        While the database fails, tries it again first (at most every PROBE_EVERY_S).
+        Asks the database first (at most every recheck_s; while it fails, every PROBE_EVERY_S
+        and one caller at a time), so the answer holds without other traffic.
         """
         if self.read_only_because is not None:
             return f"read-only: {self.read_only_because}"
-        if self.outage.failing and self._may_probe():
+        probing = self.outage.failing
+        if not probing or self._may_probe():
             try:
-                self._checked = -math.inf
+                if probing:
+                    self._checked = -math.inf
                 self._follow_other_processes()
             except StoreFailing:
                 pass
             finally:
-                self._probed = time.monotonic()
-                self._probing.release()
+                if probing:
+                    self._probed = time.monotonic()
+                    self._probing.release()
         return "writable" if not self.outage.failing else self.outage.state()
 
     def _probe_due(self) -> bool:
