@@ -44,6 +44,7 @@ from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.errors import StoreFailing, StoreUnavailable, read_only, unavailable
 from service.state.store import (
+    ActiveThreshold,
     CalibrationRecord,
     InvalidTransition,
     StoreError,
@@ -357,7 +358,7 @@ class CalibrationJobs:
 
     def _finish(
         self, job: _Job, report: dict[str, Any], threshold: float, auc: float, activate: bool
-    ) -> Any:
+    ) -> ActiveThreshold | None:
         """Store the result; a finish whose commit was reported failed yet landed counts too."""
         try:
             return self.store.finish_calibration(job.id, report, threshold, auc, activate=activate)

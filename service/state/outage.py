@@ -10,6 +10,7 @@ reconnection needs nothing more).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
@@ -56,7 +57,7 @@ class Outage:
         self.reason: str | None = None
         self.since: datetime | None = None
         self._began = 0.0
-        self.answering_since = time.monotonic()  # when it last came back (or the store opened)
+        self.answering_since = -math.inf  # when it last came back from an outage
 
     @property
     def failing(self) -> bool:

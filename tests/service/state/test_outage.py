@@ -10,10 +10,12 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from model.synth import generate_pair, pair_rng
 from service.app import create_app
@@ -147,3 +149,36 @@ def test_a_corrupted_sqlite_file_refuses_changes_and_readyz_says_so(
         assert client.get(f"{BASE}/threshold").json()["value"] == 0.4  # 0.6 was not applied
         mask = client.post(f"{BASE}/mask", files={"image": ("x.png", image(), "image/png")})
         assert "x-threshold-stale" not in mask.headers
+
+
+def test_a_calibration_waits_out_an_outage_and_succeeds(
+    database: tuple[str, postgres.Control], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    url, control = database
+    settings = Settings(
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        tile_size=64,
+        database_url=SecretStr(url),
+    )
+    with TestClient(create_app(settings)) as client:
+        store: ThresholdStore = client.app.state.services.store  # type: ignore[attr-defined]
+        dataset = make_zip(dataset_files(16, 128))
+        started = client.post(
+            f"{BASE}/calibrations", files={"dataset": ("d.zip", dataset, "application/zip")}
+        )
+        assert started.status_code == 202, started.text
+        control.stop()
+        stopped = datetime.now(UTC)
+        until(lambda: store.outage.failing, "the job never met the outage")
+        control.start()
+
+        def finished() -> bool:
+            answer = client.get(started.headers["location"])
+            return answer.status_code == 200 and answer.json()["status"] in ("succeeded", "failed")
+
+        until(finished, "the calibration did not finish after the database came back")
+        job = client.get(started.headers["location"]).json()
+        assert (job["status"], job["error"]) == ("succeeded", None)
+        assert datetime.fromisoformat(job["finished"]) > stopped  # it ran into the outage
+        assert client.get(f"{BASE}/threshold").json()["calibration_id"] == job["id"]
