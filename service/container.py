@@ -26,16 +26,25 @@ class Services:
     drift: DriftMonitor
 
     def active_threshold(self, served: ServedModel) -> ActiveThreshold:
-        """The threshold in force: stored for this exact checkpoint, else the checkpoint default."""
-        return _or_default(served, self.store.active_threshold(served.name, served.digest))
+        """The threshold in force, read from the database now (what a client reads back).
+
+        Stored for this exact checkpoint, else the checkpoint default; StoreFailing while the
+        database fails.
+        """
+        return _or_default(served, self.store.current_threshold(served.name, served.digest))
 
     async def active_threshold_async(self, served: ServedModel) -> ActiveThreshold:
-        """`active_threshold` for async code: never waits on SQLite on the event loop."""
+        """The threshold inference applies: from memory when nothing changed since, never
+        waiting on the database on the event loop; while it fails, the last known (`stale`)."""
         stored = await self.store.active_threshold_async(served.name, served.digest)
+        if stored is None and self.store.outage.failing:
+            return _or_default(served, None, stale=True)
         return _or_default(served, stored)
 
 
-def _or_default(served: ServedModel, stored: ActiveThreshold | None) -> ActiveThreshold:
+def _or_default(
+    served: ServedModel, stored: ActiveThreshold | None, stale: bool = False
+) -> ActiveThreshold:
     if stored is not None:
         return stored
     return ActiveThreshold(
@@ -44,4 +53,5 @@ def _or_default(served: ServedModel, stored: ActiveThreshold | None) -> ActiveTh
         calibration_id=None,
         digest=served.digest,
         updated=None,
+        stale=stale,
     )

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +44,31 @@ def _as_server_user(command: list[str]) -> list[str]:
     return ["runuser", "-u", USER, "--", *command]
 
 
+class Control:
+    """Stops and starts a running test server, as an outage would: its URL stays the same."""
+
+    def __init__(self, run: Callable[..., None], data: Path, options: str, log: Path) -> None:
+        self._run, self._data, self._options, self._log = run, data, options, log
+
+    def stop(self) -> None:
+        """Stop at once (`immediate`: connections drop, as when the server is killed)."""
+        self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        """Start again on the same port and data, and wait until it takes connections."""
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self._data),
+            "-o",
+            self._options,
+            "-l",
+            str(self._log),
+            "-w",
+            "start",
+        )
+
+
 @contextmanager
 def server(socket_only: bool = False) -> Iterator[str]:
     """Run a PostgreSQL server in a temporary folder; yields the URL of its `postgres` database.
@@ -51,6 +76,13 @@ def server(socket_only: bool = False) -> Iterator[str]:
     `socket_only`: no TCP port at all, only a Unix socket in that folder, which clients reach
     from any network namespace (the Ray test's loopback-only one included).
     """
+    with controlled_server(socket_only) as (url, _):
+        yield url
+
+
+@contextmanager
+def controlled_server(socket_only: bool = False) -> Iterator[tuple[str, Control]]:
+    """`server`, with a Control that stops and restarts it."""
     bin_dir = binaries()
     assert bin_dir is not None
     # Not under pytest's folder: its parents are private to root, and the server user must
@@ -70,14 +102,18 @@ def server(socket_only: bool = False) -> Iterator[str]:
     run("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
     listen = "-c listen_addresses=''" if socket_only else f"-h 127.0.0.1 -p {port}"
     options = f"{listen} -k {folder} -c fsync=off -c max_connections=200"
-    run("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
+    control = Control(run, data, options, folder / "log")
+    control.start()
     try:
         if socket_only:
-            yield f"postgresql://postgres@/postgres?host={folder}"
+            yield f"postgresql://postgres@/postgres?host={folder}", control
         else:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres", control
     finally:
-        run("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        subprocess.run(
+            _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+        )  # already stopped is fine
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -31,7 +31,7 @@ from service.inference.errors import (
     EngineTimeout,
     ModelUnavailable,
 )
-from service.state.errors import StoreFull, StoreReadOnly, StoreUnavailable
+from service.state.errors import StoreFailing, StoreFull, StoreReadOnly, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
     StoreFull: Answer(507, "State disk full", "state-disk-full"),
     StoreReadOnly: Answer(503, "State folder read-only", "state-read-only"),
+    StoreFailing: Answer(503, "Threshold database failing", "state-failing"),
     NonFiniteOutputError: Answer(422, "Non-finite model output", "non-finite-output"),
     Rejection.TOO_MANY_ENTRIES: Answer(413, "Zip has too many entries", "zip-too-many-entries"),
     Rejection.ZIP_TOO_LARGE: Answer(413, "Zip too large", "zip-too-large"),

@@ -82,8 +82,9 @@ class Readiness(BaseModel):
     models: list[str] | None = Field(default=None, description="The served models, once ready.")
     state: str | None = Field(
         default=None,
-        description="Once ready: `writable`, or `read-only: <why>` when the state folder "
-        "cannot be written (inference is served, changes are refused with 503).",
+        description="Once ready: `writable`, `read-only: <why>` when the state folder "
+        "cannot be written, or `failing since <time>: <why>` while the threshold database "
+        "fails (inference is served, changes are refused with 503).",
     )
     unavailable: dict[str, str] | None = Field(
         default=None,

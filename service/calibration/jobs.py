@@ -11,6 +11,10 @@ whatever the ending, and once more at start-up for what a killed process left be
 Several processes may share the store. A job belongs to the process that accepted its upload,
 which renews the job's lease while it lives; every process fails the jobs whose lease expired
 (their process died), and a model's job runs only while no other job of that model runs anywhere.
+
+A database outage does not end a job: progress is not recorded meanwhile, and the writes the job
+needs (starting, reading the reference AUC, storing the result) wait for the database up to
+STORE_WAIT_S; past that the job fails with the database's error as its reason.
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from model.calibrate import add_to_histogram, new_histogram
 from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
 from model.datasets import load_pair
@@ -40,15 +42,23 @@ from service.inference.errors import DeviceOutOfMemory, EngineNotReady
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
-from service.state.errors import StoreUnavailable, read_only, unavailable
-from service.state.store import StoreError, ThresholdStore, owner_is_gone
+from service.state.errors import StoreFailing, StoreUnavailable, read_only, unavailable
+from service.state.store import (
+    ActiveThreshold,
+    CalibrationRecord,
+    InvalidTransition,
+    StoreError,
+    ThresholdStore,
+    owner_is_gone,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 16  # per model: queued jobs hold extracted data sets on disk
 STOP_WAIT_S = 10.0
 PROGRESS_EVERY_S = 0.5
-STORE_RETRY_S = 1.0  # how often a job that met a full disk tries again to record its failure
+STORE_RETRY_S = 1.0  # how often a job that met a full disk or a failing database tries again
+STORE_WAIT_S = 120.0  # how long a job waits for a failing database before it fails
 PROGRESS_STEP = 0.05
 IMAGES_SHARE = 0.95  # of the progress bar; building the report takes the rest
 INTERNAL_ERROR = "internal error; this is a bug in the service and it has been logged"
@@ -56,6 +66,10 @@ OUT_OF_MEMORY = "the service ran out of memory; calibrate with smaller images"
 SHUTTING_DOWN = "the service is shutting down; start the calibration again once it is back"
 STOPPED_QUEUED = "the service stopped before this calibration started; start it again"
 STOPPED_RUNNING = "the service stopped while this calibration ran; start it again"
+DATABASE_FAILED = (
+    "the threshold database failed for longer than this calibration could wait ({why}); "
+    "start it again once the database answers"
+)
 LEASE_EXPIRED = "the process running this calibration stopped; start it again"
 BUSY_ELSEWHERE_WAIT_S = 1.0  # between tries while another process runs a job of the model
 T = TypeVar("T")
@@ -77,6 +91,7 @@ class _Job:
     params: CalibrationParams
     workdir: Path
     dataset: Dataset
+    record: CalibrationRecord
     task: asyncio.Task[None] | None = None
     running: bool = False  # it has its model's turn: a stop cancels it
     finishing: bool = False  # every image is counted: a stop lets it store its result
@@ -96,8 +111,23 @@ async def _write_through(write: Callable[[], T]) -> T:
         raise
 
 
+async def _until_stored(write: Callable[[], T]) -> T:
+    """`_write_through(write)`, tried again while the database fails, for up to STORE_WAIT_S."""
+    deadline = time.monotonic() + STORE_WAIT_S
+    while True:
+        try:
+            return await _write_through(write)
+        except StoreFailing:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(STORE_RETRY_S)
+
+
 class _Progress:
-    """Writes a job's progress to the store, at most every PROGRESS_EVERY_S or PROGRESS_STEP."""
+    """Writes a job's progress to the store, at most every PROGRESS_EVERY_S or PROGRESS_STEP.
+
+    Progress is a hint: while the database fails it is not recorded, and the job goes on.
+    """
 
     def __init__(self, store: ThresholdStore, calibration_id: str, total: int) -> None:
         self.store, self.id, self.total = store, calibration_id, total
@@ -107,7 +137,11 @@ class _Progress:
         value = IMAGES_SHARE * done / self.total
         now = time.monotonic()
         if now - self.at >= PROGRESS_EVERY_S or value - self.written >= PROGRESS_STEP:
-            await _write_through(lambda: self.store.set_progress(self.id, value))
+            try:
+                await _write_through(lambda: self.store.set_progress(self.id, value))
+            except StoreFailing:
+                self.at = now  # the store logged the outage; try again at the next tick
+                return
             self.written, self.at = value, now
 
 
@@ -144,8 +178,8 @@ class CalibrationJobs:
 
     async def start(
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
-    ) -> str:
-        """Check and extract the zip in `data`, queue a job and return its id.
+    ) -> CalibrationRecord:
+        """Check and extract the zip in `data`, queue a job and return its record as created.
 
         Raises DatasetRejected for an unusable zip, and CalibrationsStopping or
         TooManyCalibrations when no job can be queued now.
@@ -158,7 +192,7 @@ class CalibrationJobs:
         # Shielded, and launched by the callback: a request cancelled meanwhile still leaves
         # either a queued job that owns the folder or no folder at all.
         job = await asyncio.shield(admission)
-        return job.id
+        return job.record
 
     def _refuse_if_busy(self, served: ServedModel) -> None:
         if self.store.read_only_because is not None:
@@ -189,25 +223,25 @@ class CalibrationJobs:
                 raise _unavailable_or(error, self.uploads) from error
             if self._stopping.is_set():  # again: extraction took a while
                 raise CalibrationsStopping(SHUTTING_DOWN, retry_after=5)
-            record: dict[str, Any] = {
+            details: dict[str, Any] = {
                 "cost_fp": params.criterion.cost_fp,
                 "cost_fn": params.criterion.cost_fn,
                 "dataset": (filename or "")[:255],
                 "n_images": len(dataset.pairs),
                 "force": params.force,
             }
-            calibration_id = self.store.create_calibration(
+            record = self.store.new_calibration(
                 served.name,
                 served.digest,
                 params.criterion.strategy,
                 params.criterion.target,
-                record,
+                details,
                 params.activate,
             )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        return _Job(calibration_id, served, params, workdir, dataset)
+        return _Job(record.id, served, params, workdir, dataset, record)
 
     def _admitted(self, admission: asyncio.Future[_Job]) -> None:
         """On the loop, whether or not the request still waits: launch the prepared job."""
@@ -247,11 +281,13 @@ class CalibrationJobs:
         every = self.store.lease_s / 3
         while True:
             try:
-                await asyncio.to_thread(self.store.renew_leases)
+                await asyncio.to_thread(self.store.renew_leases, list(self._jobs))
                 expired = await asyncio.to_thread(self.store.fail_expired, LEASE_EXPIRED)
                 if expired:
                     log.warning("marked %d calibration(s) of stopped processes failed", expired)
-            except (StoreError, SQLAlchemyError):
+            except StoreUnavailable:
+                pass  # the store logged it; the next round tries again
+            except StoreError:
                 log.warning("could not renew calibration leases", exc_info=True)
             await asyncio.sleep(every)
 
@@ -267,6 +303,10 @@ class CalibrationJobs:
                 await self._calibrate(job)
         except asyncio.CancelledError:  # only `stop` cancels a job, and only a running one
             await self._fail(job, STOPPED_RUNNING)
+        except StoreFailing:
+            why = self.store.outage.reason or "no answer"
+            log.error("calibration %s of model %s stopped: the database failed", job.id, name)
+            await self._fail_when_writable(job, DATABASE_FAILED.format(why=why))
         except StoreUnavailable as error:
             log.error("calibration %s of model %s stopped: %s", job.id, name, error)
             await self._fail_when_writable(job, f"the calibration stopped: {error}")
@@ -288,7 +328,7 @@ class CalibrationJobs:
     async def _calibrate(self, job: _Job) -> None:
         """Count every image, then store the report and maybe activate its threshold."""
         name, params = job.served.name, job.params
-        while not await _write_through(lambda: self.store.mark_running(job.id)):
+        while not await _until_stored(lambda: self.store.mark_running(job.id)):
             await asyncio.sleep(BUSY_ELSEWHERE_WAIT_S)  # another process runs one of this model
         started = time.monotonic()
         hist = await self._count(job)
@@ -296,14 +336,12 @@ class CalibrationJobs:
         # Every image is counted: the data set goes now, before the result is stored, so a
         # client that sees the job finished never finds its upload still on disk.
         await _discard(job)
-        reference = await asyncio.to_thread(reference_auc, job.served, self.store)
+        reference = await _until_stored(lambda: reference_auc(job.served, self.store))
         report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
         # A blocked report is stored but not activated; its record says why (gate.py).
         activate = params.activate and (params.force or not report.blocking)
-        active = await _write_through(
-            lambda: self.store.finish_calibration(
-                job.id, report.to_dict(), report.threshold, report.auc, activate=activate
-            )
+        active = await _until_stored(
+            lambda: self._finish(job, report.to_dict(), report.threshold, report.auc, activate)
         )
         if active is not None:
             self.metrics.set_threshold(name, active.value)
@@ -317,6 +355,18 @@ class CalibrationJobs:
             report.auc,
             ", now active" if active is not None else "",
         )
+
+    def _finish(
+        self, job: _Job, report: dict[str, Any], threshold: float, auc: float, activate: bool
+    ) -> ActiveThreshold | None:
+        """Store the result; a finish whose commit was reported failed yet landed counts too."""
+        try:
+            return self.store.finish_calibration(job.id, report, threshold, auc, activate=activate)
+        except InvalidTransition:
+            record = self.store.get_calibration(job.served.name, job.id)
+            if record is None or record.status != "succeeded" or record.threshold != threshold:
+                raise
+            return self.store.current_threshold(job.served.name, job.served.digest)
 
     async def _count(self, job: _Job) -> ScoreHistogram:
         """The model's scores over every pair of the data set, counted against its masks."""
@@ -357,7 +407,7 @@ class CalibrationJobs:
             except StoreUnavailable:
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
-            except (StoreError, SQLAlchemyError):
+            except StoreError:
                 log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
             break
         self.metrics.calibrations_failed.labels(job.served.name).inc()
@@ -367,7 +417,7 @@ class CalibrationJobs:
         await _discard(job)  # first, as on success: a finished job leaves nothing on disk
         try:
             await asyncio.to_thread(self.store.fail_calibration, job.id, error)
-        except (StoreError, StoreUnavailable, SQLAlchemyError):
+        except (StoreError, StoreUnavailable):
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 WRITE = "unet_write"  # the execution option that makes a transaction a serialised write
 WRITE_LOCK_KEY = 0x756E6574  # PostgreSQL advisory lock id of the store's writes ("unet")
+CONNECT_TIMEOUT_S = 5
 
 
 class MissingDriver(RuntimeError):
@@ -55,7 +56,12 @@ def open_engine(url: str) -> Engine:
             )
         # pre_ping: a connection the database dropped (a restart, a failover) is replaced
         # before use instead of failing a request.
-        engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8)
+        # connect_timeout: a database that does not answer at all (a dropped network) fails
+        # a try in seconds rather than holding a request for the kernel's TCP timeout.
+        timeout = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
+        engine = create_engine(
+            url, pool_pre_ping=True, pool_size=4, max_overflow=8, connect_args=timeout
+        )
         event.listen(engine, "begin", _postgres_begin)
     return engine
 

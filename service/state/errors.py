@@ -30,6 +30,15 @@ class StoreReadOnly(StoreUnavailable):
     """The state folder is read-only (mounted so, or not ours to write)."""
 
 
+class StoreFailing(StoreUnavailable):
+    """The database does not answer, or answers with an error (stopped, unreachable, corrupt).
+
+    Passing: the store reconnects by itself, so trying again later makes sense.
+    """
+
+    retry_after = 5
+
+
 def full(where: str) -> StoreFull:
     """The error for a full disk under `where`, saying what to do about it."""
     return StoreFull(

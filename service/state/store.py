@@ -7,6 +7,11 @@ moment leaves either the old or the new state, never a mix. Active thresholds ar
 yet comes back if that checkpoint does. Several processes may share the database: each keeps the
 thresholds in memory and drops them when the shared version counter moves, and each calibration
 job carries a lease that its process renews; an expired lease means its process is gone.
+
+A database that fails at run time (stopped, unreachable, corrupt) raises StoreFailing from every
+operation until it answers again (service/state/outage.py); inference meanwhile reads the last
+thresholds this process knew, marked stale. Reads made for a client (`current_threshold`) go to
+the database, so a change another process acknowledged is seen at once.
 """
 
 from __future__ import annotations
@@ -21,18 +26,29 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from anyio import to_thread
-from sqlalchemy import Connection, Engine, RowMapping, delete, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from service.state.database import WRITE, database_url, open_engine, open_read_only
-from service.state.errors import read_only, unavailable
+from service.state.errors import StoreFailing, read_only, unavailable
 from service.state.migrate import NewerSchema, upgrade
+from service.state.outage import Outage, is_outage
 from service.state.tables import active_thresholds as AT
 from service.state.tables import calibrations as CAL
 from service.state.tables import state_version as VERSION
@@ -46,6 +62,8 @@ Row = RowMapping
 
 LEASE_S = 15.0  # a job whose process has not vouched for it this long is failed by any process
 RECHECK_S = 0.25  # how often a process asks whether another one changed a threshold
+PROBE_EVERY_S = 1.0  # during an outage, how often inference lets one request try the database
+HISTORY_PAGE = 100  # threshold changes per page unless a client asks for another size
 UNFINISHED = ("queued", "running")
 LIST_COLUMNS = (
     CAL.c.id,
@@ -92,6 +110,7 @@ class ActiveThreshold:
     calibration_id: str | None
     digest: str
     updated: datetime | None
+    stale: bool = False  # the database is failing: this is the last value this process knew
 
 
 @dataclass(frozen=True)
@@ -220,14 +239,23 @@ class ThresholdStore:
         self._version: int | None = None
         self._checked = -math.inf
         self._cache_lock = threading.Lock()
+        # The last threshold read or written per checkpoint, kept through cache drops: what
+        # inference serves (marked stale) while the database fails.
+        self._known: dict[tuple[str, str], ActiveThreshold | None] = {}
+        self._probing = threading.Lock()  # during an outage, one request at a time tries
+        self._probed = -math.inf
         if read_only_because is not None and self.path is not None:
             self.engine = open_read_only(self.path)
             self._writer = self.engine
+            self.outage = Outage(str(self.path))
             return
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.engine = self._open_engine(database_url(location))
         self._writer = self.engine.execution_options(**{WRITE: True})
+        self.outage = Outage(
+            str(self.path) if self.path else self.engine.url.render_as_string(hide_password=True)
+        )
         try:
             upgrade(self.engine)
         except NewerSchema as error:
@@ -239,35 +267,58 @@ class ThresholdStore:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as db:
-            yield db
+        """A connection for reads; a failing database raises StoreFailing."""
+        try:
+            with self.engine.connect() as db:
+                yield db
+        except SQLAlchemyError as error:
+            if not is_outage(error):
+                raise
+            raise self.outage.failed(error) from error
+        self.outage.answered()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction serialised against every other write, so its reads cannot go stale.
 
-        The one place where a full disk or a read-only folder becomes StoreUnavailable.
+        The one place where a full disk or a read-only folder becomes StoreUnavailable, and a
+        failing database StoreFailing.
         """
         if self.read_only_because is not None:
             raise read_only(self.read_only_because)
+        committing = False
         try:
-            with self._writer.begin() as db:
+            with self._writer.connect() as db, db.begin():
                 yield db
+                committing = True  # leaving the block commits
         except (DBAPIError, OSError) as error:
             cause = (error.orig or error) if isinstance(error, DBAPIError) else error
             where = str(self.path.parent) if self.path is not None else "the database"
             translated = unavailable(cause, where)
-            if translated is None:
+            if translated is not None:
+                raise translated from error
+            if not is_outage(error):
                 raise
-            raise translated from error
+            assert isinstance(error, DBAPIError)
+            self.outage.failed(error)
+            raise self.outage.error("commit" if committing else "write") from error
+        except SQLAlchemyError as error:
+            if not is_outage(error):
+                raise
+            self.outage.failed(error)
+            raise self.outage.error("commit" if committing else "write") from error
+        self.outage.answered()
 
-    def _thresholds_changed(self, version: int) -> None:
+    def _thresholds_changed(
+        self, version: int, key: tuple[str, str], active: ActiveThreshold | None
+    ) -> None:
         # Called after the commit: a read that began before it sees a newer generation and
         # leaves the cache alone, so a stale answer never outlives the change.
         with self._cache_lock:
             self._generation += 1
             self._active.clear()
             self._version = max(version, self._version or 0)
+            self._known[key] = active
 
     @staticmethod
     def _bump(db: Connection) -> int:
@@ -291,7 +342,19 @@ class ThresholdStore:
         activate: bool,
     ) -> str:
         """Record a queued calibration job, owned by this process, and return its id."""
-        calibration_id = new_id()
+        return self.new_calibration(model, digest, strategy, target, params, activate).id
+
+    def new_calibration(
+        self,
+        model: str,
+        digest: str,
+        strategy: str,
+        target: float | None,
+        params: dict[str, Any],
+        activate: bool,
+    ) -> CalibrationRecord:
+        """`create_calibration`, returning the record as written (no read back)."""
+        calibration_id, created, text = new_id(), _now(), _json(params)
         with self._write() as db:
             db.execute(
                 insert(CAL).values(
@@ -300,15 +363,31 @@ class ThresholdStore:
                     digest=digest,
                     strategy=strategy,
                     target=target,
-                    params=_json(params),
+                    params=text,
                     activate=bool(activate),
                     status="queued",
-                    created=_now(),
+                    created=created,
                     owner=self.owner,
                     lease_until=time.time() + self.lease_s,
                 )
             )
-        return calibration_id
+        return CalibrationRecord(
+            id=calibration_id,
+            model=model,
+            digest=digest,
+            status="queued",
+            strategy=strategy,
+            target=target,
+            params=json.loads(text),
+            activate=bool(activate),
+            progress=0.0,
+            threshold=None,
+            auc=None,
+            error=None,
+            created=datetime.fromisoformat(created),
+            started=None,
+            finished=None,
+        )
 
     def mark_running(self, calibration_id: str) -> bool:
         """Move a queued job to running; False while another job of its model runs anywhere."""
@@ -341,18 +420,27 @@ class ThresholdStore:
                 .values(progress=progress)
             )
 
-    def renew_leases(self) -> int:
-        """Vouch again for this process's unfinished jobs; returns how many it owns."""
+    def renew_leases(self, ids: list[str] | None = None) -> int:
+        """Vouch again for this process's unfinished jobs (only `ids`, if given); how many."""
+        # With `ids`, a record whose creation reported a failure (so no job runs for it) is not
+        # kept alive: its lease runs out and it is failed like an orphan.
+        owned: list[ColumnElement[bool]] = [CAL.c.owner == self.owner, CAL.c.status.in_(UNFINISHED)]
+        if ids is not None:
+            owned.append(CAL.c.id.in_(ids))
         with self._write() as db:
             result = db.execute(
-                update(CAL)
-                .where(CAL.c.owner == self.owner, CAL.c.status.in_(UNFINISHED))
-                .values(lease_until=time.time() + self.lease_s)
+                update(CAL).where(*owned).values(lease_until=time.time() + self.lease_s)
             )
             return result.rowcount
 
     def fail_expired(self, reason: str) -> int:
-        """Mark failed every unfinished job whose process stopped renewing its lease."""
+        """Mark failed every unfinished job whose process stopped renewing its lease.
+
+        Not until the database has answered this process for a whole lease: a database outage
+        stops every process from renewing, and their jobs are not abandoned for that.
+        """
+        if time.monotonic() - self.outage.answering_since < self.lease_s:
+            return 0
         with self._write() as db:
             result = db.execute(
                 update(CAL)
@@ -394,7 +482,7 @@ class ThresholdStore:
                 db, row["model"], row["digest"], threshold, "calibration", calibration_id, None
             )
             version = self._bump(db)
-        self._thresholds_changed(version)
+        self._thresholds_changed(version, (row["model"], row["digest"]), active)
         return active
 
     def fail_calibration(self, calibration_id: str, error: str) -> None:
@@ -477,17 +565,33 @@ class ThresholdStore:
     # Thresholds ------------------------------------------------------------------------------
 
     def active_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
-        """The threshold stored for this exact checkpoint, or None: use the checkpoint's default."""
-        self._follow_other_processes()
+        """The threshold stored for this exact checkpoint, or None: use the checkpoint's default.
+
+        From memory when this process knows nothing changed since; while the database fails,
+        the last value known (`stale`); StoreFailing if there is none.
+        """
         key = (model, digest)
-        with self._cache_lock:
-            if key in self._active:
-                return self._active[key]
-            generation = self._generation
-        active = self._read_active(model, digest)
+        probing = self.outage.failing
+        if probing and not self._may_probe():
+            return self._last_known(key)
+        try:
+            self._follow_other_processes()
+            with self._cache_lock:
+                if key in self._active:
+                    return self._active[key]
+                generation = self._generation
+            active = self._read_active(model, digest)
+        except StoreFailing:
+            self._probed = time.monotonic()
+            return self._last_known(key)
+        finally:
+            if probing:
+                self._probed = time.monotonic()
+                self._probing.release()
         with self._cache_lock:
             if self._generation == generation:
                 self._active[key] = active
+                self._known[key] = active
         return active
 
     async def active_threshold_async(self, model: str, digest: str) -> ActiveThreshold | None:
@@ -496,7 +600,61 @@ class ThresholdStore:
             fresh = time.monotonic() - self._checked < self.recheck_s
             if fresh and (model, digest) in self._active:
                 return self._active[(model, digest)]
+        if self.outage.failing and (model, digest) in self._known and not self._probe_due():
+            return self._last_known((model, digest))  # no thread hop while nothing can change
         return await to_thread.run_sync(self.active_threshold, model, digest)
+
+    def current_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
+        """The threshold stored for this checkpoint, read from the database now.
+
+        For reads a client makes: a change acknowledged by any process is seen at once.
+        Raises StoreFailing while the database fails.
+        """
+        active = self._read_active(model, digest)
+        with self._cache_lock:
+            self._known[(model, digest)] = active
+        return active
+
+    def state(self) -> str:
+        """`writable`, `read-only: <why>` or `failing since <time>: <why>`, as of the last try.
+
+        Asks the database first (at most every recheck_s; while it fails, every PROBE_EVERY_S
+        and one caller at a time), so the answer holds without other traffic.
+        """
+        if self.read_only_because is not None:
+            return f"read-only: {self.read_only_because}"
+        probing = self.outage.failing
+        if not probing or self._may_probe():
+            try:
+                if probing:
+                    self._checked = -math.inf
+                self._follow_other_processes()
+            except StoreFailing:
+                pass
+            finally:
+                if probing:
+                    self._probed = time.monotonic()
+                    self._probing.release()
+        return "writable" if not self.outage.failing else self.outage.state()
+
+    def _probe_due(self) -> bool:
+        return time.monotonic() - self._probed >= PROBE_EVERY_S
+
+    def _may_probe(self) -> bool:
+        """During an outage: whether this caller may try the database (then holds `_probing`).
+
+        At most one caller every PROBE_EVERY_S, so requests do not queue on a database that
+        does not answer.
+        """
+        return self._probe_due() and self._probing.acquire(blocking=False)
+
+    def _last_known(self, key: tuple[str, str]) -> ActiveThreshold | None:
+        """The last threshold known for `key`, marked stale; StoreFailing if none is known."""
+        with self._cache_lock:
+            if key not in self._known:
+                raise self.outage.error()
+            known = self._known[key]
+        return None if known is None else replace(known, stale=True)
 
     def _follow_other_processes(self) -> None:
         """Drop the cached thresholds if another process changed one (checked every recheck_s)."""
@@ -579,7 +737,7 @@ class ThresholdStore:
         with self._write() as db:
             active = self._set_active(db, model, digest, value, "manual", None, actor)
             version = self._bump(db)
-        self._thresholds_changed(version)
+        self._thresholds_changed(version, (model, digest), active)
         return active
 
     def activate_calibration(
@@ -613,7 +771,7 @@ class ThresholdStore:
                 db, model, digest, row["threshold"], "calibration", calibration_id, actor
             )
             version = self._bump(db)
-        self._thresholds_changed(version)
+        self._thresholds_changed(version, (model, digest), active)
         return active
 
     def reset_to_default(self, model: str, digest: str, actor: str | None = None) -> bool:
@@ -625,20 +783,23 @@ class ThresholdStore:
             db.execute(delete(AT).where(AT.c.model == model, AT.c.digest == digest))
             self._audit(db, model, digest, None, "default", None, previous, actor)
             version = self._bump(db)
-        self._thresholds_changed(version)
+        self._thresholds_changed(version, (model, digest), None)
         return True
 
-    def history(self, model: str) -> list[ThresholdChange]:
-        """The audit trail of `model`'s threshold changes, newest first."""
+    def history(
+        self, model: str, limit: int | None = None, offset: int = 0
+    ) -> list[ThresholdChange]:
+        """The audit trail of `model`'s threshold changes, newest first (`limit` of them)."""
         columns = [column for column in HISTORY.c if column.name != "seq"]
+        query = (
+            select(*columns)
+            .where(HISTORY.c.model == model)
+            .order_by(HISTORY.c.seq.desc())
+            .limit(limit)
+            .offset(offset or None)
+        )
         with self._read() as db:
-            rows = (
-                db.execute(
-                    select(*columns).where(HISTORY.c.model == model).order_by(HISTORY.c.seq.desc())
-                )
-                .mappings()
-                .all()
-            )
+            rows = db.execute(query).mappings().all()
         return [
             ThresholdChange(**{**dict(row), "at": datetime.fromisoformat(row["at"])})
             for row in rows

@@ -19,7 +19,6 @@ from model.calibration.plots import roc_png
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
-from service.api.routes.models import threshold_view
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
@@ -27,6 +26,7 @@ from service.calibration.gate import blocked_reason, blocking_codes
 from service.calibration.jobs import CalibrationParams
 from service.container import Services
 from service.inference.registry import ServedModel
+from service.state.errors import StoreUnavailable
 from service.state.store import ActivationError, CalibrationNotFound, CalibrationRecord
 
 router = APIRouter(
@@ -171,19 +171,23 @@ async def start_calibration(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
     params = CalibrationParams(criterion, activate, force)
-    calibration_id = await services.jobs.start(served, data, dataset.filename, params)
+    created = await services.jobs.start(served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (
-        f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{calibration_id}"
+        f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{created.id}"
     )
     # SQLite reads in a worker thread: this route is async, and the event loop must not wait.
-    return await to_thread.run_sync(
-        lambda: _view(services, served, _record(services, served, calibration_id))
-    )
+    try:
+        return await to_thread.run_sync(
+            lambda: _view(services, served, _record(services, served, created.id))
+        )
+    except StoreUnavailable:
+        # The job exists and runs: answering an error now would make a client start another.
+        return Calibration(**_summary(created, None).model_dump())
 
 
 @router.get(
-    "", name="list", summary="List a model's calibrations", responses=problem_responses(404)
+    "", name="list", summary="List a model's calibrations", responses=problem_responses(404, 503)
 )
 def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationList:
     """Every calibration of the model, newest first, without reports."""
@@ -196,7 +200,7 @@ def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationLis
     "/{calibration_id}",
     name="get",
     summary="A calibration's status and report",
-    responses=problem_responses(404),
+    responses=problem_responses(404, 503),
 )
 def get_calibration(
     services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
@@ -212,7 +216,7 @@ def get_calibration(
     response_class=Response,
     responses={
         200: {**binary_content("image/png"), "description": "PNG"},
-        **problem_responses(404, 409),
+        **problem_responses(404, 409, 503),
     },
 )
 def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: CalibrationId) -> Response:
@@ -267,4 +271,10 @@ def activate_calibration(
             409, "Cannot activate", str(error), slug="calibration-not-activatable"
         ) from None
     services.metrics.set_threshold(served.name, active.value)
-    return threshold_view(services, served)
+    # What was written, not read back: an acknowledged change never becomes an error here.
+    return Threshold(
+        value=active.value,
+        source=active.source,
+        calibration_id=active.calibration_id,
+        updated=active.updated,
+    )

@@ -34,13 +34,13 @@ def readyz(request: Request) -> JSONResponse:
     if services is None or not services.engine.ready:
         starting = {"status": "starting"} | ({"unavailable": failed} if failed else {})
         return JSONResponse(starting, status_code=503, headers={"Retry-After": "1"})
-    why = services.store.read_only_because
     # The rest serve: a model that failed to load or warm up is reported, not a reason to
     # stay unready.
     ready = {
         "status": "ready",
         "models": services.registry.names(),
-        "state": "writable" if why is None else f"read-only: {why}",
+        # The store's own word: writable, read-only or failing (inference goes on regardless).
+        "state": services.store.state(),
     }
     return JSONResponse(ready | ({"unavailable": failed} if failed else {}))
 

@@ -19,6 +19,7 @@ from service.api.uploads import decode_image
 from service.container import Services
 from service.inference import encoding
 from service.inference.registry import ServedModel
+from service.state.errors import StoreUnavailable
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["inference"], route_class=SpoolingRoute)
 
@@ -38,6 +39,7 @@ class Cut(NamedTuple):
 
     value: float
     source: str  # default, calibration, manual or request
+    stale: bool = False  # the store is failing: the active threshold is the last one known
 
 
 async def _infer(
@@ -54,15 +56,28 @@ async def _infer(
         check_threshold(served, threshold)
     pixels = await decode_image(image, served, services.settings)
     active = await services.active_threshold_async(served)
-    cut = Cut(threshold, "request") if threshold is not None else Cut(active.value, active.source)
+    if threshold is not None:
+        cut = Cut(threshold, "request")
+    else:
+        cut = Cut(active.value, active.source, active.stale)
     # Drift watches every served image against the active calibration, whatever the cut.
-    observe = services.drift.watch(served.name, active.calibration_id)
+    try:
+        observe = services.drift.watch(served.name, active.calibration_id)
+    except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
+        observe = _unwatched
     result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
     return result, cut
 
 
+def _unwatched(prediction: Prediction) -> Prediction:
+    return prediction
+
+
 def _threshold_headers(cut: Cut) -> dict[str, str]:
-    return {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
+    headers = {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
+    if cut.stale:
+        headers["X-Threshold-Stale"] = "true"
+    return headers
 
 
 @router.post(

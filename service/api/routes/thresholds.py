@@ -1,23 +1,32 @@
-"""Reading, overriding and resetting a model's active threshold, and its history."""
+"""Reading, overriding and resetting a model's active threshold, and its history.
+
+Reads go to the database (a change any process acknowledged is seen at once); a change answers
+with what it wrote, so an acknowledged change never turns into an error on the way out.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request, Response
 
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.models import threshold_view
 from service.api.schemas import Threshold, ThresholdChange, ThresholdHistory, ThresholdUpdate
 from service.inference.registry import ServedModel
+from service.state.store import ActiveThreshold
 from service.state.store import ThresholdChange as StoredChange
 
 router = APIRouter(prefix="/v1/models/{model}/threshold", tags=["thresholds"])
 
-PROBLEMS = problem_responses(401, 404, 422)
-# A change needs the state folder: read-only (503) or its disk full (507).
+PROBLEMS = problem_responses(401, 404, 422, 503)
+# A change needs the state folder: read-only or its database failing (503), its disk full (507).
 CHANGE_PROBLEMS = problem_responses(401, 404, 422, 503, 507)
+HISTORY_LIMIT = 100  # changes per page by default
+HISTORY_MAX_LIMIT = 1000
+HISTORY_MAX_OFFSET = 2**31 - 1
 
 
 def check_threshold(served: ServedModel, value: float, name: str = "threshold") -> float:
@@ -53,9 +62,9 @@ def put_threshold(
 ) -> Threshold:
     """Make `value` the active threshold (source `manual`) until the next change."""
     value = check_threshold(served, update.value, "value")
-    services.store.set_manual(served.name, served.digest, value, actor=actor)
+    active = services.store.set_manual(served.name, served.digest, value, actor=actor)
     services.metrics.set_threshold(served.name, value)
-    return threshold_view(services, served)
+    return _written(active)
 
 
 @router.delete(
@@ -69,18 +78,46 @@ def reset_threshold(services: ServicesDep, served: ModelDep, actor: Actor = None
     """Drop the stored threshold so the checkpoint's default applies (also when it already did)."""
     services.store.reset_to_default(served.name, served.digest, actor=actor)
     services.metrics.set_threshold(served.name, served.default_threshold)
-    return threshold_view(services, served)
+    return Threshold(value=served.default_threshold, source="default")
+
+
+def _written(active: ActiveThreshold) -> Threshold:
+    return Threshold(
+        value=active.value,
+        source=active.source,
+        calibration_id=active.calibration_id,
+        updated=active.updated,
+    )
 
 
 @router.get(
     "/history",
     name="history",
     summary="The threshold's audit trail",
-    responses=problem_responses(404),
+    responses=problem_responses(404, 422, 503),
 )
-def threshold_history(services: ServicesDep, served: ModelDep) -> ThresholdHistory:
-    """Every change of the model's threshold, newest first, whoever or whatever made it."""
-    changes = services.store.history(served.name)
+def threshold_history(
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    served: ModelDep,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=HISTORY_MAX_LIMIT, description="Changes per page (1 to 1000)."),
+    ] = HISTORY_LIMIT,
+    offset: Annotated[
+        int, Query(ge=0, le=HISTORY_MAX_OFFSET, description="Newest changes to skip.")
+    ] = 0,
+) -> ThresholdHistory:
+    """The changes of the model's threshold, newest first, whoever or whatever made them.
+
+    One page of `limit`; when more follow, a `Link: <...>; rel="next"` header points at them.
+    """
+    changes = services.store.history(served.name, limit=limit + 1, offset=offset)
+    if len(changes) > limit:
+        changes = changes[:limit]
+        following = request.url.include_query_params(limit=limit, offset=offset + limit)
+        response.headers["Link"] = f'<{following}>; rel="next"'
     return ThresholdHistory(changes=[_change_view(served, change) for change in changes])
 
 

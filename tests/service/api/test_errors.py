@@ -22,7 +22,7 @@ from service.inference.errors import (
     EngineTimeout,
     ModelUnavailable,
 )
-from service.state.errors import full, read_only
+from service.state.errors import StoreFailing, full, read_only
 
 # error -> (status, title, slug, detail, Retry-After); the answers the service has always given.
 CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
@@ -46,6 +46,16 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
             "the state folder is read-only: Read-only file system (/state); make UNET_STATE_DIR "
             "writable and restart (the service serves inference meanwhile)",
             None,
+        ),
+    ),
+    (
+        StoreFailing("the threshold database is failing (OperationalError: refused); try again"),
+        (
+            503,
+            "Threshold database failing",
+            "state-failing",
+            "the threshold database is failing (OperationalError: refused); try again",
+            "5",
         ),
     ),
     (

@@ -194,3 +194,38 @@ def test_async_routes_keep_sqlite_off_the_event_loop(
         on_loop = [sql for thread, sql in statements if thread == loop_thread]
     assert statements  # the tracer saw the store at work
     assert on_loop == []
+
+
+def test_history_comes_in_pages(client: TestClient) -> None:
+    for value in (0.31, 0.32, 0.33, 0.34, 0.35, 0.36, 0.37):
+        assert client.put(f"{BASE}/threshold", json={"value": value}, headers=AUTH).is_success
+    page = client.get(f"{BASE}/threshold/history", params={"limit": 5})
+    assert page.status_code == 200, page.text
+    assert [c["value"] for c in page.json()["changes"]] == [0.37, 0.36, 0.35, 0.34, 0.33]
+    following = page.headers["link"]
+    assert following.endswith('>; rel="next"') and "offset=5" in following
+    rest = client.get(following[1 : following.index(">")])
+    assert [c["value"] for c in rest.json()["changes"]] == [0.32, 0.31]
+    assert "link" not in rest.headers  # the last page
+    assert len(history(client)) == 7  # the default page holds up to 100
+    for bad in ({"limit": -1}, {"limit": 0}, {"limit": 1001}, {"offset": -1}, {"limit": "x"}):
+        assert_problem(client.get(f"{BASE}/threshold/history", params=bad), 422)
+
+
+def test_a_threshold_read_sees_a_change_another_process_just_made(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each process keeps thresholds in memory for inference; a read a client makes must not
+    # come from that memory. A long recheck interval makes the old lag certain, not likely.
+    lease_s, _, read_only = ThresholdStore.__init__.__defaults__ or ()
+    monkeypatch.setattr(ThresholdStore.__init__, "__defaults__", (lease_s, 3600.0, read_only))
+    with (
+        TestClient(create_app(settings)) as writer,
+        TestClient(create_app(settings)) as reader,
+    ):
+        assert reader.get(f"{BASE}/threshold").json()["source"] == "default"  # now in memory
+        assert writer.put(f"{BASE}/threshold", json={"value": 0.42}, headers=AUTH).is_success
+        seen = reader.get(f"{BASE}/threshold").json()
+        assert (seen["value"], seen["source"]) == (0.42, "manual")
+        listed = reader.get("/v1/models").json()["models"]
+        assert [m["threshold"]["value"] for m in listed if m["name"] == TINY_MODEL] == [0.42]
