@@ -15,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from model import UNet, UNetConfig, save
 from service.app import create_app
 from service.calibration.jobs import INTERNAL_ERROR
 from service.settings import Settings
+from tests.bad_models import nan_at_side, write_card
 from tests.hostile.make_corpus import SIDE, dataset_zip, images, png, tiff, write_corpus
 
 # Pillow warns about the corpus's broken TIFF headers before refusing them; that is expected.
@@ -191,13 +190,13 @@ def test_a_zip_of_three_inflating_strips_is_refused_before_it_is_accepted(
 
 @pytest.fixture(scope="module")
 def broken_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint whose weights overflow float32 on any input: its output is NaN."""
+    """A model whose output is NaN on the corpus's images alone.
+
+    A model that is NaN on every input is set aside when it loads; this one passes the load
+    probe and the warm-up, so the per-request check is what meets it.
+    """
     folder = tmp_path_factory.mktemp("broken-model")
-    network = UNet(UNetConfig(depth=2, base_channels=4))
-    with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.fill_(3e38)
-    save(network.eval(), folder / "broken.safetensors")
+    write_card(folder, "broken", {"source": {"format": "onnx", "path": nan_at_side(folder, SIDE)}})
     return folder
 
 

@@ -118,7 +118,7 @@ def test_alternating_writes_with_a_kill_lose_no_acknowledged_value(
     survivor = services[1 - victim]
     # Every PUT before the kill, and the survivor's after it.
     assert len(acknowledged) >= kill_at + (200 - kill_at) // 2
-    history = survivor.client.get(f"{BASE}/threshold/history").json()["changes"]
+    history = survivor.client.get(f"{BASE}/threshold/history?limit=1000").json()["changes"]
     stored = [change["value"] for change in reversed(history)]
     assert [v for v in stored if v in acknowledged] == acknowledged  # all there, in order
     assert survivor.client.get(f"{BASE}/threshold").json()["value"] == acknowledged[-1]

@@ -190,6 +190,10 @@ def test_the_explorer_on_the_service_calibrates_activates_and_sets_a_threshold(
     wait_until(
         page, "document.getElementById('model-source').textContent.startsWith('calibration')"
     )
+    # The page sets the slider to the activated threshold after it shows the source: wait for
+    # that too, or it overwrites the value typed next.
+    activated = httpx.get(api(base, "/threshold"), timeout=10).json()["value"]
+    wait_until(page, f"Number(document.getElementById('threshold-number').value) === {activated!r}")
     page.fill("#threshold-number", "0.375")
     page.click("#set-manual")
     wait_until(page, "document.getElementById('model-source').textContent.startsWith('manual')")
