@@ -202,7 +202,7 @@ def _validate(path: Path, raw: dict[str, Any]) -> ModelCard:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "card"
         raise CardError(
-            f"{path}: {where}: {first['msg']}; fix the card (schema: DESIGN.md, 'Model cards')"
+            f"{path}: {where}: {first['msg']}; fix the card (schema: README, 'model cards')"
         ) from None
 
 

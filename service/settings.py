@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         "aside (`thresholds.damaged-<UTC time>.sqlite3`, logged) and start with no stored "
         "thresholds; `false`: start-up stops and says how to recover.",
     )
-    # Shared state for scaling out (DESIGN.md, "Scaling out").
+    # Shared state for scaling out (README, "Scaling out").
     database_url: SecretStr | None = Field(
         default=None,
         description="Where the threshold store lives: unset for SQLite in `UNET_STATE_DIR`, or "

@@ -6,7 +6,7 @@ Typical use, one image at a time so that memory stays flat::
     for scores, mask in pairs:
         hist.update(scores, mask)               # or update(logits, mask, logits=True)
     report = build_report(hist, Criterion("target_tpr", target=0.95))
-    report.threshold, report.to_dict()         # typed values; the JSON of DESIGN.md
+    report.threshold, report.to_dict()         # typed values; the README's report JSON
 
 or `calibrate_arrays(pairs, scale, criterion)` for the same in one call. No I/O, no torch.
 """

@@ -1,4 +1,4 @@
-"""The calibration report (DESIGN.md, "The calibration report"), built from a `ScoreHistogram`.
+"""The calibration report (README, "The calibration report"), built from a `ScoreHistogram`.
 
 ROC statistics come from scikit-learn run on the bins: each non-empty bin is one score (its lower
 edge; the lowest bin takes the lowest score seen) given twice, once as a negative and once as a

@@ -1,4 +1,4 @@
-"""The calibration report as typed, frozen values (DESIGN.md, "The calibration report").
+"""The calibration report as typed, frozen values (README, "The calibration report").
 
 `CalibrationReport.to_dict()` is the JSON schema the API, the CLI and the store have always used,
 key for key; `from_dict()` reads it back (a stored report, a CLI's JSON) and rejects anything

@@ -390,7 +390,7 @@ class Calibration(CalibrationSummary):
     report: dict[str, Any] | None = Field(
         default=None,
         description="The calibration report (threshold, auc, roc, operating_points, confusion, "
-        "threshold_ci, ...; see DESIGN.md), once succeeded.",
+        "threshold_ci, ...; see the README's calibration report), once succeeded.",
     )
 
 

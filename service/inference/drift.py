@@ -112,7 +112,7 @@ class DriftMonitor:
         return observe
 
     def report(self, model: str, calibration_id: str | None) -> dict[str, Any]:
-        """The drift answer of DESIGN.md: status, the figures behind it and the cut-offs."""
+        """The drift answer: status, the figures behind it and the cut-offs."""
         window = self._window(model, calibration_id)
         if window is None:
             view = {
