@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import struct
+import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,3 +214,32 @@ def raw_objective(
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
     return tpr, precision >= TARGETS[strategy]
+
+
+@contextmanager
+def mounted_tmpfs(mount: Path, size_mib: int) -> Iterator[Path]:
+    """An empty tmpfs of `size_mib` at `mount` (skips the test where none can be mounted)."""
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(folder: Path, name: str) -> Path:
+    """Write `folder/name` until its disk is full; returns the file."""
+    filler = folder / name
+    with filler.open("wb") as sink:
+        try:
+            while True:
+                sink.write(bytes(1 << 16))
+                sink.flush()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+    return filler

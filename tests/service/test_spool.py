@@ -16,9 +16,8 @@ import pytest
 
 from service.api.spool import spool_folder
 from service.settings import Settings
-from tests.helpers import TINY_MODEL, dataset_files, make_zip, png
+from tests.helpers import TINY_MODEL, dataset_files, fill, make_zip, mounted_tmpfs, png
 from tests.servers import ServiceProcess
-from tests.service.test_state_folder import fill
 
 ENV = {"UNET_LOG_LEVEL": "warning", "UNET_TILE_SIZE": "64"}
 MODEL = f"/v1/models/{TINY_MODEL}"
@@ -29,17 +28,8 @@ READY_S = 180  # starting takes over 30 s while the machine is shared and busy
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """An empty 64 MiB tmpfs, unmounted afterwards (the service may keep temporary files there)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", 64) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def noisy_png(side: int) -> bytes:

@@ -6,7 +6,6 @@ root, and the tests are skipped where that is not allowed.
 
 from __future__ import annotations
 
-import errno
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from model.synth import generate_pair, pair_rng
-from tests.helpers import TINY_MODEL, dataset_files, make_zip, png
+from tests.helpers import TINY_MODEL, dataset_files, fill, make_zip, mounted_tmpfs, png
 from tests.servers import ServiceProcess
 
 KEY = "s3cret"
@@ -29,30 +28,8 @@ ENV = {"UNET_API_KEY": KEY, "UNET_LOG_LEVEL": "warning", "UNET_TILE_SIZE": "64"}
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """An empty 16 MiB tmpfs, unmounted afterwards."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", 16) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(folder: Path, name: str) -> Path:
-    """Write `folder/name` until its disk is full; returns the file."""
-    filler = folder / name
-    with filler.open("wb") as sink:
-        try:
-            while True:
-                sink.write(bytes(1 << 16))
-                sink.flush()
-        except OSError as error:
-            assert error.errno == errno.ENOSPC
-    return filler
 
 
 def image() -> bytes:
