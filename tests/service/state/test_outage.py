@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,15 +26,6 @@ from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip, p
 
 BASE = f"/v1/models/{TINY_MODEL}"
 DIGEST = "d" * 64
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, postgres.Control]]:
-    """A PostgreSQL database of its own server, with the control to stop and restart it."""
-    if postgres.binaries() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    with postgres.controlled_server() as (url, control):
-        yield postgres.new_database(url), control
 
 
 def image() -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,27 +38,6 @@ class Call:
     status: int
     retry_after: str | None
     value: float | None = None  # the PUT's threshold
-
-
-class Service(ServiceProcess):
-    """A ServiceProcess that does not outlive a start that failed."""
-
-    def _wait_ready(self, within_s: float) -> None:
-        try:
-            super()._wait_ready(within_s)
-        except BaseException:
-            self.process.kill()
-            self.process.wait(timeout=30)
-            raise
-
-
-@pytest.fixture
-def database() -> Iterator[tuple[str, postgres.Control]]:
-    """A PostgreSQL database of its own server, with the control to stop and restart it."""
-    if postgres.binaries() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    with postgres.controlled_server() as (url, control):
-        yield postgres.new_database(url), control
 
 
 def client_loop(
@@ -114,7 +92,7 @@ def test_a_postgresql_outage_under_load(
         for n, workers in enumerate(("1", "1")):
             env = {"UNET_DATABASE_URL": url, "UNET_WORKERS": workers, "UNET_TILE_SIZE": "64"}
             services.append(
-                Service(
+                ServiceProcess(
                     tiny_model_dir,
                     tmp_path / f"state-{n}",
                     env,
