@@ -1,7 +1,8 @@
 """The network, its data, training, evaluation and calibration maths; knows nothing of HTTP."""
 
-from model.checkpoint import CheckpointError, checkpoint_digest, load, load_checkpoint, save
-from model.unet import UNet, UNetConfig
+from model.cards.checkpoint import checkpoint_digest, load, load_checkpoint, save
+from model.errors import CheckpointError
+from model.network.unet import UNet, UNetConfig
 
 __all__ = [
     "CheckpointError",

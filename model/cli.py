@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from model.activations import ACTIVATIONS
-from model.blocks import NORMS
-from model.heads import HEADS
+from model.network.activations import ACTIVATIONS
+from model.network.blocks import NORMS
+from model.network.heads import HEADS
 
 DESCRIPTION = (
     "The model's commands: synth, train, evaluate, calibrate, make-weights, import, export."
@@ -189,7 +189,7 @@ def _add_import_export(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def _import(args: argparse.Namespace) -> int:
-    from model.importing import import_model
+    from model.cards.importing import import_model
 
     try:
         network_args = json.loads(args.args)
@@ -222,7 +222,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from model.exporting import SUFFIXES, export
+    from model.cards.export import SUFFIXES, export
 
     out = args.out or args.checkpoint.with_name(
         f"{args.checkpoint.stem}-{args.format}{SUFFIXES[args.format]}"
@@ -233,7 +233,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from model.synth import write_dataset
+    from model.data.synth import write_dataset
 
     write_dataset(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json)
     emit(args, {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size})
@@ -241,8 +241,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, train
-    from model.unet import UNetConfig
+    from model.network.unet import UNetConfig
+    from model.training.train import TrainConfig, train
 
     architecture = UNetConfig(
         in_channels=args.in_channels,
@@ -272,7 +272,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate_checkpoint
+    from model.training.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(args.checkpoint, args.data, args.threshold, progress=not args.json)
     emit(args, report)
@@ -280,8 +280,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from model.calibrate import calibrate_checkpoint
     from model.calibration import Criterion
+    from model.inference.calibrate import calibrate_checkpoint
 
     criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
     report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
@@ -298,7 +298,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 def _make_weights(args: argparse.Namespace) -> int:
     from model.calibration import Criterion
-    from model.make_weights import WEIGHTS, WeightsPlan, make_weights
+    from model.training.make_weights import WEIGHTS, WeightsPlan, make_weights
 
     out = args.out or WEIGHTS
     plan = WeightsPlan(

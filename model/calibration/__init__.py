@@ -12,11 +12,11 @@ or `calibrate_arrays(pairs, scale, criterion)` for the same in one call. No I/O,
 """
 
 from model.calibration.binning import SCALES, BinLayout
-from model.calibration.errors import CalibrationError
 from model.calibration.histogram import ScoreHistogram
 from model.calibration.report import build_report, calibrate_arrays
 from model.calibration.schema import CalibrationReport, OperatingPoint
 from model.calibration.strategies import STRATEGIES, TARGET_STRATEGIES, Criterion
+from model.errors import CalibrationError
 
 __all__ = [
     "SCALES",

@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from model.calibration.errors import CalibrationError
+from model.errors import CalibrationError
 
 Scale = Literal["probability", "unbounded"]
 SCALES: tuple[str, ...] = ("probability", "unbounded")

@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from model.calibration.binning import SCALES, BinLayout
 from model.calibration.bootstrap import ImageResampler
-from model.calibration.errors import CalibrationError
+from model.errors import CalibrationError
 
 # Pixels per step of the pass: small enough that a dozen int32 temporaries stay in cache.
 CHUNK = 1 << 16

@@ -40,7 +40,6 @@ from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from model.calibration.drift import score_profile
-from model.calibration.errors import CalibrationError
 from model.calibration.health import assess
 from model.calibration.histogram import ScoreHistogram
 from model.calibration.reliability import calibration_quality
@@ -63,6 +62,7 @@ from model.calibration.strategies import (
     point_metrics,
     select,
 )
+from model.errors import CalibrationError
 
 MAX_ROC_POINTS = 512
 FIXED_CUT = 0.5

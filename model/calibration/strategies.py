@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from model.calibration.errors import CalibrationError
+from model.errors import CalibrationError
 
 STRATEGIES: tuple[str, ...] = (
     "youden",

@@ -1,0 +1,1 @@
+"""Model cards and checkpoints: every model source, importing and exporting."""

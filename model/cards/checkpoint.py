@@ -1,0 +1,166 @@
+"""Checkpoints: `NAME.safetensors` (weights, no pickle) beside `NAME.json` (everything else)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.errors import CheckpointError
+from model.network.unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class CheckpointMeta:
+    """The JSON half of a checkpoint."""
+
+    architecture: UNetConfig
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    # {"value": float, "source": str, ...evidence}; absent means the conventional 0.5.
+    default_threshold: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+    # The model card's `input` (channels, order, normalisation); None: the `dtype` rule.
+    input: dict[str, Any] | None = None
+
+    @property
+    def threshold(self) -> float:
+        """The recorded default threshold, or the conventional 0.5 when there is none."""
+        return float(self.default_threshold["value"]) if self.default_threshold else 0.5
+
+    @property
+    def reference_auc(self) -> float | None:
+        """The pixel AUC recorded with the default threshold's evidence, if any."""
+        auc = (self.default_threshold or {}).get("auc")
+        return float(auc) if isinstance(auc, int | float) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as written to `NAME.json`."""
+        written = {
+            "format_version": self.format_version,
+            "architecture": self.architecture.to_dict(),
+            "preprocessing": self.preprocessing,
+            "training": self.training,
+            "default_threshold": self.default_threshold,
+        }
+        return written | ({"input": self.input} if self.input is not None else {})
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """The (`.safetensors`, `.json`) pair for a path to either file or to their common stem."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def default_preprocessing(in_channels: int) -> dict[str, Any]:
+    """How input images are turned into the model's input tensor."""
+    return {
+        "channels": in_channels,
+        "range": [0.0, 1.0],
+        "conversion": "integers divided by their type's maximum; grey from RGB by ITU-R 601 luma",
+    }
+
+
+def save(model: UNet, path: str | Path, meta: CheckpointMeta | None = None) -> Path:
+    """Write `model` as a checkpoint pair at `path`; returns the `.safetensors` path."""
+    weights_path, json_path = checkpoint_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    meta = meta or CheckpointMeta(model.config, default_preprocessing(model.config.in_channels))
+    meta.architecture = model.config
+    state = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    save_file(state, str(weights_path), metadata={"format_version": str(FORMAT_VERSION)})
+    json_path.write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return weights_path
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """Read and validate the JSON half of a checkpoint."""
+    _, json_path = checkpoint_paths(path)
+    if not json_path.is_file():
+        raise CheckpointError(
+            f"{json_path}: missing; a checkpoint needs its .json beside the weights"
+        )
+    try:
+        raw = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{json_path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("architecture"), dict):
+        raise CheckpointError(f"{json_path}: needs an 'architecture' object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{json_path}: format_version {version!r} is not supported (expected {FORMAT_VERSION})"
+        )
+    try:
+        architecture = UNetConfig(**raw["architecture"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{json_path}: bad architecture: {error}") from None
+    threshold = raw.get("default_threshold")
+    if threshold is not None and not isinstance(threshold.get("value"), int | float):
+        raise CheckpointError(f"{json_path}: default_threshold needs a numeric 'value'")
+    return CheckpointMeta(
+        architecture=architecture,
+        preprocessing=raw.get("preprocessing") or default_preprocessing(architecture.in_channels),
+        training=raw.get("training") or {},
+        default_threshold=threshold,
+        input=raw.get("input") if isinstance(raw.get("input"), dict) else None,
+    )
+
+
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[UNet, CheckpointMeta]:
+    """Load a checkpoint pair into an eval-mode UNet, with its metadata."""
+    weights_path, json_path = checkpoint_paths(path)
+    meta = read_meta(path)
+    if not weights_path.is_file():
+        raise CheckpointError(
+            f"{weights_path}: missing; expected the weights beside {json_path.name}"
+        )
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{weights_path}: not a safetensors file ({error})") from None
+    model = UNet(meta.architecture)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: tensors do not match the architecture in {json_path.name} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{weights_path}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the architecture in {json_path.name} needs {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state)
+    return model.to(device).eval(), meta
+
+
+def load(path: str | Path) -> UNet:
+    """Load a checkpoint (path to its `.safetensors` or `.json`) as an eval-mode module."""
+    return load_checkpoint(path)[0]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 over both files of a checkpoint: a threshold belongs to exactly these bytes."""
+    digest = hashlib.sha256()
+    for part in checkpoint_paths(path):
+        with part.open("rb") as file:
+            while chunk := file.read(1 << 20):  # streamed: the weights are never all in memory
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Images in: decoding with bounded inflation, normalisation, data sets, synthetic pairs."""

@@ -1,0 +1,1 @@
+"""Running a model: single images, tiles, and whole data sets into a histogram."""

@@ -1,0 +1,1 @@
+"""Training and judging a network: losses, the loop, evaluation, the shipped weights."""
