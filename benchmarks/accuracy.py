@@ -2,7 +2,8 @@
 
 A threshold is calibrated (by default with `f1`: pixel F1 is Dice) on one unseen set and applied
 to another unseen set; Otsu thresholds each image of the second set on its own. Seeds 1 and 2
-trained and validated the shipped models (model/make_weights.py); the defaults here are unseen.
+trained and validated the shipped models (model/training/make_weights.py); the defaults
+here are unseen.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from model.calibrate import calibrate_checkpoint
 from model.calibration import Criterion
-from model.datasets import iter_pairs
-from model.evaluate import dice_iou, evaluate_checkpoint
-from model.otsu import otsu_mask
-from model.synth import write_dataset
+from model.data.datasets import iter_pairs
+from model.data.synth import write_dataset
+from model.inference.calibrate import calibrate_checkpoint
+from model.training.evaluate import dice_iou, evaluate_checkpoint
+from model.training.otsu import otsu_mask
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "model" / "weights"
 

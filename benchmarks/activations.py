@@ -34,19 +34,19 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.activation_report import tables, write_plots
-from model.activation_stats import HiddenActivationStats
-from model.activations import ACTIVATIONS
-from model.calibrate import calibrate_model
 from model.calibration import Criterion, ScoreHistogram
 from model.calibration.reliability import calibration_quality
-from model.checkpoint import load_checkpoint
-from model.datasets import iter_pairs
-from model.evaluate import evaluate_model
-from model.heads import HEADS
-from model.predict import predict
-from model.synth import write_dataset
-from model.train import TrainConfig, train
-from model.unet import UNet, UNetConfig
+from model.cards.checkpoint import load_checkpoint
+from model.data.datasets import iter_pairs
+from model.data.synth import write_dataset
+from model.inference.calibrate import calibrate_model
+from model.inference.predict import predict
+from model.network.activations import ACTIVATIONS
+from model.network.heads import HEADS
+from model.network.unet import UNet, UNetConfig
+from model.training.activation_stats import HiddenActivationStats
+from model.training.evaluate import evaluate_model
+from model.training.train import TrainConfig, train
 
 # Data seeds of their own: 1 and 2 made the shipped weights, 1001 and 1002 the accuracy benchmark.
 TRAIN_SEED, VAL_SEED, TEST_SEED = 3001, 3002, 3003

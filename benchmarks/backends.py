@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from benchmarks.serve import drive, log, server, synthetic_pngs
-from model.decoding import image_from_bytes
-from model.exporting import export
-from model.predict import predict
-from model.sources import Predictor, load_predictor
-from model.sources.onnx import OnnxPredictor
+from model.cards.export import export
+from model.cards.sources import Predictor, load_predictor
+from model.cards.sources.onnx import OnnxPredictor
+from model.data.decoding import image_from_bytes
+from model.inference.predict import predict
 from service.inference.engine import usable_cores
 
 SHIPPED = Path(__file__).resolve().parents[1] / "model" / "weights" / "unet-sigmoid.json"

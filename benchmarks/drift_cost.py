@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.calibrate import calibrate_model
 from model.calibration import Criterion
-from model.checkpoint import load_checkpoint
-from model.predict import predict
-from model.synth import generate_pair, pair_rng
+from model.cards.checkpoint import load_checkpoint
+from model.data.synth import generate_pair, pair_rng
+from model.inference.calibrate import calibrate_model
+from model.inference.predict import predict
 from service.inference.drift import DriftMonitor
 from service.ops.metrics import Metrics
 from service.settings import Settings

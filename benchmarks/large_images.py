@@ -34,10 +34,10 @@ from PIL import Image
 from serve import DEFAULT_CHECKPOINT, log, memory_mb, prepare_models, server
 
 from model import load_checkpoint
-from model.device import pick_device
-from model.predict import predict
-from model.synth import generate_pair
-from model.tiling import predict_tiled
+from model.data.synth import generate_pair
+from model.inference.predict import predict
+from model.inference.tiling import predict_tiled
+from model.network.device import pick_device
 from service.settings import Settings
 
 CLIENT_TIMEOUT_S = 600.0  # the server's own UNET_REQUEST_TIMEOUT_S (default 60 s) applies

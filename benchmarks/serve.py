@@ -57,10 +57,10 @@ import torch
 from PIL import Image
 
 from model import UNet, UNetConfig, load_checkpoint, save
-from model.checkpoint import checkpoint_digest, checkpoint_paths
-from model.device import pick_device
-from model.onnx_export import INPUT_NAME, cached_export
-from model.synth import generate_pair
+from model.cards.checkpoint import checkpoint_digest, checkpoint_paths
+from model.cards.to_onnx import INPUT_NAME, cached_export
+from model.data.synth import generate_pair
+from model.network.device import pick_device
 from service.inference.backends import OrtBackend, ort_session
 from service.inference.engine import plan_engine, usable_cores
 from service.settings import Settings

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from anyio import to_thread
 from fastapi import FastAPI
 
-from model.device import pick_device
+from model.network.device import pick_device
 from service.api.auth import KeyBeforeBody
 from service.api.dependencies import require_api_key
 from service.api.disconnect import CancelOnDisconnect

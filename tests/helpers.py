@@ -21,7 +21,7 @@ from httpx import Response
 from PIL import Image
 from sqlalchemy import Engine, event
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry
 from service.ops.metrics import Metrics

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from model.predict import NonFiniteOutputError
+from model.errors import NonFiniteOutputError
 from service.api.problems import ProblemError, answer_problem
 from service.calibration.errors import (
     CalibrationRefused,

@@ -6,7 +6,8 @@ import numpy as np
 from anyio import to_thread
 from fastapi import UploadFile
 
-from model.decoding import DatasetError, ImageTooLargeError, image_from_bytes, read_header
+from model.data.decoding import image_from_bytes, read_header
+from model.errors import DatasetError, ImageTooLargeError
 from service.api.problems import ProblemError
 from service.inference.registry import ServedModel
 from service.settings import Settings

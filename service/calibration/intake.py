@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.datasets import EXTENSIONS, find_pairs
-from model.decoding import DatasetError, ImageTooLargeError, check_image
+from model.data.datasets import EXTENSIONS, find_pairs
+from model.data.decoding import check_image
+from model.errors import DatasetError, ImageTooLargeError
 from service.calibration.errors import DatasetRejected, Rejection
 from service.settings import Settings
 

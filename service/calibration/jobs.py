@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model.calibrate import add_to_histogram, new_histogram
 from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
-from model.datasets import load_pair
-from model.decoding import DatasetError
+from model.data.datasets import load_pair
+from model.errors import DatasetError, ModelOutputError
+from model.inference.calibrate import add_to_histogram, new_histogram
 from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
 from service.calibration.gate import reference_auc
 from service.calibration.intake import Dataset, extract_dataset, relative
@@ -312,7 +312,7 @@ class CalibrationJobs:
             await self._fail_when_writable(job, f"the calibration stopped: {error}")
         except EngineNotReady:  # the engine stopped under the job
             await self._fail(job, STOPPED_RUNNING)
-        except (DatasetError, CalibrationError) as error:
+        except (DatasetError, ModelOutputError, CalibrationError) as error:
             # Errors name temporary paths; rewrite them as paths inside the zip.
             await self._fail(job, relative(str(error), job.workdir / "data"))
         except (DeviceOutOfMemory, MemoryError):

@@ -21,9 +21,9 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from model.onnx_export import INPUT_NAME, OUTPUT_NAME, cached_export
-from model.sources import Predictor
-from model.unet import UNet
+from model.cards.sources import Predictor
+from model.cards.to_onnx import INPUT_NAME, OUTPUT_NAME, cached_export
+from model.network.unet import UNet
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class OrtBackend:
     core under load; and, when `wide` > 0, a session with `wide` threads for a pass that runs
     alone while `crowded()` says no other work waits, so that a lone request uses every core.
     The padding to the network's grid and the crop back happen here, around the exported graph
-    (`model.onnx_export`).
+    (`model.cards.to_onnx`).
     """
 
     name: BackendName = ONNXRUNTIME

@@ -23,7 +23,7 @@ import numpy as np
 from model.calibration import CalibrationReport
 from model.calibration.drift import DriftStatus, psi, sample, status_of, summarise
 from model.calibration.schema import ScoreProfile
-from model.predict import Prediction
+from model.inference.predict import Prediction
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.drift_windows import DriftWindows

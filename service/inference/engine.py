@@ -7,9 +7,9 @@ which runs in the same worker right after the pass instead of costing another tr
 event loop. A pass that runs alone, with no queued work to start beside it, uses every core;
 models take turns at the workers, and one model holds at most `UNET_MODEL_MAX_WORKERS` of them
 (`service.inference.batching`). Images whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS`
-are cut into overlapping tiles (`model.tiling`); the tiles are the job's units, so they spread
-over the workers and batch like ordinary images, and memory stays bounded by the tile whatever
-the image.
+are cut into overlapping tiles (`model.inference.tiling`); the tiles are the job's units, so
+they spread over the workers and batch like ordinary images, and memory stays bounded by the
+tile whatever the image.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from anyio import to_thread
 
-from model.predict import Prediction, to_predictions
-from model.sources.native import NativePredictor
+from model.cards.sources.native import NativePredictor
+from model.inference.predict import Prediction, to_predictions
 from service.inference.backends import (
     ONNXRUNTIME,
     TORCH,

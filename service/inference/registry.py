@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from model.card import DEFAULT_MAX_MODEL_BYTES, CardError, ModelCard, load_card
-from model.checkpoint import CheckpointError, CheckpointMeta, checkpoint_digest
-from model.heads import head_range, is_probability
-from model.normalize import ImageInput
-from model.sources import Predictor, load_predictor
-from model.sources.native import checkpoint_meta
+from model.cards.card import DEFAULT_MAX_MODEL_BYTES, ModelCard, load_card
+from model.cards.checkpoint import CheckpointMeta, checkpoint_digest
+from model.cards.sources import Predictor, load_predictor
+from model.cards.sources.native import checkpoint_meta
+from model.data.normalize import ImageInput
+from model.errors import CardError, CheckpointError
+from model.network.heads import head_range, is_probability
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

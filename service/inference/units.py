@@ -1,8 +1,8 @@
 """How a request becomes batchable work: a whole image, or the tiles of a large one.
 
 An image whose padded area passes `UNET_TILE_THRESHOLD_PIXELS` is cut into overlapping tiles
-(`model.tiling`); each tile is a unit of its job, so tiles spread over every worker and join
-batches like ordinary images, and memory stays bounded by the tile whatever the image.
+(`model.inference.tiling`); each tile is a unit of its job, so tiles spread over every worker
+and join batches like ordinary images, and memory stays bounded by the tile whatever the image.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 
-from model.predict import Prediction, check_finite
-from model.tiling import TiledImage
+from model.inference.predict import Prediction, check_finite
+from model.inference.tiling import TiledImage
 from service.inference.batching import Job
 from service.inference.registry import ServedModel
 from service.settings import Settings

@@ -11,8 +11,8 @@ import pytest
 
 from benchmarks.activation_report import activation_table, head_table
 from benchmarks.activations import QUICK, combinations, main
-from model.activations import ACTIVATIONS
-from model.heads import HEADS, is_probability
+from model.network.activations import ACTIVATIONS
+from model.network.heads import HEADS, is_probability
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Eleven real training runs, even tiny ones, take 10-25 s on a shared 2-core machine.

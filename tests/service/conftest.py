@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from model import UNet, UNetConfig, save
-from model.losses import head_loss
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
+from model.training.losses import head_loss
 from tests import postgres
 from tests.helpers import TINY_MODEL
 

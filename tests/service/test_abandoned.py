@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from tests.helpers import TINY_MODEL, png
 from tests.servers import ServiceProcess
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.synth import write_dataset
+from model.data.synth import write_dataset
 from tests.helpers import dataset_files, make_zip
 from tests.servers import running_service
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from service.app import create_app
 from service.inference.registry import ModelRegistry
 from service.settings import Settings

@@ -20,8 +20,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.card import CardError
-from model.checkpoint import CheckpointError
+from model.errors import CardError, CheckpointError
 from service.app import create_app
 from service.inference.registry import ModelRegistry, bounded, public_reason
 from service.settings import Settings

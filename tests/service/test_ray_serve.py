@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.settings import Settings
 from tests import postgres

@@ -21,10 +21,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.exporting import export
-from model.sources import load_predictor
-from model.synth import generate_pair, pair_rng
-from model.tiling import predict_tiled
+from model.cards.export import export
+from model.cards.sources import load_predictor
+from model.data.synth import generate_pair, pair_rng
+from model.inference.tiling import predict_tiled
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers import dataset_files, make_zip, png

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from tests.helpers import TINY_MODEL, dataset_files, fill, make_zip, mounted_tmpfs, png
 from tests.servers import ServiceProcess
 

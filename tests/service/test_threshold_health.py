@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.settings import Settings
 from tests.service.calibration.test_intake import make_zip, png

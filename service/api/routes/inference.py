@@ -8,7 +8,7 @@ from typing import Annotated, Literal, NamedTuple, TypeVar
 import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from model.predict import Prediction
+from model.inference.predict import Prediction
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from service.api import uploads
 from service.app import create_app
 from service.inference.encoding import rle_decode

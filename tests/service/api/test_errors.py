@@ -6,7 +6,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from model.predict import NonFiniteOutputError
+from model.errors import NonFiniteOutputError
 from service.api.errors import ANSWERS, DomainError, install_error_answers
 from service.api.problems import MEDIA_TYPE, TYPE_BASE, install_problem_handlers
 from service.calibration.errors import (

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import load_checkpoint
-from model.checkpoint import checkpoint_digest
-from model.synth import generate_pair, pair_rng
+from model.cards.checkpoint import checkpoint_digest
+from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.inference import backends
 from service.inference.units import needs_tiles

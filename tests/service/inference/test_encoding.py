@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.synth import generate_pair
+from model.data.synth import generate_pair
 from service.inference.encoding import (
     coco_rle,
     mask_png,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from model import UNet, UNetConfig, save
-from model.predict import predict
-from model.tiling import predict_tiled
+from model.inference.predict import predict
+from model.inference.tiling import predict_tiled
 from service.api.errors import problem_for
 from service.inference.engine import CoreShare, InferenceEngine, plan_engine, usable_cores
 from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.synth import generate_pair, pair_rng
+from model.data.synth import generate_pair, pair_rng
 from tests import postgres
 from tests.helpers import TINY_MODEL, png
 from tests.servers import ServiceProcess

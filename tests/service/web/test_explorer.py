@@ -14,7 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from model.synth import generate_pair, pair_rng, write_dataset
+from model.data.synth import generate_pair, pair_rng, write_dataset
 from tests.service.web.browser import API_KEY, NARROW, WIDE, Visit, wait_until
 
 MODEL = "unet-sigmoid"
