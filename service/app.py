@@ -45,6 +45,7 @@ from service.state.integrity import (
 )
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
+from service.usecases.thresholds import publish_threshold
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ async def _serving(
     app.state.services = services
     for served in registry:
         active = services.active_threshold(served)
-        metrics.set_threshold(served.name, active.value)
+        publish_threshold(metrics, served.name, active)
         monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())

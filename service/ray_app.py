@@ -5,16 +5,17 @@ app's ASGI lifespan in the replica), so routes, problems, auth and the inference
 service's own. Ray adds placement (CPUs and GPUs per replica), replica count or autoscaling,
 restarts of unhealthy replicas, and a bounded queue in front of the replicas.
 
-The engine keeps its own batching: it batches across the requests of one replica and tiles large
-images, which `@serve.batch` would only duplicate. `max_ongoing_requests` hands a replica enough
-requests at once for that batching to work; `max_queued_requests` bounds what waits in front of
-the replicas, so that an overload answers 503 with `Retry-After` instead of queueing for ever.
+Inference goes through those routes, so through the same segment use case as the plain service
+(`service.usecases.segment`). The engine keeps its own batching: it batches across the requests
+of one replica and tiles large images, which `@serve.batch` would only duplicate.
+`max_ongoing_requests` hands a replica enough requests at once for that batching to work;
+`max_queued_requests` bounds what waits in front of the replicas, so that an overload answers 503
+with `Retry-After` instead of queueing for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,9 +25,9 @@ from ray.serve.config import AutoscalingConfig, BackpressureConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
+from service.inference.engine import InferenceEngine
 from service.settings import Settings
 
-READY_POLL_S = 0.1
 # Ray fails a health check that takes longer than its timeout (30 s by default); stay below it.
 READY_WAIT_S = 25.0
 REPLICA_HEADER = b"x-replica"
@@ -76,15 +77,21 @@ class UNetService:
         requests off a replica that is still loading; an engine that never gets ready fails
         the check, and Ray replaces the replica.
         """
-        deadline = time.monotonic() + READY_WAIT_S
-        while not self._ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the inference engine is not ready (see /readyz)")
-            await asyncio.sleep(READY_POLL_S)
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the service has not started (see /readyz)")
+        try:
+            async with asyncio.timeout(READY_WAIT_S):
+                ready = await engine.wait_ready()
+        except TimeoutError:
+            ready = False
+        if not ready:
+            raise RuntimeError("the inference engine is not ready (see /readyz)")
 
-    def _ready(self) -> bool:
+    def _engine(self) -> InferenceEngine | None:
+        """The engine of this replica's running app; None before its lifespan has started it."""
         services = getattr(self.served.state, "services", None) if self.served else None
-        return services is not None and services.engine.ready
+        return None if services is None else services.engine
 
 
 def deployment_options(settings: Settings) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The HTTP answer to each error of the code below the edge, in one table.
 
-The engine, the data-set intake and the calibration jobs raise errors in their own terms
-(`service.inference.errors`, `service.calibration.errors`) whose messages are written for a
-person; here each becomes a problem: status, title and type, the message as its detail, and a
-`Retry-After` header where the error says when trying again makes sense.
+The engine, the use cases, the data-set intake and the calibration jobs raise errors in their
+own terms (`service.inference.errors`, `service.usecases`, `service.calibration.errors`) whose
+messages are written for a person; here each becomes a problem: status, title and type, the
+message as its detail, and a `Retry-After` header where the error says when trying again makes
+sense.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from service.inference.errors import (
     ModelUnavailable,
 )
 from service.state.errors import StoreFailing, StoreFull, StoreReadOnly, StoreUnavailable
+from service.usecases.segment import ImageRejected, ImageTooLarge, UnreadableImage
+from service.usecases.thresholds import ThresholdOutOfRange
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,13 @@ class Answer:
 
 
 DomainError = (
-    EngineError | DatasetRejected | CalibrationRefused | StoreUnavailable | NonFiniteOutputError
+    EngineError
+    | DatasetRejected
+    | CalibrationRefused
+    | StoreUnavailable
+    | NonFiniteOutputError
+    | ImageRejected
+    | ThresholdOutOfRange
 )
 DOMAIN_ERRORS = (
     EngineError,
@@ -54,6 +63,8 @@ DOMAIN_ERRORS = (
     CalibrationRefused,
     StoreUnavailable,
     NonFiniteOutputError,
+    ImageRejected,
+    ThresholdOutOfRange,
 )
 
 # Keyed by error class, or for a rejected data set by what is wrong with it.
@@ -69,6 +80,9 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     StoreReadOnly: Answer(503, "State folder read-only", "state-read-only"),
     StoreFailing: Answer(503, "Threshold database failing", "state-failing"),
     NonFiniteOutputError: Answer(422, "Non-finite model output", "non-finite-output"),
+    ImageTooLarge: Answer(413, "Image too large", "image-too-large"),
+    UnreadableImage: Answer(422, "Unreadable image", "unreadable-image"),
+    ThresholdOutOfRange: Answer(422, "Threshold out of range", "threshold-out-of-range"),
     Rejection.TOO_MANY_ENTRIES: Answer(413, "Zip has too many entries", "zip-too-many-entries"),
     Rejection.ZIP_TOO_LARGE: Answer(413, "Zip too large", "zip-too-large"),
     Rejection.IMAGE_TOO_LARGE: Answer(413, "Image too large", "image-too-large"),

@@ -1,21 +1,14 @@
-"""Uploaded images: size limits, and decoding on the event loop or, when large, off it."""
+"""Uploads: read within their size limit; an image upload as the segment use case reads it."""
 
 from __future__ import annotations
 
-import numpy as np
-from anyio import to_thread
+from dataclasses import dataclass
+
 from fastapi import UploadFile
 
-from model.data.decoding import image_from_bytes, read_header
-from model.errors import DatasetError, ImageTooLargeError
 from service.api.problems import ProblemError
-from service.inference.registry import ServedModel
-from service.settings import Settings
 
 CHUNK = 1 << 20
-# Decoding a 256 x 256 PNG takes under a millisecond, less than what handing it to a thread and
-# back costs under load; larger images (declared in their header) decode in a worker thread.
-INLINE_PIXELS = 512 * 512
 
 
 async def read_upload(
@@ -41,20 +34,18 @@ async def read_upload(
     return b"".join(chunks)
 
 
-async def decode_image(upload: UploadFile, served: ServedModel, settings: Settings) -> np.ndarray:
-    """The uploaded image as the model's (C, H, W) float input; 413 or 422 when it cannot be."""
-    data = await read_upload(upload, settings.max_upload_bytes, "image")
-    name = upload.filename or "image"
+@dataclass(frozen=True)
+class UploadedImage:
+    """A request's image upload as the segment use case reads it (`ImageSource`)."""
 
-    def decoded() -> np.ndarray:
-        return image_from_bytes(data, served.input, name, settings.max_image_pixels)
+    upload: UploadFile
+    limit: int  # UNET_MAX_UPLOAD_BYTES
 
-    try:
-        header = read_header(data, name)
-        if header.width * header.height <= INLINE_PIXELS:
-            return decoded()
-        return await to_thread.run_sync(decoded)
-    except ImageTooLargeError as error:
-        raise ProblemError(413, "Image too large", str(error), slug="image-too-large") from None
-    except DatasetError as error:
-        raise ProblemError(422, "Unreadable image", str(error), slug="unreadable-image") from None
+    @property
+    def name(self) -> str:
+        """The client's file name."""
+        return self.upload.filename or "image"
+
+    async def read(self) -> bytes:
+        """The uploaded bytes, or 413 past the limit and 422 when empty."""
+        return await read_upload(self.upload, self.limit, "image")

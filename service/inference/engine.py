@@ -2,14 +2,14 @@
 
 Every request becomes a job in its model's bounded queue (`service.inference.batching`); a pool
 of worker threads takes batches of same-shaped work from the queues and runs them, with the GIL
-released during the pass. A job carries its request's post-processing (thresholding, encoding),
-which runs in the same worker right after the pass instead of costing another trip through the
-event loop. A pass that runs alone, with no queued work to start beside it, uses every core;
-models take turns at the workers, and one model holds at most `UNET_MODEL_MAX_WORKERS` of them
-(`service.inference.batching`). Images whose padded area exceeds `UNET_TILE_THRESHOLD_PIXELS`
-are cut into overlapping tiles (`model.inference.tiling`); the tiles are the job's units, so
-they spread over the workers and batch like ordinary images, and memory stays bounded by the
-tile whatever the image.
+released during the pass. A job carries the rest of its request (drift watch and encoding, as
+`service.usecases.segment` names them), run in the same worker right after the pass instead of
+costing another trip through the event loop. A pass that runs alone, with no queued work to
+start beside it, uses every core; models take turns at the workers, and one model holds at most
+`UNET_MODEL_MAX_WORKERS` of them (`service.inference.batching`). Images whose padded area
+exceeds `UNET_TILE_THRESHOLD_PIXELS` are cut into overlapping tiles (`model.inference.tiling`);
+the tiles are the job's units, so they spread over the workers and batch like ordinary images,
+and memory stays bounded by the tile whatever the image.
 """
 
 from __future__ import annotations
@@ -186,6 +186,7 @@ class InferenceEngine:
         # Per model, so that one model's large images never hold back another's.
         self._large: dict[str, asyncio.Semaphore] = {}
         self._started = asyncio.Event()  # set once the batchers take work
+        self._settled = asyncio.Event()  # set once start() has finished, or the engine stopped
 
     async def start(self) -> None:
         """Start the workers, then warm every model up so that the first request is not slow."""
@@ -228,7 +229,13 @@ class InferenceEngine:
                 await self._quarantine(served, f"warm-up failed: {_said(error)}")
         # Ready once every loadable model is warm; with none left there is nothing to serve.
         self.ready = bool(self.registry.names())
+        self._settled.set()
         log.info("inference engine ready" if self.ready else "no model survived warm-up")
+
+    async def wait_ready(self) -> bool:
+        """Wait until the warm-up has finished (or the engine stopped); whether it is ready."""
+        await self._settled.wait()
+        return self.ready
 
     def _set_aside(self, served: ServedModel, why: str) -> None:
         """Mark `served` unavailable with a one-line reason naming its card."""
@@ -245,6 +252,7 @@ class InferenceEngine:
     async def stop(self) -> None:
         """Stop accepting work, fail what is queued and let running passes finish."""
         self.ready = False
+        self._settled.set()  # whoever waits for the warm-up learns it will not come
         batchers, self._batchers = self._batchers, {}
         for batcher in batchers.values():
             await batcher.stop()

@@ -1,25 +1,25 @@
-"""Inference: masks, probability maps and overlays for an uploaded image."""
+"""Inference: masks, probability maps and overlays for an uploaded image.
+
+Each route parses the request, calls the segment use case (`service.usecases.segment`) with one
+of the named encode stages below, and answers with what it encoded and the threshold headers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Literal, NamedTuple, TypeVar
+from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, File, Query, Response, UploadFile
 
-from model.inference.predict import Prediction
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
-from service.api.routes.thresholds import check_threshold
 from service.api.schemas import MaskJson
 from service.api.spool import SpoolingRoute
-from service.api.uploads import decode_image
+from service.api.uploads import UploadedImage
 from service.container import Services
 from service.inference import encoding
 from service.inference.registry import ServedModel
-from service.state.errors import StoreUnavailable
+from service.usecases.segment import Cut, Encode, Segmentation, segment_encoded
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["inference"], route_class=SpoolingRoute)
 
@@ -31,46 +31,58 @@ ThresholdQuery = Annotated[
     Query(description="Use this threshold for this request only (source `request`)."),
 ]
 PROBLEMS = problem_responses(404, 413, 422, 503)
-T = TypeVar("T")
 
 
-class Cut(NamedTuple):
-    """The threshold a request is answered with, and where it came from."""
-
-    value: float
-    source: str  # default, calibration, manual or request
-    stale: bool = False  # the store is failing: the active threshold is the last one known
+# The encode stages: each turns a segmentation into a response body, in the inference worker.
 
 
-async def _infer(
+def mask_png(result: Segmentation) -> bytes:
+    """The mask as an 8-bit PNG, 255 in the foreground."""
+    return encoding.mask_png(result.mask)
+
+
+def mask_json(result: Segmentation) -> bytes:
+    """The mask as JSON: COCO RLE, its size, the threshold and the foreground fraction."""
+    height, width = result.mask.shape
+    answer = MaskJson(
+        width=width,
+        height=height,
+        threshold=result.cut.value,
+        threshold_source=result.cut.source,
+        foreground_fraction=result.foreground_fraction,
+        rle=encoding.coco_rle(result.mask),
+    )
+    return answer.model_dump_json().encode()
+
+
+def scores_npy(result: Segmentation) -> bytes:
+    """The head's output as a float32 .npy array."""
+    return encoding.probabilities_npy(result.scores)
+
+
+def scores_png16(result: Segmentation) -> bytes:
+    """The head's output in [0, 1] as a 16-bit PNG."""
+    return encoding.probabilities_png16(result.scores)
+
+
+def overlay_png(result: Segmentation) -> bytes:
+    """The input with its mask tinted and outlined, as an RGB PNG."""
+    return encoding.overlay_png(result.image, result.mask)
+
+
+async def _answer(
     services: Services,
     served: ServedModel,
     image: UploadFile,
-    threshold: float | None,
-    then: Callable[[np.ndarray, Prediction, Cut], T],
-) -> tuple[T, Cut]:
-    """Decode, settle the threshold and run the model; `then(input, prediction, cut)` runs in
-    the inference worker right after the pass, so encoding costs no extra thread hand-off.
-    """
-    if threshold is not None:
-        check_threshold(served, threshold)
-    pixels = await decode_image(image, served, services.settings)
-    active = await services.active_threshold_async(served)
-    if threshold is not None:
-        cut = Cut(threshold, "request")
-    else:
-        cut = Cut(active.value, active.source, active.stale)
-    # Drift watches every served image against the active calibration, whatever the cut.
-    try:
-        observe = services.drift.watch(served.name, active.calibration_id)
-    except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
-        observe = _unwatched
-    result = await services.engine.run(served, pixels, lambda p: then(pixels, observe(p), cut))
-    return result, cut
-
-
-def _unwatched(prediction: Prediction) -> Prediction:
-    return prediction
+    encode: Encode[bytes],
+    media_type: str,
+    threshold: float | None = None,
+) -> Response:
+    """Segment the uploaded image, encode it with `encode`, and answer with the cut's headers."""
+    upload = UploadedImage(image, services.settings.max_upload_bytes)
+    encoded = await segment_encoded(services, served, upload, encode, threshold)
+    headers = _threshold_headers(encoded.segmentation.cut)
+    return Response(encoded.body, media_type=media_type, headers=headers)
 
 
 def _threshold_headers(cut: Cut) -> dict[str, str]:
@@ -99,28 +111,9 @@ async def mask(
     threshold: ThresholdQuery = None,
 ) -> Response:
     """Foreground where the head's output >= the threshold (active, or `?threshold=`)."""
-
-    def encode(_: np.ndarray, prediction: Prediction, cut: Cut) -> bytes:
-        foreground = prediction.output >= cut.value
-        if format == "png":
-            return encoding.mask_png(foreground)
-        height, width = foreground.shape
-        return (
-            MaskJson(
-                width=width,
-                height=height,
-                threshold=cut.value,
-                threshold_source=cut.source,  # type: ignore[arg-type]
-                foreground_fraction=float(foreground.mean()),
-                rle=encoding.coco_rle(foreground),
-            )
-            .model_dump_json()
-            .encode()
-        )
-
-    body, cut = await _infer(services, served, image, threshold, encode)
-    media_type = "image/png" if format == "png" else "application/json"
-    return Response(body, media_type=media_type, headers=_threshold_headers(cut))
+    if format == "png":
+        return await _answer(services, served, image, mask_png, "image/png", threshold)
+    return await _answer(services, served, image, mask_json, "application/json", threshold)
 
 
 @router.post(
@@ -154,10 +147,9 @@ async def probabilities(
             "[0, 1], so it cannot be written as a 16-bit PNG; ask for format=npy",
             slug="not-a-probability",
         )
-    write = encoding.probabilities_png16 if format == "png" else encoding.probabilities_npy
-    body, cut = await _infer(services, served, image, None, lambda _, p, __: write(p.output))
-    media_type = "image/png" if format == "png" else "application/x-npy"
-    return Response(body, media_type=media_type, headers=_threshold_headers(cut))
+    if format == "png":
+        return await _answer(services, served, image, scores_png16, "image/png")
+    return await _answer(services, served, image, scores_npy, "application/x-npy")
 
 
 @router.post(
@@ -173,11 +165,4 @@ async def overlay(
     threshold: ThresholdQuery = None,
 ) -> Response:
     """A PNG of the input with the mask tinted and outlined, for a person to look at."""
-    png, cut = await _infer(
-        services,
-        served,
-        image,
-        threshold,
-        lambda pixels, p, cut: encoding.overlay_png(pixels, p.output >= cut.value),
-    )
-    return Response(png, media_type="image/png", headers=_threshold_headers(cut))
+    return await _answer(services, served, image, overlay_png, "image/png", threshold)

@@ -1,4 +1,5 @@
-"""Reading, overriding and resetting a model's active threshold, and its history.
+"""Reading, overriding and resetting a model's active threshold (`service.usecases.thresholds`),
+and its history.
 
 Reads go to the database (a change any process acknowledged is seen at once); a change answers
 with what it wrote, so an acknowledged change never turns into an error on the way out.
@@ -6,18 +7,17 @@ with what it wrote, so an acknowledged change never turns into an error on the w
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
-from service.api.problems import ProblemError, problem_responses
-from service.api.routes.models import threshold_view
+from service.api.problems import problem_responses
 from service.api.schemas import Threshold, ThresholdChange, ThresholdHistory, ThresholdUpdate
 from service.inference.registry import ServedModel
 from service.state.store import ActiveThreshold
 from service.state.store import ThresholdChange as StoredChange
+from service.usecases import thresholds
 
 router = APIRouter(prefix="/v1/models/{model}/threshold", tags=["thresholds"])
 
@@ -29,25 +29,10 @@ HISTORY_MAX_LIMIT = 1000
 HISTORY_MAX_OFFSET = 2**31 - 1
 
 
-def check_threshold(served: ServedModel, value: float, name: str = "threshold") -> float:
-    """`value` if it is a finite number inside the head's output range, else a 422 problem."""
-    low, high = served.output_range
-    if not math.isfinite(value) or not low <= value <= high:
-        interval = f"[{low:g}, {high:g}]".replace("inf", "∞")
-        raise ProblemError(
-            422,
-            "Threshold out of range",
-            f"{name} {value!r} is outside the {served.head} head's output range {interval} "
-            f"of model {served.name!r}; give a finite value inside it",
-            slug="threshold-out-of-range",
-        )
-    return value
-
-
 @router.get("", name="get", summary="The active threshold", responses=PROBLEMS)
 def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
     """The threshold in force and its source: default, calibration or manual."""
-    return threshold_view(services, served)
+    return threshold_body(thresholds.read_threshold(services, served))
 
 
 @router.put(
@@ -61,10 +46,7 @@ def put_threshold(
     services: ServicesDep, served: ModelDep, update: ThresholdUpdate, actor: Actor = None
 ) -> Threshold:
     """Make `value` the active threshold (source `manual`) until the next change."""
-    value = check_threshold(served, update.value, "value")
-    active = services.store.set_manual(served.name, served.digest, value, actor=actor)
-    services.metrics.set_threshold(served.name, value)
-    return _written(active)
+    return threshold_body(thresholds.set_threshold(services, served, update.value, actor=actor))
 
 
 @router.delete(
@@ -76,12 +58,11 @@ def put_threshold(
 )
 def reset_threshold(services: ServicesDep, served: ModelDep, actor: Actor = None) -> Threshold:
     """Drop the stored threshold so the checkpoint's default applies (also when it already did)."""
-    services.store.reset_to_default(served.name, served.digest, actor=actor)
-    services.metrics.set_threshold(served.name, served.default_threshold)
-    return Threshold(value=served.default_threshold, source="default")
+    return threshold_body(thresholds.reset_threshold(services, served, actor=actor))
 
 
-def _written(active: ActiveThreshold) -> Threshold:
+def threshold_body(active: ActiveThreshold) -> Threshold:
+    """A threshold in force as the API shows it."""
     return Threshold(
         value=active.value,
         source=active.source,

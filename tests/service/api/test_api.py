@@ -17,10 +17,10 @@ from PIL import Image
 from pydantic import SecretStr
 
 from model.data.synth import generate_pair, pair_rng
-from service.api import uploads
 from service.app import create_app
 from service.inference.encoding import rle_decode
 from service.settings import Settings
+from service.usecases import segment
 from tests.helpers import PROBLEM, assert_problem, png
 
 SIGMOID, RELU = "/v1/models/unet-sigmoid", "/v1/models/unet-relu"
@@ -344,7 +344,7 @@ def test_small_images_decode_on_the_event_loop_and_large_ones_off_it(
 ) -> None:
     loop_thread: list[int] = []
     decoded_in: dict[int, int] = {}
-    real = uploads.image_from_bytes
+    real = segment.image_from_bytes
 
     def watched(data: bytes, *args: object) -> np.ndarray:
         pixels = real(data, *args)
@@ -354,9 +354,9 @@ def test_small_images_decode_on_the_event_loop_and_large_ones_off_it(
     async def on_loop() -> None:
         loop_thread.append(threading.get_ident())
 
-    monkeypatch.setattr(uploads, "image_from_bytes", watched)
+    monkeypatch.setattr(segment, "image_from_bytes", watched)
     client.portal.call(on_loop)
-    side = math.isqrt(uploads.INLINE_PIXELS)
+    side = math.isqrt(segment.INLINE_PIXELS)
     for width in (side, side + 1):
         image = np.zeros((side, width), np.uint8)
         assert post_image(client, f"{SIGMOID}/mask", png(image)).status_code == 200

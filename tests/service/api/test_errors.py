@@ -23,6 +23,8 @@ from service.inference.errors import (
     ModelUnavailable,
 )
 from service.state.errors import StoreFailing, full, read_only
+from service.usecases.segment import ImageTooLarge, UnreadableImage
+from service.usecases.thresholds import ThresholdOutOfRange
 
 # error -> (status, title, slug, detail, Retry-After); the answers the service has always given.
 CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
@@ -172,6 +174,30 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
     (
         DatasetRejected(Rejection.UNREADABLE_IMAGE, "images/a.png: cannot identify image"),
         (422, "Unreadable image", "unreadable-image", "images/a.png: cannot identify image", None),
+    ),
+    (
+        ImageTooLarge("x.png: image is 5000 x 5000, over 16777216 pixels"),
+        (
+            413,
+            "Image too large",
+            "image-too-large",
+            "x.png: image is 5000 x 5000, over 16777216 pixels",
+            None,
+        ),
+    ),
+    (
+        UnreadableImage("x.png: cannot identify image"),
+        (422, "Unreadable image", "unreadable-image", "x.png: cannot identify image", None),
+    ),
+    (
+        ThresholdOutOfRange("threshold 1.5 is outside the sigmoid head's output range [0, 1]"),
+        (
+            422,
+            "Threshold out of range",
+            "threshold-out-of-range",
+            "threshold 1.5 is outside the sigmoid head's output range [0, 1]",
+            None,
+        ),
     ),
 ]
 

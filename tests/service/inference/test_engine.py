@@ -20,6 +20,7 @@ from service.api.errors import problem_for
 from service.inference.engine import CoreShare, InferenceEngine, plan_engine, usable_cores
 from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
+from service.ops.metrics import Metrics
 from service.settings import Settings
 from tests.helpers import started_engine, until_async
 
@@ -120,6 +121,29 @@ async def batching(
         yield engine, served
     finally:
         await engine.stop()
+
+
+async def test_wait_ready_answers_when_the_warm_up_ends_and_false_once_stopped(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    engine = InferenceEngine(registry, make_settings(tmp_path), Metrics())
+    early = asyncio.create_task(engine.wait_ready())  # waits from before the start
+    await engine.start()
+    try:
+        assert await asyncio.wait_for(early, BOUND_S) is True
+        assert await asyncio.wait_for(engine.wait_ready(), BOUND_S) is True
+    finally:
+        await engine.stop()
+    assert await asyncio.wait_for(engine.wait_ready(), BOUND_S) is False
+
+
+async def test_wait_ready_is_false_at_once_for_an_engine_stopped_before_its_warm_up(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    engine = InferenceEngine(registry, make_settings(tmp_path), Metrics())
+    waiting = asyncio.create_task(engine.wait_ready())
+    await engine.stop()
+    assert await asyncio.wait_for(waiting, BOUND_S) is False
 
 
 async def test_batches_gather_concurrent_requests_and_match_single_results(
