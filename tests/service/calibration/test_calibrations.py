@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from service.app import create_app
 from service.settings import Settings
+from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from tests.helpers import (
     DESIGN_KEYS,
@@ -282,8 +283,8 @@ def test_api_key(settings: Settings) -> None:
 
 def test_interrupted_job_is_failed_at_restart(settings: Settings) -> None:
     store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
-    left = store.create_calibration(TINY_MODEL, "digest", "youden", None, {}, True)
-    store.mark_running(left)
+    left = store.jobs.new_calibration(TINY_MODEL, "digest", "youden", None, JobParams(), True).id
+    store.jobs.mark_running(left)
     store.close()
     (settings.state_dir / "uploads" / "calibration-old").mkdir(parents=True)
     with TestClient(create_app(settings)) as client:
