@@ -11,6 +11,9 @@ whatever the ending, and once more at start-up for what a killed process left be
 Several processes may share the store. A job belongs to the process that accepted its upload,
 which renews the job's lease while it lives; every process fails the jobs whose lease expired
 (their process died), and a model's job runs only while no other job of that model runs anywhere.
+In this process a model's jobs take turns by a lock; a job whose turn comes while another
+process runs one of its model claims the run once per lease round (`keep_leases`, every third
+of a lease), woken by that round rather than asking the database in a loop.
 
 A database outage does not end a job: progress is not recorded meanwhile, and the writes the job
 needs (starting, reading the reference AUC, storing the result) wait for the database up to
@@ -21,6 +24,7 @@ as its reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -73,7 +77,6 @@ DATABASE_FAILED = (
     "start it again once the database answers"
 )
 LEASE_EXPIRED = "the process running this calibration stopped; start it again"
-BUSY_ELSEWHERE_WAIT_S = 1.0  # between tries while another process runs a job of the model
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ class CalibrationJobs:
         self._admissions: dict[asyncio.Future[_Job], str] = {}  # uploads being extracted: model
         self._turns: dict[str, asyncio.Lock] = {}  # per model: its jobs take turns
         self._stopping = threading.Event()  # read by the extracting thread too
+        # Set, then replaced, by each lease round: what a job waits for while another process
+        # runs a job of its model.
+        self._lease_round = asyncio.Event()
 
     async def start(
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
@@ -229,7 +235,8 @@ class CalibrationJobs:
                 log.warning("%d calibration(s) still running at shutdown", len(left))
 
     async def keep_leases(self) -> None:
-        """Forever: vouch for this process's jobs and fail those of processes that died."""
+        """Forever, once a round: vouch for this process's jobs, fail those of processes that
+        died, and wake the jobs waiting for another process's job of their model."""
         queue = self.store.jobs
         while True:
             try:
@@ -241,7 +248,18 @@ class CalibrationJobs:
                 pass  # the store logged it; the next round tries again
             except StoreError:
                 log.warning("could not renew calibration leases", exc_info=True)
+            self._lease_round.set()
+            self._lease_round = asyncio.Event()
             await asyncio.sleep(queue.renew_every_s)
+
+    async def _claim_run(self, job: _Job) -> None:
+        """Mark the job running: at once, or after the lease rounds another process's job of
+        its model takes to end (it ends, or its lease runs out and a round fails it)."""
+        queue = self.store.jobs
+        while not await until_stored(lambda: queue.mark_running(job.id)):
+            # A lease at the most: a keeper that stopped early must not leave the job waiting.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_round.wait(), timeout=queue.lease_s)
 
     async def _run(self, job: _Job) -> None:
         """The whole life of one job, from waiting for its model's turn to its stored ending."""
@@ -280,8 +298,7 @@ class CalibrationJobs:
     async def _calibrate(self, job: _Job) -> None:
         """Count every image, then store the report and maybe activate its threshold."""
         name, params = job.served.name, job.params
-        while not await until_stored(lambda: self.store.jobs.mark_running(job.id)):
-            await asyncio.sleep(BUSY_ELSEWHERE_WAIT_S)  # another process runs one of this model
+        await self._claim_run(job)
         started = time.monotonic()
         hist = await self._count(job)
         job.finishing = True

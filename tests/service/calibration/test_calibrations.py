@@ -293,6 +293,47 @@ def test_interrupted_job_is_failed_at_restart(settings: Settings) -> None:
         assert not uploads_left(settings)
 
 
+def test_a_job_blocked_by_another_process_claims_its_run_once_per_lease_round(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease round every 1.5 s: a claim per round is told apart from a claim per second.
+    app = create_app(settings.model_copy(update={"calibration_lease_s": 4.5}))
+    with TestClient(app) as client:
+        queue = app.state.services.store.jobs
+        events: list[str] = []  # "round" (a lease renewal) or the outcome of a claim
+        claim, renew = queue.mark_running, queue.renew_leases
+
+        def counted_claim(calibration_id: str) -> bool:
+            claimed = claim(calibration_id)
+            events.append(f"claim {claimed}")
+            return claimed
+
+        def counted_renew(ids: list[str] | None = None) -> int:
+            events.append("round")
+            return renew(ids)
+
+        monkeypatch.setattr(queue, "mark_running", counted_claim)
+        monkeypatch.setattr(queue, "renew_leases", counted_renew)
+        # Another process sharing the state folder runs a job of the model.
+        other = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
+        params = JobParams()
+        blocker = other.jobs.new_calibration(TINY_MODEL, "d", "f1", None, params, True).id
+        assert other.jobs.mark_running(blocker)
+        response = start(client, dataset_zip(2))
+        until(lambda: events.count("claim False") >= 3, "the job did not try again")
+        assert client.get(response.headers["location"]).json()["status"] == "queued"
+        other.jobs.fail_calibration(blocker, "done elsewhere")
+        done = finished(client, response)
+        other.close()
+    assert done["status"] == "succeeded", done["error"]
+    claims = [event for event in events if event.startswith("claim")]
+    assert claims[-1] == "claim True" and claims.count("claim True") == 1
+    # After the first try, every claim waited for a lease round: no polling in between.
+    first = events.index("claim False")
+    tries = "".join("c" if e.startswith("claim") else "r" for e in events[first:])
+    assert "cc" not in tries, events
+
+
 def test_shutdown_finishes_every_job(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         ids = [start(client, dataset_zip(2, seed=i)).json()["id"] for i in range(3)]
