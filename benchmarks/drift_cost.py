@@ -30,6 +30,7 @@ from service.inference.drift import DriftMonitor
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.drift_windows import DriftWindows
+from service.state.records import JobParams
 from service.state.store import ThresholdStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,8 +65,8 @@ def main() -> None:
     report = calibrate_model(network, images(args.side, 8, seed=4), Criterion())
     with tempfile.TemporaryDirectory() as tmp:
         store = ThresholdStore(Path(tmp) / "thresholds.sqlite3")
-        calibration_id = store.create_calibration("m", "d", "f1", None, {}, True)
-        store.finish_calibration(calibration_id, report.to_dict(), report.threshold, report.auc)
+        calibration_id = store.jobs.new_calibration("m", "d", "f1", None, JobParams(), True).id
+        store.jobs.finish_calibration(calibration_id, report)
         windows = DriftWindows(store.path)
         monitor = DriftMonitor(store, windows, Settings(state_dir=Path(tmp)), Metrics())
         observe = monitor.watch("m", calibration_id)
@@ -87,7 +88,7 @@ def main() -> None:
                 "drift_us_per_image": drift_s * 1e6,
                 "forward_ms_per_image_one_thread": forward_s * 1e3,
                 "drift_fraction_of_forward": drift_s / forward_s,
-                "status_after": status["status"],
+                "status_after": status.status,
                 "platform": platform.platform(),
                 "torch": torch.__version__,
             },

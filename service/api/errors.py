@@ -18,11 +18,16 @@ from fastapi.responses import JSONResponse
 from model.errors import NonFiniteOutputError
 from service.api.problems import ProblemError, answer_problem
 from service.calibration.errors import (
+    CalibrationBlocked,
+    CalibrationFailed,
+    CalibrationNotFinished,
+    CalibrationNotSucceeded,
     CalibrationRefused,
     CalibrationsStopping,
     DatasetRejected,
     Rejection,
     TooManyCalibrations,
+    UnknownCalibration,
 )
 from service.inference.errors import (
     DeviceOutOfMemory,
@@ -32,7 +37,13 @@ from service.inference.errors import (
     EngineTimeout,
     ModelUnavailable,
 )
-from service.state.errors import StoreFailing, StoreFull, StoreReadOnly, StoreUnavailable
+from service.state.errors import (
+    ActivationError,
+    StoreFailing,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+)
 from service.usecases.segment import ImageRejected, ImageTooLarge, UnreadableImage
 from service.usecases.thresholds import ThresholdOutOfRange
 
@@ -54,6 +65,10 @@ DomainError = (
     | CalibrationRefused
     | StoreUnavailable
     | NonFiniteOutputError
+    | UnknownCalibration
+    | CalibrationNotSucceeded
+    | CalibrationBlocked
+    | ActivationError
     | ImageRejected
     | ThresholdOutOfRange
 )
@@ -63,6 +78,10 @@ DOMAIN_ERRORS = (
     CalibrationRefused,
     StoreUnavailable,
     NonFiniteOutputError,
+    UnknownCalibration,
+    CalibrationNotSucceeded,
+    CalibrationBlocked,
+    ActivationError,
     ImageRejected,
     ThresholdOutOfRange,
 )
@@ -76,6 +95,11 @@ ANSWERS: dict[type[Exception] | Rejection, Answer] = {
     ModelUnavailable: Answer(503, "Model unavailable", "model-unavailable"),
     CalibrationsStopping: Answer(503, "Service stopping", "stopping"),
     TooManyCalibrations: Answer(429, "Too many calibrations", "too-many-calibrations"),
+    UnknownCalibration: Answer(404, "Unknown calibration", "unknown-calibration"),
+    CalibrationNotFinished: Answer(409, "Calibration not finished", "calibration-not-succeeded"),
+    CalibrationFailed: Answer(409, "Calibration failed", "calibration-not-succeeded"),
+    CalibrationBlocked: Answer(409, "Calibration blocked", "calibration-blocked"),
+    ActivationError: Answer(409, "Cannot activate", "calibration-not-activatable"),
     StoreFull: Answer(507, "State disk full", "state-disk-full"),
     StoreReadOnly: Answer(503, "State folder read-only", "state-read-only"),
     StoreFailing: Answer(503, "Threshold database failing", "state-failing"),

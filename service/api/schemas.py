@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.calibration import CalibrationReport
+
 ThresholdSource = Literal["default", "calibration", "manual"]
 CalibrationStatus = Literal["queued", "running", "succeeded", "failed"]
 DriftStatus = Literal["ok", "warn", "alert", "no_reference"]
@@ -387,8 +389,9 @@ class Calibration(CalibrationSummary):
         description="Why a succeeded calibration asked to activate was not: its report has "
         "blocking warnings and force was not given.",
     )
-    report: dict[str, Any] | None = Field(
+    report: CalibrationReport | None = Field(
         default=None,
+        title="Report",
         description="The calibration report (threshold, auc, roc, operating_points, confusion, "
         "threshold_ci, ...; see the README's calibration report), once succeeded.",
     )

@@ -1,4 +1,4 @@
-"""Why a calibration could not be started, in the calibration's own terms rather than HTTP's.
+"""Why a calibration could not be started or used, in the calibration's own terms, not HTTP's.
 
 Each error's message says what is wrong and what to do, for a person. The HTTP edge turns these
 into problem details (`service.api.errors`).
@@ -45,3 +45,23 @@ class CalibrationsStopping(CalibrationRefused):
 
 class TooManyCalibrations(CalibrationRefused):
     """The model has as many calibrations queued or running as it may."""
+
+
+class UnknownCalibration(LookupError):
+    """The model has no calibration of that id; the message says where the ids are listed."""
+
+
+class CalibrationNotSucceeded(Exception):
+    """The step needs a succeeded calibration and this one is not (yet)."""
+
+
+class CalibrationNotFinished(CalibrationNotSucceeded):
+    """The calibration is still queued or running."""
+
+
+class CalibrationFailed(CalibrationNotSucceeded):
+    """The calibration failed; the message says why."""
+
+
+class CalibrationBlocked(Exception):
+    """The calibration's report has blocking warnings and activation was not forced."""

@@ -6,8 +6,6 @@ stored, but becomes active only when the request says `force=true`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from model.calibration import CalibrationReport
 from service.inference.registry import ServedModel
 from service.state.store import ThresholdStore
@@ -25,11 +23,11 @@ def reference_auc(served: ServedModel, store: ThresholdStore) -> float | None:
     return first[-1] if first else None
 
 
-def blocking_codes(report: dict[str, Any] | None) -> list[str]:
+def blocking_codes(report: CalibrationReport | None) -> list[str]:
     """The codes of a stored report's blocking warnings (none for reports made before them)."""
     if report is None:
         return []
-    return [w.code for w in CalibrationReport.from_dict(report).blocking]
+    return [w.code for w in report.blocking]
 
 
 def blocked_reason(codes: list[str]) -> str:

@@ -11,56 +11,62 @@ whatever the ending, and once more at start-up for what a killed process left be
 Several processes may share the store. A job belongs to the process that accepted its upload,
 which renews the job's lease while it lives; every process fails the jobs whose lease expired
 (their process died), and a model's job runs only while no other job of that model runs anywhere.
+In this process a model's jobs take turns by a lock; a job whose turn comes while another
+process runs one of its model claims the run once per lease round (`keep_leases`, every third
+of a lease), woken by that round rather than asking the database in a loop.
 
 A database outage does not end a job: progress is not recorded meanwhile, and the writes the job
 needs (starting, reading the reference AUC, storing the result) wait for the database up to
-STORE_WAIT_S; past that the job fails with the database's error as its reason.
+STORE_WAIT_S (service/calibration/writes.py); past that the job fails with the database's error
+as its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-from model.calibration import CalibrationError, Criterion, ScoreHistogram, build_report
+from model.calibration import (
+    CalibrationError,
+    CalibrationReport,
+    Criterion,
+    ScoreHistogram,
+    build_report,
+)
 from model.data.datasets import load_pair
 from model.errors import DatasetError, ModelOutputError
 from model.inference.calibrate import add_to_histogram, new_histogram
 from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
 from service.calibration.gate import reference_auc
 from service.calibration.intake import Dataset, extract_dataset, relative
+from service.calibration.writes import STORE_RETRY_S, Progress, until_stored
 from service.inference.engine import InferenceEngine
 from service.inference.errors import DeviceOutOfMemory, EngineNotReady
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
-from service.state.errors import StoreFailing, StoreUnavailable, read_only, unavailable
-from service.state.store import (
-    ActiveThreshold,
-    CalibrationRecord,
+from service.state.errors import (
     InvalidTransition,
     StoreError,
-    ThresholdStore,
-    owner_is_gone,
+    StoreFailing,
+    StoreUnavailable,
+    read_only,
+    unavailable,
 )
+from service.state.records import ActiveThreshold, CalibrationRecord, JobParams
+from service.state.store import ThresholdStore
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 16  # per model: queued jobs hold extracted data sets on disk
 STOP_WAIT_S = 10.0
-PROGRESS_EVERY_S = 0.5
-STORE_RETRY_S = 1.0  # how often a job that met a full disk or a failing database tries again
-STORE_WAIT_S = 120.0  # how long a job waits for a failing database before it fails
-PROGRESS_STEP = 0.05
-IMAGES_SHARE = 0.95  # of the progress bar; building the report takes the rest
 INTERNAL_ERROR = "internal error; this is a bug in the service and it has been logged"
 OUT_OF_MEMORY = "the service ran out of memory; calibrate with smaller images"
 SHUTTING_DOWN = "the service is shutting down; start the calibration again once it is back"
@@ -71,8 +77,6 @@ DATABASE_FAILED = (
     "start it again once the database answers"
 )
 LEASE_EXPIRED = "the process running this calibration stopped; start it again"
-BUSY_ELSEWHERE_WAIT_S = 1.0  # between tries while another process runs a job of the model
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,54 +101,6 @@ class _Job:
     finishing: bool = False  # every image is counted: a stop lets it store its result
 
 
-async def _write_through(write: Callable[[], T]) -> T:
-    """`write()` in a worker thread, waited for to its end even when the job is cancelled.
-
-    A cancelled job then marks itself failed only after its last write has landed: a
-    `mark_running` still under way would otherwise overwrite the failure.
-    """
-    pending = asyncio.ensure_future(asyncio.to_thread(write))
-    try:
-        return await asyncio.shield(pending)
-    except asyncio.CancelledError:
-        await asyncio.wait([pending])
-        raise
-
-
-async def _until_stored(write: Callable[[], T]) -> T:
-    """`_write_through(write)`, tried again while the database fails, for up to STORE_WAIT_S."""
-    deadline = time.monotonic() + STORE_WAIT_S
-    while True:
-        try:
-            return await _write_through(write)
-        except StoreFailing:
-            if time.monotonic() >= deadline:
-                raise
-        await asyncio.sleep(STORE_RETRY_S)
-
-
-class _Progress:
-    """Writes a job's progress to the store, at most every PROGRESS_EVERY_S or PROGRESS_STEP.
-
-    Progress is a hint: while the database fails it is not recorded, and the job goes on.
-    """
-
-    def __init__(self, store: ThresholdStore, calibration_id: str, total: int) -> None:
-        self.store, self.id, self.total = store, calibration_id, total
-        self.written, self.at = 0.0, time.monotonic()
-
-    async def __call__(self, done: int) -> None:
-        value = IMAGES_SHARE * done / self.total
-        now = time.monotonic()
-        if now - self.at >= PROGRESS_EVERY_S or value - self.written >= PROGRESS_STEP:
-            try:
-                await _write_through(lambda: self.store.set_progress(self.id, value))
-            except StoreFailing:
-                self.at = now  # the store logged the outage; try again at the next tick
-                return
-            self.written, self.at = value, now
-
-
 class CalibrationJobs:
     """Starts, runs and stops the calibration jobs of every served model."""
 
@@ -163,18 +119,20 @@ class CalibrationJobs:
         # process's folder is removed (its jobs were failed before this runs). A read-only
         # state folder has nothing to clear, and takes no calibrations.
         folders = settings.state_dir / "uploads"
-        self.uploads = folders / store.owner.replace("/", "_")
+        self.uploads = folders / store.jobs.folder_name
         if store.read_only_because is None:
             folders.mkdir(parents=True, exist_ok=True)
             for folder in folders.iterdir():
-                owner = folder.name.replace("_", "/")
-                if owner.count("/") != 2 or owner_is_gone(owner, store.owner):  # older release
+                if store.jobs.folder_left_behind(folder.name):
                     shutil.rmtree(folder, ignore_errors=True)
             self.uploads.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, _Job] = {}
         self._admissions: dict[asyncio.Future[_Job], str] = {}  # uploads being extracted: model
         self._turns: dict[str, asyncio.Lock] = {}  # per model: its jobs take turns
         self._stopping = threading.Event()  # read by the extracting thread too
+        # Set, then replaced, by each lease round: what a job waits for while another process
+        # runs a job of its model.
+        self._lease_round = asyncio.Event()
 
     async def start(
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
@@ -223,14 +181,14 @@ class CalibrationJobs:
                 raise _unavailable_or(error, self.uploads) from error
             if self._stopping.is_set():  # again: extraction took a while
                 raise CalibrationsStopping(SHUTTING_DOWN, retry_after=5)
-            details: dict[str, Any] = {
-                "cost_fp": params.criterion.cost_fp,
-                "cost_fn": params.criterion.cost_fn,
-                "dataset": (filename or "")[:255],
-                "n_images": len(dataset.pairs),
-                "force": params.force,
-            }
-            record = self.store.new_calibration(
+            details = JobParams(
+                cost_fp=params.criterion.cost_fp,
+                cost_fn=params.criterion.cost_fn,
+                dataset=(filename or "")[:255],
+                n_images=len(dataset.pairs),
+                force=params.force,
+            )
+            record = self.store.jobs.new_calibration(
                 served.name,
                 served.digest,
                 params.criterion.strategy,
@@ -277,19 +235,31 @@ class CalibrationJobs:
                 log.warning("%d calibration(s) still running at shutdown", len(left))
 
     async def keep_leases(self) -> None:
-        """Forever: vouch for this process's jobs and fail those of processes that died."""
-        every = self.store.lease_s / 3
+        """Forever, once a round: vouch for this process's jobs, fail those of processes that
+        died, and wake the jobs waiting for another process's job of their model."""
+        queue = self.store.jobs
         while True:
             try:
-                await asyncio.to_thread(self.store.renew_leases, list(self._jobs))
-                expired = await asyncio.to_thread(self.store.fail_expired, LEASE_EXPIRED)
+                await asyncio.to_thread(queue.renew_leases, list(self._jobs))
+                expired = await asyncio.to_thread(queue.fail_expired, LEASE_EXPIRED)
                 if expired:
                     log.warning("marked %d calibration(s) of stopped processes failed", expired)
             except StoreUnavailable:
                 pass  # the store logged it; the next round tries again
             except StoreError:
                 log.warning("could not renew calibration leases", exc_info=True)
-            await asyncio.sleep(every)
+            self._lease_round.set()
+            self._lease_round = asyncio.Event()
+            await asyncio.sleep(queue.renew_every_s)
+
+    async def _claim_run(self, job: _Job) -> None:
+        """Mark the job running: at once, or after the lease rounds another process's job of
+        its model takes to end (it ends, or its lease runs out and a round fails it)."""
+        queue = self.store.jobs
+        while not await until_stored(lambda: queue.mark_running(job.id)):
+            # A lease at the most: a keeper that stopped early must not leave the job waiting.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_round.wait(), timeout=queue.lease_s)
 
     async def _run(self, job: _Job) -> None:
         """The whole life of one job, from waiting for its model's turn to its stored ending."""
@@ -328,21 +298,18 @@ class CalibrationJobs:
     async def _calibrate(self, job: _Job) -> None:
         """Count every image, then store the report and maybe activate its threshold."""
         name, params = job.served.name, job.params
-        while not await _until_stored(lambda: self.store.mark_running(job.id)):
-            await asyncio.sleep(BUSY_ELSEWHERE_WAIT_S)  # another process runs one of this model
+        await self._claim_run(job)
         started = time.monotonic()
         hist = await self._count(job)
         job.finishing = True
         # Every image is counted: the data set goes now, before the result is stored, so a
         # client that sees the job finished never finds its upload still on disk.
         await _discard(job)
-        reference = await _until_stored(lambda: reference_auc(job.served, self.store))
+        reference = await until_stored(lambda: reference_auc(job.served, self.store))
         report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
         # A blocked report is stored but not activated; its record says why (gate.py).
         activate = params.activate and (params.force or not report.blocking)
-        active = await _until_stored(
-            lambda: self._finish(job, report.to_dict(), report.threshold, report.auc, activate)
-        )
+        active = await until_stored(lambda: self._finish(job, report, activate))
         if active is not None:
             self.metrics.set_threshold(name, active.value)
         self.metrics.calibrations_succeeded.labels(name).inc()
@@ -357,14 +324,18 @@ class CalibrationJobs:
         )
 
     def _finish(
-        self, job: _Job, report: dict[str, Any], threshold: float, auc: float, activate: bool
+        self, job: _Job, report: CalibrationReport, activate: bool
     ) -> ActiveThreshold | None:
         """Store the result; a finish whose commit was reported failed yet landed counts too."""
         try:
-            return self.store.finish_calibration(job.id, report, threshold, auc, activate=activate)
+            return self.store.jobs.finish_calibration(job.id, report, activate=activate)
         except InvalidTransition:
             record = self.store.get_calibration(job.served.name, job.id)
-            if record is None or record.status != "succeeded" or record.threshold != threshold:
+            if (
+                record is None
+                or record.status != "succeeded"
+                or record.threshold != report.threshold
+            ):
                 raise
             return self.store.current_threshold(job.served.name, job.served.digest)
 
@@ -372,7 +343,7 @@ class CalibrationJobs:
         """The model's scores over every pair of the data set, counted against its masks."""
         served = job.served
         hist = new_histogram(served.network)
-        progress = _Progress(self.store, job.id, len(job.dataset.pairs))
+        progress = Progress(self.store, job.id, len(job.dataset.pairs))
         for done, (image_path, mask_path) in enumerate(job.dataset.pairs, start=1):
             image, mask = await asyncio.to_thread(
                 load_pair, image_path, mask_path, served.input, self.settings.max_image_pixels
@@ -403,7 +374,7 @@ class CalibrationJobs:
         await _discard(job)
         while not self._stopping.is_set():
             try:
-                await asyncio.to_thread(self.store.fail_calibration, job.id, error)
+                await asyncio.to_thread(self.store.jobs.fail_calibration, job.id, error)
             except StoreUnavailable:
                 await asyncio.sleep(STORE_RETRY_S)
                 continue
@@ -416,7 +387,7 @@ class CalibrationJobs:
     async def _fail(self, job: _Job, error: str) -> None:
         await _discard(job)  # first, as on success: a finished job leaves nothing on disk
         try:
-            await asyncio.to_thread(self.store.fail_calibration, job.id, error)
+            await asyncio.to_thread(self.store.jobs.fail_calibration, job.id, error)
         except (StoreError, StoreUnavailable):
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.

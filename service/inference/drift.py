@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from model.calibration import CalibrationReport
 from model.calibration.drift import DriftStatus, psi, sample, status_of, summarise
 from model.calibration.schema import ScoreProfile
 from model.inference.predict import Prediction
@@ -32,6 +31,19 @@ from service.state.store import ThresholdStore
 log = logging.getLogger(__name__)
 
 SAVE_EVERY = 25  # images between saves of a window: a restart loses at most this many
+
+
+@dataclass(frozen=True)
+class DriftView:
+    """How far one model's served scores have moved from its active calibration's."""
+
+    status: DriftStatus  # no_reference: no active calibration with a score profile
+    n_images: int  # served images in the window
+    window: int  # the window's length in images
+    score_distance: float | None  # PSI of the window against the profile; None: no images
+    served_fraction: float | None  # mean foreground fraction served; None: no images
+    calibration_fraction: float | None  # the same on the calibration set; None: no reference
+    calibration_id: str | None  # the calibration compared with
 
 
 @dataclass
@@ -111,18 +123,11 @@ class DriftMonitor:
 
         return observe
 
-    def report(self, model: str, calibration_id: str | None) -> dict[str, Any]:
-        """The drift answer: status, the figures behind it and the cut-offs."""
+    def report(self, model: str, calibration_id: str | None) -> DriftView:
+        """The drift answer: status and the figures behind it."""
         window = self._window(model, calibration_id)
         if window is None:
-            view = {
-                "status": "no_reference",
-                "n_images": 0,
-                "window": self.size,
-                "score_distance": None,
-                "foreground_fraction": {"served": None, "calibration": None},
-                "calibration_id": None,
-            }
+            view = DriftView("no_reference", 0, self.size, None, None, None, None)
         else:
             with self._lock:
                 view = self._view(window)
@@ -131,8 +136,7 @@ class DriftMonitor:
 
     def status(self, model: str, calibration_id: str | None) -> DriftStatus:
         """Just the status of `report`."""
-        status: DriftStatus = self.report(model, calibration_id)["status"]
-        return status
+        return self.report(model, calibration_id).status
 
     def save_all(self) -> None:
         """Save every window (at shutdown)."""
@@ -174,38 +178,35 @@ class DriftMonitor:
             return None
         if calibration_id not in self._profiles:
             record = self.store.get_calibration(model, calibration_id)
-            report = None if record is None or record.report is None else record.report
-            profile = None if report is None else CalibrationReport.from_dict(report).score_profile
+            report = None if record is None else record.report
+            profile = None if report is None else report.score_profile
             self._profiles[calibration_id] = profile
         return self._profiles[calibration_id]
 
-    def _view(self, window: _Window) -> dict[str, Any]:
+    def _view(self, window: _Window) -> DriftView:
         """The answer for one window (call with the lock held)."""
         n = len(window.images)
         distance = psi(np.asarray(window.profile.fractions), window.counts) if n else None
         status: DriftStatus = "ok"
         if distance is not None and n >= self.min_images:
             status = status_of(distance)
-        return {
-            "status": status,
-            "n_images": n,
-            "window": self.size,
-            "score_distance": distance,
-            "foreground_fraction": {
-                "served": window.fractions / n if n else None,
-                "calibration": window.profile.foreground_fraction,
-            },
-            "calibration_id": window.calibration_id,
-        }
+        return DriftView(
+            status=status,
+            n_images=n,
+            window=self.size,
+            score_distance=distance,
+            served_fraction=window.fractions / n if n else None,
+            calibration_fraction=window.profile.foreground_fraction,
+            calibration_id=window.calibration_id,
+        )
 
-    def _publish(self, model: str, view: dict[str, Any]) -> None:
-        fractions = view["foreground_fraction"]
+    def _publish(self, model: str, view: DriftView) -> None:
         self.metrics.set_drift(
             model,
-            view["status"],
-            view["score_distance"],
-            fractions["served"],
-            fractions["calibration"],
+            view.status,
+            view.score_distance,
+            view.served_fraction,
+            view.calibration_fraction,
         )
 
     def _save(self, model: str, calibration_id: str, state: dict[str, Any]) -> None:

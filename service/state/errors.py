@@ -1,7 +1,10 @@
-"""Why the state folder cannot take a write now, in the store's own terms rather than HTTP's.
+"""The store's errors, in its own terms rather than HTTP's or SQLAlchemy's.
 
-Raised by the store and the calibration intake whatever the backend: the HTTP edge answers them
-(`service.api.errors`), and a calibration job that meets one fails with its message.
+StoreUnavailable and its kinds say why the state folder cannot take a write now; they are raised
+by the store and the calibration intake whatever the backend: the HTTP edge answers them
+(`service.api.errors`), and a calibration job that meets one fails with its message. StoreError
+and its kinds say a request of the store itself cannot be done (an unknown calibration, a step
+its status forbids).
 """
 
 from __future__ import annotations
@@ -80,3 +83,19 @@ def unavailable(error: BaseException, where: str) -> StoreUnavailable | None:
         if error.errno == errno.EROFS:
             return read_only(f"{error.strerror}: {error.filename or where}")
     return None
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; the message says why."""
+
+
+class CalibrationNotFound(StoreError, LookupError):
+    """No calibration with that id for that model."""
+
+
+class InvalidTransition(StoreError):
+    """The calibration's status does not allow this step (e.g. finishing a failed job)."""
+
+
+class ActivationError(StoreError):
+    """A calibration cannot become the active threshold: not succeeded, or another checkpoint."""

@@ -1,8 +1,9 @@
 """A model's threshold: read the one in force, set one by hand, go back to the default.
 
 Every change of the threshold in force is published on the `unet_active_threshold` gauge by
-`publish_threshold`, the one place that sets it: these use cases, the calibration activations
-and the service's start-up all call it.
+`publish_threshold`: these use cases, the activation of a calibration and the service's start-up
+call it; a calibration job that activates its own result when it finishes, one layer below,
+sets the same gauge through the same `Metrics.set_threshold`.
 """
 
 from __future__ import annotations

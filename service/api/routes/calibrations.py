@@ -5,16 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from anyio import to_thread
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 
-from model.calibration import (
-    STRATEGIES,
-    TARGET_STRATEGIES,
-    CalibrationError,
-    CalibrationReport,
-    Criterion,
-)
+from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError, Criterion
 from model.calibration.plots import roc_png
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
@@ -22,12 +15,9 @@ from service.api.problems import ProblemError, problem_responses
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
-from service.calibration.gate import blocked_reason, blocking_codes
 from service.calibration.jobs import CalibrationParams
-from service.container import Services
-from service.inference.registry import ServedModel
-from service.state.errors import StoreUnavailable
-from service.state.store import ActivationError, CalibrationNotFound, CalibrationRecord
+from service.usecases import calibrations as usecase
+from service.usecases.calibrations import CalibrationView
 
 router = APIRouter(
     prefix="/v1/models/{model}/calibrations", tags=["calibrations"], route_class=SpoolingRoute
@@ -44,20 +34,8 @@ CalibrationId = Annotated[str, Path(description="A calibration id, as the list s
 LOCATION = {"Location": {"description": "Where to poll the job.", "schema": {"type": "string"}}}
 
 
-def _record(services: Services, served: ServedModel, calibration_id: str) -> CalibrationRecord:
-    record = services.store.get_calibration(served.name, calibration_id)
-    if record is None:
-        raise ProblemError(
-            404,
-            "Unknown calibration",
-            f"model {served.name!r} has no calibration {calibration_id!r}; "
-            f"GET /v1/models/{served.name}/calibrations lists them",
-            slug="unknown-calibration",
-        )
-    return record
-
-
-def _summary(record: CalibrationRecord, active_id: str | None) -> CalibrationSummary:
+def _summary(view: CalibrationView) -> CalibrationSummary:
+    record = view.record
     return CalibrationSummary(
         id=record.id,
         status=record.status,
@@ -68,37 +46,20 @@ def _summary(record: CalibrationRecord, active_id: str | None) -> CalibrationSum
         auc=record.auc,
         error=record.error,
         activate=record.activate,
-        active=record.id == active_id,
-        params=record.params,
+        active=view.active,
+        params=record.params.published(),
         created=record.created,
         started=record.started,
         finished=record.finished,
     )
 
 
-def _view(services: Services, served: ServedModel, record: CalibrationRecord) -> Calibration:
-    active_id = services.active_threshold(served).calibration_id
-    blocked = None
-    codes = blocking_codes(record.report)
-    if codes and record.activate and not record.params.get("force", False):
-        blocked = blocked_reason(codes)
+def _calibration(view: CalibrationView) -> Calibration:
     return Calibration(
-        **_summary(record, active_id).model_dump(), activation_blocked=blocked, report=record.report
+        **_summary(view).model_dump(),
+        activation_blocked=view.activation_blocked,
+        report=view.record.report,
     )
-
-
-def _succeeded(record: CalibrationRecord, what: str) -> CalibrationRecord:
-    if record.status != "succeeded":
-        reason = f": {record.error}" if record.error else ""
-        pending = record.status in ("queued", "running")
-        raise ProblemError(
-            409,
-            "Calibration not finished" if pending else "Calibration failed",
-            f"calibration {record.id!r} is {record.status}{reason}; {what} needs a succeeded "
-            "calibration",
-            slug="calibration-not-succeeded",
-        )
-    return record
 
 
 FORM_FIELDS = ("strategy", "target", "cost_fp", "cost_fn", "activate")
@@ -171,19 +132,12 @@ async def start_calibration(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
     params = CalibrationParams(criterion, activate, force)
-    created = await services.jobs.start(served, data, dataset.filename, params)
+    view = await usecase.start_calibration(services, served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (
-        f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{created.id}"
+        f"{root}/v1/models/{quote(served.name, safe='')}/calibrations/{view.record.id}"
     )
-    # SQLite reads in a worker thread: this route is async, and the event loop must not wait.
-    try:
-        return await to_thread.run_sync(
-            lambda: _view(services, served, _record(services, served, created.id))
-        )
-    except StoreUnavailable:
-        # The job exists and runs: answering an error now would make a client start another.
-        return Calibration(**_summary(created, None).model_dump())
+    return _calibration(view)
 
 
 @router.get(
@@ -191,9 +145,8 @@ async def start_calibration(
 )
 def list_calibrations(services: ServicesDep, served: ModelDep) -> CalibrationList:
     """Every calibration of the model, newest first, without reports."""
-    active_id = services.active_threshold(served).calibration_id
-    records = services.store.list_calibrations(served.name)
-    return CalibrationList(calibrations=[_summary(record, active_id) for record in records])
+    views = usecase.calibrations(services, served)
+    return CalibrationList(calibrations=[_summary(view) for view in views])
 
 
 @router.get(
@@ -206,7 +159,7 @@ def get_calibration(
     services: ServicesDep, served: ModelDep, calibration_id: CalibrationId
 ) -> Calibration:
     """Status and progress; the report once it has succeeded, the reason if it failed."""
-    return _view(services, served, _record(services, served, calibration_id))
+    return _calibration(usecase.calibration(services, served, calibration_id))
 
 
 @router.get(
@@ -221,11 +174,10 @@ def get_calibration(
 )
 def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: CalibrationId) -> Response:
     """The ROC curve with its AUC and the chosen and the 0.5 operating points marked."""
-    record = _succeeded(_record(services, served, calibration_id), "the ROC plot")
-    assert record.report is not None  # a succeeded calibration always has its report
+    report = usecase.succeeded_report(services, served, calibration_id, "the ROC plot")
     # A succeeded calibration never changes, so its plot may be cached for good.
     return Response(
-        roc_png(CalibrationReport.from_dict(record.report)),
+        roc_png(report),
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )
@@ -248,29 +200,7 @@ def activate_calibration(
     ] = False,
 ) -> Threshold:
     """The calibration's threshold is in force from now on (source `calibration`)."""
-    record = _succeeded(_record(services, served, calibration_id), "activation")
-    codes = blocking_codes(record.report)
-    if codes and not force:
-        raise ProblemError(
-            409,
-            "Calibration blocked",
-            f"calibration {calibration_id!r} has blocking warnings ({', '.join(codes)}); read "
-            "them in its report.warnings and fix the calibration set, or activate anyway with "
-            "?force=true",
-            slug="calibration-blocked",
-        )
-    try:
-        active = services.store.activate_calibration(
-            served.name, served.digest, calibration_id, actor=actor
-        )
-    except CalibrationNotFound:
-        _record(services, served, calibration_id)  # raises the 404
-        raise
-    except ActivationError as error:
-        raise ProblemError(
-            409, "Cannot activate", str(error), slug="calibration-not-activatable"
-        ) from None
-    services.metrics.set_threshold(served.name, active.value)
+    active = usecase.activate_calibration(services, served, calibration_id, actor, force)
     # What was written, not read back: an acknowledged change never becomes an error here.
     return Threshold(
         value=active.value,

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from model.calibration.drift import PSI_ALERT, PSI_WARN
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.problems import problem_responses
-from service.api.schemas import Drift
+from service.api.schemas import Drift, ForegroundFractions
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["models"])
 
@@ -20,7 +20,14 @@ def get_drift(services: ServicesDep, served: ModelDep) -> Drift:
     active = services.active_threshold(served)
     view = services.drift.report(served.name, active.calibration_id)
     return Drift(
-        **view,
+        status=view.status,
+        n_images=view.n_images,
+        window=view.window,
+        score_distance=view.score_distance,
+        foreground_fraction=ForegroundFractions(
+            served=view.served_fraction, calibration=view.calibration_fraction
+        ),
+        calibration_id=view.calibration_id,
         cutoffs={"warn": PSI_WARN, "alert": PSI_ALERT},
         min_images=services.settings.drift_min_images,
     )

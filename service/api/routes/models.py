@@ -6,7 +6,6 @@ import math
 
 from fastapi import APIRouter
 
-from model.calibration import CalibrationReport
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import Architecture, CalibrationWarning, ModelInfo, ModelList, Threshold
@@ -58,8 +57,7 @@ def _active_warnings(
     )
     if record is None or record.report is None:
         return []
-    report = CalibrationReport.from_dict(record.report)
-    return [CalibrationWarning(**w.model_dump()) for w in report.warnings]
+    return [CalibrationWarning(**w.model_dump()) for w in record.report.warnings]
 
 
 @router.get("", name="list", summary="List the served models")

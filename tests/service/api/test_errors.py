@@ -10,10 +10,14 @@ from model.errors import NonFiniteOutputError
 from service.api.errors import ANSWERS, DomainError, install_error_answers
 from service.api.problems import MEDIA_TYPE, TYPE_BASE, install_problem_handlers
 from service.calibration.errors import (
+    CalibrationBlocked,
+    CalibrationFailed,
+    CalibrationNotFinished,
     CalibrationsStopping,
     DatasetRejected,
     Rejection,
     TooManyCalibrations,
+    UnknownCalibration,
 )
 from service.inference.errors import (
     DeviceOutOfMemory,
@@ -22,7 +26,7 @@ from service.inference.errors import (
     EngineTimeout,
     ModelUnavailable,
 )
-from service.state.errors import StoreFailing, full, read_only
+from service.state.errors import ActivationError, StoreFailing, full, read_only
 from service.usecases.segment import ImageTooLarge, UnreadableImage
 from service.usecases.thresholds import ThresholdOutOfRange
 
@@ -174,6 +178,56 @@ CASES: list[tuple[DomainError, tuple[int, str, str, str, str | None]]] = [
     (
         DatasetRejected(Rejection.UNREADABLE_IMAGE, "images/a.png: cannot identify image"),
         (422, "Unreadable image", "unreadable-image", "images/a.png: cannot identify image", None),
+    ),
+    (
+        UnknownCalibration("model 'm' has no calibration 'c1'"),
+        (
+            404,
+            "Unknown calibration",
+            "unknown-calibration",
+            "model 'm' has no calibration 'c1'",
+            None,
+        ),
+    ),
+    (
+        CalibrationNotFinished("calibration 'c1' is running; activation needs a succeeded one"),
+        (
+            409,
+            "Calibration not finished",
+            "calibration-not-succeeded",
+            "calibration 'c1' is running; activation needs a succeeded one",
+            None,
+        ),
+    ),
+    (
+        CalibrationFailed("calibration 'c1' is failed: boom"),
+        (
+            409,
+            "Calibration failed",
+            "calibration-not-succeeded",
+            "calibration 'c1' is failed: boom",
+            None,
+        ),
+    ),
+    (
+        CalibrationBlocked("calibration 'c1' has blocking warnings (auc_drop)"),
+        (
+            409,
+            "Calibration blocked",
+            "calibration-blocked",
+            "calibration 'c1' has blocking warnings (auc_drop)",
+            None,
+        ),
+    ),
+    (
+        ActivationError("calibration 'c1' was made for another checkpoint"),
+        (
+            409,
+            "Cannot activate",
+            "calibration-not-activatable",
+            "calibration 'c1' was made for another checkpoint",
+            None,
+        ),
     ),
     (
         ImageTooLarge("x.png: image is 5000 x 5000, over 16777216 pixels"),

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from service.app import create_app
 from service.settings import Settings
+from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from tests.helpers import (
     DESIGN_KEYS,
@@ -282,14 +283,55 @@ def test_api_key(settings: Settings) -> None:
 
 def test_interrupted_job_is_failed_at_restart(settings: Settings) -> None:
     store = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
-    left = store.create_calibration(TINY_MODEL, "digest", "youden", None, {}, True)
-    store.mark_running(left)
+    left = store.jobs.new_calibration(TINY_MODEL, "digest", "youden", None, JobParams(), True).id
+    store.jobs.mark_running(left)
     store.close()
     (settings.state_dir / "uploads" / "calibration-old").mkdir(parents=True)
     with TestClient(create_app(settings)) as client:
         body = client.get(f"{BASE}/calibrations/{left}").json()
         assert body["status"] == "failed" and "restarted" in body["error"]
         assert not uploads_left(settings)
+
+
+def test_a_job_blocked_by_another_process_claims_its_run_once_per_lease_round(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lease round every 1.5 s: a claim per round is told apart from a claim per second.
+    app = create_app(settings.model_copy(update={"calibration_lease_s": 4.5}))
+    with TestClient(app) as client:
+        queue = app.state.services.store.jobs
+        events: list[str] = []  # "round" (a lease renewal) or the outcome of a claim
+        claim, renew = queue.mark_running, queue.renew_leases
+
+        def counted_claim(calibration_id: str) -> bool:
+            claimed = claim(calibration_id)
+            events.append(f"claim {claimed}")
+            return claimed
+
+        def counted_renew(ids: list[str] | None = None) -> int:
+            events.append("round")
+            return renew(ids)
+
+        monkeypatch.setattr(queue, "mark_running", counted_claim)
+        monkeypatch.setattr(queue, "renew_leases", counted_renew)
+        # Another process sharing the state folder runs a job of the model.
+        other = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
+        params = JobParams()
+        blocker = other.jobs.new_calibration(TINY_MODEL, "d", "f1", None, params, True).id
+        assert other.jobs.mark_running(blocker)
+        response = start(client, dataset_zip(2))
+        until(lambda: events.count("claim False") >= 3, "the job did not try again")
+        assert client.get(response.headers["location"]).json()["status"] == "queued"
+        other.jobs.fail_calibration(blocker, "done elsewhere")
+        done = finished(client, response)
+        other.close()
+    assert done["status"] == "succeeded", done["error"]
+    claims = [event for event in events if event.startswith("claim")]
+    assert claims[-1] == "claim True" and claims.count("claim True") == 1
+    # After the first try, every claim waited for a lease round: no polling in between.
+    first = events.index("claim False")
+    tries = "".join("c" if e.startswith("claim") else "r" for e in events[first:])
+    assert "cc" not in tries, events
 
 
 def test_shutdown_finishes_every_job(settings: Settings) -> None:

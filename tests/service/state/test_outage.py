@@ -20,6 +20,7 @@ from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.settings import Settings
 from service.state.errors import StoreFailing
+from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from tests import postgres
 from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip, png, until
@@ -70,18 +71,18 @@ def test_an_outage_does_not_make_other_processes_fail_a_running_calibration(
 ) -> None:
     url, control = database
     owner, other = ThresholdStore(url, lease_s=0.5), ThresholdStore(url, lease_s=0.5)
-    job = owner.create_calibration("m", DIGEST, "f1", None, {}, True)
-    assert owner.mark_running(job)
+    job = owner.jobs.new_calibration("m", DIGEST, "f1", None, JobParams(), True).id
+    assert owner.jobs.mark_running(job)
     control.stop()
     with pytest.raises(StoreFailing):
-        other.renew_leases()  # every process meets the outage; nobody can renew
+        other.jobs.renew_leases()  # every process meets the outage; nobody can renew
     lapsed = time.time() + 0.5
     until(lambda: time.time() > lapsed, "time stood still")
     control.start()
     # Back, with every lease lapsed: the owner had no chance to renew, so its job is alive.
     until(lambda: _answers(other), "the store did not reconnect by itself")
-    assert other.fail_expired("stopped") == 0
-    assert owner.renew_leases([job]) == 1
+    assert other.jobs.fail_expired("stopped") == 0
+    assert owner.jobs.renew_leases([job]) == 1
     record = other.get_calibration("m", job)
     assert record is not None and record.status == "running"
     owner.close()
@@ -90,7 +91,7 @@ def test_an_outage_does_not_make_other_processes_fail_a_running_calibration(
 
 def _answers(store: ThresholdStore) -> bool:
     try:
-        store.renew_leases()
+        store.jobs.renew_leases()
     except StoreFailing:
         return False
     return True

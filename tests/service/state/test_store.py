@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from service.state.store import (
+from service.state.errors import (
     ActivationError,
     CalibrationNotFound,
     InvalidTransition,
     StoreError,
-    ThresholdStore,
-    new_id,
 )
+from service.state.jobs import new_id
+from service.state.records import JobParams
+from service.state.store import ThresholdStore
 from tests.helpers import trace_sql
+from tests.service.state.reports import report
 
 ROOT = Path(__file__).resolve().parents[3]
 DIGEST = "a" * 64
@@ -35,11 +37,17 @@ def store(store_location: Path | str) -> ThresholdStore:
     return ThresholdStore(store_location)
 
 
+def queued(store: ThresholdStore, model: str = "unet-sigmoid", activate: bool = True) -> str:
+    """The id of a new queued calibration of `model`."""
+    return store.jobs.new_calibration(model, DIGEST, "youden", None, JobParams(), activate).id
+
+
 def succeeded(store: ThresholdStore, threshold: float, digest: str = DIGEST, **kw: bool) -> str:
     """A calibration of unet-sigmoid that ran to completion."""
-    cid = store.create_calibration("unet-sigmoid", digest, "youden", None, {"seed": 1}, False)
-    store.mark_running(cid)
-    store.finish_calibration(cid, {"threshold": threshold}, threshold, 0.97, **kw)
+    params = JobParams(dataset="set.zip", n_images=3)
+    cid = store.jobs.new_calibration("unet-sigmoid", digest, "youden", None, params, False).id
+    store.jobs.mark_running(cid)
+    store.jobs.finish_calibration(cid, report(threshold), **kw)
     return cid
 
 
@@ -63,30 +71,32 @@ def test_everything_survives_reopening(store_location: Path | str) -> None:
     relu = again.active_threshold("unet-relu", OTHER)
     assert relu is not None and (relu.value, relu.source) == (1.5, "manual")
     record = again.get_calibration("unet-sigmoid", cid)
-    assert record is not None and record.report == {"threshold": 0.42}
-    assert record.params == {"seed": 1} and record.status == "succeeded"
+    assert record is not None and record.report == report(0.42)
+    assert record.params == JobParams(dataset="set.zip", n_images=3)
+    assert record.status == "succeeded"
     assert [c.id for c in again.list_calibrations("unet-sigmoid")] == [cid]
 
 
 def test_calibration_life_cycle(store: ThresholdStore) -> None:
-    cid = store.create_calibration("unet-sigmoid", DIGEST, "target_tpr", 0.9, {}, True)
+    params = JobParams()
+    cid = store.jobs.new_calibration("unet-sigmoid", DIGEST, "target_tpr", 0.9, params, True).id
     assert store.list_calibrations("unet-sigmoid")[0].status == "queued"
-    store.mark_running(cid)
-    store.set_progress(cid, 0.5)
+    store.jobs.mark_running(cid)
+    store.jobs.set_progress(cid, 0.5)
     running = store.get_calibration("unet-sigmoid", cid)
     assert running is not None
     assert (running.status, running.progress, running.target) == ("running", 0.5, 0.9)
     assert running.started is not None and running.finished is None
 
-    active = store.finish_calibration(cid, {"auc": 0.97}, 0.3, 0.97)
+    active = store.jobs.finish_calibration(cid, report(0.3, 0.97))
     assert active is not None and active.value == 0.3  # activate=True was recorded at creation
     done = store.get_calibration("unet-sigmoid", cid)
     assert done is not None
     assert (done.status, done.progress, done.threshold, done.auc) == ("succeeded", 1.0, 0.3, 0.97)
-    store.set_progress(cid, 0.1)  # a late progress report changes nothing
+    store.jobs.set_progress(cid, 0.1)  # a late progress report changes nothing
     assert store.list_calibrations("unet-sigmoid")[0].progress == 1.0
     with pytest.raises(InvalidTransition):
-        store.fail_calibration(cid, "too late")
+        store.jobs.fail_calibration(cid, "too late")
 
 
 def test_list_is_newest_first_and_without_reports(store: ThresholdStore) -> None:
@@ -105,11 +115,11 @@ def test_ids_are_unique_and_sortable_by_time() -> None:
 
 
 def test_failed_and_interrupted_jobs(store: ThresholdStore) -> None:
-    failed = store.create_calibration("unet-sigmoid", DIGEST, "youden", None, {}, True)
-    store.fail_calibration(failed, "masks/0003.png: no matching image")
-    queued = store.create_calibration("unet-sigmoid", DIGEST, "youden", None, {}, True)
-    running = store.create_calibration("unet-sigmoid", DIGEST, "youden", None, {}, True)
-    store.mark_running(running)
+    failed = queued(store)
+    store.jobs.fail_calibration(failed, "masks/0003.png: no matching image")
+    waiting = queued(store)
+    running = queued(store)
+    store.jobs.mark_running(running)
     done = succeeded(store, 0.5)
 
     assert store.fail_interrupted("the service restarted") == 0  # its own live jobs
@@ -117,13 +127,13 @@ def test_failed_and_interrupted_jobs(store: ThresholdStore) -> None:
     assert restarted.fail_interrupted("the service restarted") == 2
     status = {c.id: (c.status, c.error) for c in store.list_calibrations("unet-sigmoid")}
     assert status[failed] == ("failed", "masks/0003.png: no matching image")
-    assert status[queued] == status[running] == ("failed", "the service restarted")
+    assert status[waiting] == status[running] == ("failed", "the service restarted")
     assert status[done] == ("succeeded", None)
     assert store.active_threshold("unet-sigmoid", DIGEST) is None
     with pytest.raises(InvalidTransition):
-        store.finish_calibration(running, {}, 0.5, 0.9)
+        store.jobs.finish_calibration(running, report(0.5, 0.9))
     with pytest.raises(CalibrationNotFound):
-        store.mark_running("nope")
+        store.jobs.mark_running("nope")
 
 
 def test_finish_without_activation_keeps_the_active_threshold(store: ThresholdStore) -> None:
@@ -142,12 +152,12 @@ def test_finish_without_activation_keeps_the_active_threshold(store: ThresholdSt
 
 
 def test_activation_errors(store: ThresholdStore) -> None:
-    queued = store.create_calibration("unet-sigmoid", DIGEST, "youden", None, {}, True)
+    waiting = queued(store)
     with pytest.raises(ActivationError, match="queued"):
-        store.activate_calibration("unet-sigmoid", DIGEST, queued)
-    store.fail_calibration(queued, "boom")
+        store.activate_calibration("unet-sigmoid", DIGEST, waiting)
+    store.jobs.fail_calibration(waiting, "boom")
     with pytest.raises(ActivationError, match="failed"):
-        store.activate_calibration("unet-sigmoid", DIGEST, queued)
+        store.activate_calibration("unet-sigmoid", DIGEST, waiting)
     old = succeeded(store, 0.3, digest=OTHER)
     with pytest.raises(ActivationError, match="digest"):
         store.activate_calibration("unet-sigmoid", DIGEST, old)
@@ -164,7 +174,7 @@ def test_threshold_of_another_checkpoint_never_applies(
     store.set_manual("unet-sigmoid", OTHER, 0.8)
     assert store.active_threshold("unet-sigmoid", DIGEST) is None
     assert not store.note_checkpoint("unet-sigmoid", OTHER)  # its own threshold: nothing to say
-    with caplog.at_level(logging.WARNING, logger="service.state.store"):
+    with caplog.at_level(logging.WARNING, logger="service.state.thresholds"):
         assert store.note_checkpoint("unet-sigmoid", DIGEST)
     assert len([r for r in caplog.records if "checkpoint changed" in r.getMessage()]) == 1
     note = store.history("unet-sigmoid")[0]
@@ -208,14 +218,14 @@ def test_only_threshold_changes_send_reads_back_to_the_database(
 
     assert went_to_sqlite()
     # A calibration's whole life without activation, progress ticks included: memory answers.
-    cid = store.create_calibration(model, DIGEST, "youden", None, {}, False)
-    store.mark_running(cid)
+    cid = queued(store, model, activate=False)
+    store.jobs.mark_running(cid)
     for tick in (0.1, 0.2, 0.3):
-        store.set_progress(cid, tick)
+        store.jobs.set_progress(cid, tick)
         assert not went_to_sqlite()
-    store.finish_calibration(cid, {}, 0.4, 0.9)
-    failed = store.create_calibration(model, DIGEST, "youden", None, {}, True)
-    store.fail_calibration(failed, "boom")
+    store.jobs.finish_calibration(cid, report(0.4, 0.9))
+    failed = queued(store, model)
+    store.jobs.fail_calibration(failed, "boom")
     store.fail_interrupted("restart")
     assert not went_to_sqlite()
     # Every threshold change is read back once, then memory answers again.
@@ -272,13 +282,37 @@ def test_rejects_non_finite_values(store: ThresholdStore) -> None:
     assert store.history("unet-sigmoid") == []
 
 
-def test_reports_with_numpy_values_are_stored(store: ThresholdStore) -> None:
-    np = pytest.importorskip("numpy")
-    cid = store.create_calibration("m", DIGEST, "f1", None, {"size": np.int64(3)}, False)
-    store.finish_calibration(cid, {"fpr": np.linspace(0, 1, 3), "auc": np.float32(0.5)}, 0.5, None)
+def test_reports_and_params_come_back_typed_as_stored(store: ThresholdStore) -> None:
+    params = JobParams(cost_fp=2.0, cost_fn=0.5, dataset="cells.zip", n_images=7, force=True)
+    cid = store.jobs.new_calibration("m", DIGEST, "cost", None, params, False).id
+    written = report(0.375, 0.91)
+    store.jobs.finish_calibration(cid, written)
     record = store.get_calibration("m", cid)
-    assert record is not None and record.report == {"fpr": [0.0, 0.5, 1.0], "auc": 0.5}
-    assert record.params == {"size": 3} and record.auc is None
+    assert record is not None and record.report == written  # every field, exactly
+    assert (record.threshold, record.auc) == (0.375, 0.91)
+    assert record.params == params and record.params.force
+    assert record.params.published() == {
+        "cost_fp": 2.0,
+        "cost_fn": 0.5,
+        "dataset": "cells.zip",
+        "n_images": 7,
+        "force": True,
+    }
+
+
+def test_a_stored_report_that_is_not_a_report_reads_as_none(
+    store: ThresholdStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    cid = succeeded(store, 0.4)
+    with store.engine.begin() as db:
+        db.execute(text("UPDATE calibrations SET report = '{\"threshold\": 0.4}'"))
+    with caplog.at_level(logging.WARNING, logger="service.state.records"):
+        record = store.get_calibration("unet-sigmoid", cid)
+    assert record is not None and record.report is None and record.threshold == 0.4
+    assert any(
+        cid in r.getMessage() and "not a calibration report" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_concurrent_writers_and_readers(store: ThresholdStore) -> None:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from service.state.errors import StoreFull, StoreReadOnly, unavailable
+from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
 
@@ -60,7 +61,7 @@ def test_a_read_only_store_reads_what_was_written_and_refuses_writes(tmp_path: P
     for write in (
         lambda: store.set_manual("m", "d", 0.4),
         lambda: store.reset_to_default("m", "d"),
-        lambda: store.create_calibration("m", "d", "youden", None, {}, True),
+        lambda: store.jobs.new_calibration("m", "d", "youden", None, JobParams(), True),
     ):
         with pytest.raises(StoreReadOnly, match="read-only: mounted read-only; make UNET_STATE"):
             write()
