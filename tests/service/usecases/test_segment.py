@@ -183,4 +183,4 @@ def test_every_segmented_image_joins_the_drift_window_of_the_active_calibration(
         assert result.cut.source == "calibration"
         assert result.cut.value == pytest.approx(calibration["threshold"])
     report = services.drift.report(SIGMOID, calibration["id"])
-    assert report["calibration_id"] == calibration["id"] and report["n_images"] == 3
+    assert report.calibration_id == calibration["id"] and report.n_images == 3
