@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import re
 import struct
 import subprocess
 import threading
@@ -31,6 +32,8 @@ from service.state.store import ThresholdStore
 TINY_MODEL = "tiny"  # the model the `tiny_model_dir` fixture serves
 PROBLEM = "application/problem+json"
 BOUND_S = 60.0  # no wait for something to happen may take longer than this
+CALIBRATION_S = 3 * BOUND_S  # nor may a calibration of a test data set, queue included
+ENDED = ("succeeded", "failed")  # the statuses a calibration ends in
 
 # What the design promises in a calibration report and in each of its operating points.
 DESIGN_KEYS = {
@@ -123,6 +126,16 @@ def assert_problem(response: Response, status: int) -> dict[str, Any]:
     return body
 
 
+# What an HTML page or a script loads: src/href attributes, CSS url()s and ES module imports.
+LOADS = re.compile(r"""(?:src|href)=["']([^"']+)["']|url\(["']?([^"')]+)|from ["']([^"']+)["']""")
+REMOTE = re.compile(r"https?://|//[a-z]")  # a URL on another host
+
+
+def loaded(text: str) -> list[str]:
+    """Every URL that the HTML, CSS or script `text` loads."""
+    return [next(group for group in match.groups() if group) for match in LOADS.finditer(text)]
+
+
 # Waiting -------------------------------------------------------------------------------------
 
 
@@ -142,6 +155,20 @@ async def until_async(
     while not condition():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.005)
+
+
+def wait_for_calibration(
+    read: Callable[[], dict[str, Any]], statuses: tuple[str, ...] = ENDED
+) -> dict[str, Any]:
+    """The calibration `read` returns, once its status is in `statuses`; fail after CALIBRATION_S.
+
+    `read` fetches it the caller's way, e.g. `lambda: client.get(location).json()`.
+    """
+    deadline = time.monotonic() + CALIBRATION_S
+    while (job := read())["status"] not in statuses:
+        assert time.monotonic() < deadline, f"calibration still {job['status']}"
+        time.sleep(0.05)  # the service's own progress: nothing to wait on but its answer
+    return job
 
 
 # The inference engine ------------------------------------------------------------------------

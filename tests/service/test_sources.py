@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from model.synth import generate_pair, pair_rng
 from model.tiling import predict_tiled
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import dataset_files, make_zip, png
+from tests.helpers import dataset_files, make_zip, png, wait_for_calibration
 
 nets = pytest.importorskip("monai.networks.nets")
 ort = pytest.importorskip("onnxruntime")
@@ -282,12 +281,6 @@ def test_a_calibration_succeeds_on_every_source(client: TestClient, name: str) -
     files = {"dataset": ("set.zip", make_zip(dataset_files(3, 64)), "application/zip")}
     response = client.post(f"/v1/models/{name}/calibrations", files=files)
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 120
-    while (body := client.get(response.headers["location"]).json())["status"] not in (
-        "succeeded",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    body = wait_for_calibration(lambda: client.get(response.headers["location"]).json())
     assert body["status"] == "succeeded", body
     assert 0.0 <= body["report"]["auc"] <= 1.0

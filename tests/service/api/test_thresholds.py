@@ -15,7 +15,16 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.settings import Settings
 from service.state.store import ThresholdStore
-from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip, png, trace_sql, until
+from tests.helpers import (
+    TINY_MODEL,
+    assert_problem,
+    dataset_files,
+    make_zip,
+    png,
+    trace_sql,
+    until,
+    wait_for_calibration,
+)
 
 BASE = f"/v1/models/{TINY_MODEL}"
 KEY = "sesame"
@@ -165,7 +174,7 @@ def test_calibrations_enter_the_history_with_their_id(client: TestClient) -> Non
     )
     assert started.status_code == 202, started.text
     location = started.headers["location"]
-    until(lambda: client.get(location).json()["status"] == "succeeded", "not calibrated")
+    assert wait_for_calibration(lambda: client.get(location).json())["status"] == "succeeded"
     assert history(client) == []  # not activated: nothing changed
     activated = client.post(f"{location}/activate", headers={**AUTH, "X-Actor": "erin"})
     assert activated.status_code == 200, activated.text
@@ -190,7 +199,7 @@ def test_async_routes_keep_sqlite_off_the_event_loop(
         started = client.post(f"{BASE}/calibrations", files=dataset, headers=AUTH)
         assert started.status_code == 202, started.text
         location = started.headers["location"]
-        until(lambda: client.get(location).json()["status"] == "succeeded", "not calibrated")
+        assert wait_for_calibration(lambda: client.get(location).json())["status"] == "succeeded"
         on_loop = [sql for thread, sql in statements if thread == loop_thread]
     assert statements  # the tracer saw the store at work
     assert on_loop == []

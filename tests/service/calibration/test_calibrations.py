@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.helpers import (
     patch_central_size,
     png,
     until,
+    wait_for_calibration,
 )
 
 MiB = 1 << 20
@@ -74,13 +74,7 @@ def finished(client: TestClient, response: Response) -> dict[str, Any]:
     """The calibration a 202 `response` started, once it has succeeded or failed."""
     assert response.status_code == 202, response.text
     location = response.headers["location"]
-    deadline = time.monotonic() + POLL_S
-    while True:
-        body: dict[str, Any] = client.get(location).json()
-        if body["status"] in ("succeeded", "failed"):
-            return body
-        assert time.monotonic() < deadline, f"calibration still {body['status']}"
-        time.sleep(0.05)
+    return wait_for_calibration(lambda: client.get(location).json())
 
 
 def uploads_left(settings: Settings) -> list[Path]:
