@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -28,9 +29,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.helpers import dataset_files, make_zip, png, wait_for_calibration
 
-nets = pytest.importorskip("monai.networks.nets")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+nets = pytest.importorskip("monai.networks.nets")  # the optional extra `.[monai]`
 
 TILE = 128
 WHOLE = (301, 257)  # (height, width): odd, served whole

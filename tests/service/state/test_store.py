@@ -11,6 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
@@ -273,7 +274,6 @@ def test_rejects_non_finite_values(store: ThresholdStore) -> None:
 
 
 def test_reports_with_numpy_values_are_stored(store: ThresholdStore) -> None:
-    np = pytest.importorskip("numpy")
     cid = store.create_calibration("m", DIGEST, "f1", None, {"size": np.int64(3)}, False)
     store.finish_calibration(cid, {"fpr": np.linspace(0, 1, 3), "auc": np.float32(0.5)}, 0.5, None)
     record = store.get_calibration("m", cid)
