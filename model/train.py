@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointMeta, default_preprocessing, save
+from model.checkpoint import CheckpointMeta, save
 from model.datasets import SegmentationFolder
 from model.device import pick_device
 from model.heads import foreground_channel
@@ -117,7 +117,6 @@ def train(
     }
     meta = CheckpointMeta(
         architecture,
-        default_preprocessing(architecture.in_channels),
         training=record,
         input=channels.model_dump(mode="json"),
     )

@@ -16,6 +16,8 @@ from service.app import create_app
 from service.settings import Settings
 from service.state.store import ThresholdStore
 from tests.helpers import (
+    SHIPPED_DIGESTS,
+    STAMPED_DIGESTS,
     TINY_MODEL,
     assert_problem,
     dataset_files,
@@ -149,6 +151,25 @@ def test_history_and_reset_survive_a_restart(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
         assert client.get(f"{BASE}/threshold").json()["value"] == 0.55
         assert [c["value"] for c in history(client)][:2] == [0.55, before[0]["value"]]
+
+
+def test_thresholds_stored_before_the_stamp_went_do_not_apply_to_the_shipped_models(
+    shipped_weights: Path, tmp_path: Path
+) -> None:
+    """The consequence of the shipped JSON losing its `preprocessing` stamp, on upgrade."""
+    state = tmp_path / "state"
+    old = ThresholdStore(state / "thresholds.sqlite3")
+    for name, digest in STAMPED_DIGESTS.items():
+        old.set_manual(name, digest, 0.3, actor="ops")
+    old.close()
+    with TestClient(create_app(Settings(model_dir=shipped_weights, state_dir=state))) as client:
+        for name in STAMPED_DIGESTS:
+            served = client.get(f"/v1/models/{name}/threshold").json()
+            default = client.get(f"/v1/models/{name}").json()["default_threshold"]
+            assert (served["source"], served["value"]) == ("default", default)
+            note = client.get(f"/v1/models/{name}/threshold/history").json()["changes"][0]
+            assert "checkpoint changed" in note["reason"] and note["previous_value"] == 0.3
+            assert note["digest"] == SHIPPED_DIGESTS[name]
 
 
 def test_a_threshold_of_another_checkpoint_shows_in_the_history(settings: Settings) -> None:

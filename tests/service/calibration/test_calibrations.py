@@ -20,8 +20,8 @@ from service.app import create_app
 from service.settings import Settings
 from service.state.store import ThresholdStore
 from tests.helpers import (
-    DESIGN_KEYS,
     POINT_KEYS,
+    REPORT_KEYS,
     TINY_MODEL,
     assert_problem,
     dataset_files,
@@ -100,7 +100,7 @@ def test_calibrate_activate_and_survive_a_restart(settings: Settings) -> None:
         assert done["status"] == "succeeded", done["error"]
         assert done["progress"] == 1 and done["error"] is None and done["active"]
         report = done["report"]
-        assert set(report) >= DESIGN_KEYS
+        assert set(report) >= REPORT_KEYS
         # No strategy given: f1, pixel Dice.
         assert report["strategy"] == "f1" and report["n_images"] == 3
         assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}
