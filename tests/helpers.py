@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import re
 import struct
 import subprocess
 import threading
@@ -31,9 +32,11 @@ from service.state.store import ThresholdStore
 TINY_MODEL = "tiny"  # the model the `tiny_model_dir` fixture serves
 PROBLEM = "application/problem+json"
 BOUND_S = 60.0  # no wait for something to happen may take longer than this
+CALIBRATION_S = 3 * BOUND_S  # nor may a calibration of a test data set, queue included
+ENDED = ("succeeded", "failed")  # the statuses a calibration ends in
 
-# What the design promises in a calibration report and in each of its operating points.
-DESIGN_KEYS = {
+# What the README ("The calibration report") promises in a report and in each operating point.
+REPORT_KEYS = {
     "threshold",
     "strategy",
     "target",
@@ -53,6 +56,17 @@ DESIGN_KEYS = {
     "warnings",
 }
 POINT_KEYS = {"threshold", "tpr", "fpr", "precision", "f1", "iou", "youden_j"}
+# The shipped checkpoints' digests, which their stored thresholds belong to. A change is a release
+# note: every deployment's thresholds for that model stop applying (README, "The shipped models").
+SHIPPED_DIGESTS = {
+    "unet-sigmoid": "80ffbe813912d924447d4ea4e0dc245cf03d7a5780f7ae73096d7b6b5a93d7c9",
+    "unet-relu": "03b581229161b47a1bcc81aecc88b81ba4adce494bea11804d635c943a5aba71",
+}
+# Their digests in the releases whose JSON still carried the `preprocessing` stamp.
+STAMPED_DIGESTS = {
+    "unet-sigmoid": "dc4b7968da3c960bce41ef30d394d9a1500d89506235f28ef88f7bb3d2ca6f77",
+    "unet-relu": "5cabdf4ee1ed546f3055d7ffc379cf2bc019b3a40bde88d57742ae074d3a51a5",
+}
 # The parameters the calibration tests give the target and cost strategies.
 TARGETS = {"target_tpr": 0.9, "target_fpr": 0.05, "target_precision": 0.8}
 COSTS = {"cost_fp": 1.0, "cost_fn": 4.0}
@@ -123,6 +137,16 @@ def assert_problem(response: Response, status: int) -> dict[str, Any]:
     return body
 
 
+# What an HTML page or a script loads: src/href attributes, CSS url()s and ES module imports.
+LOADS = re.compile(r"""(?:src|href)=["']([^"']+)["']|url\(["']?([^"')]+)|from ["']([^"']+)["']""")
+REMOTE = re.compile(r"https?://|//[a-z]")  # a URL on another host
+
+
+def loaded(text: str) -> list[str]:
+    """Every URL that the HTML, CSS or script `text` loads."""
+    return [next(group for group in match.groups() if group) for match in LOADS.finditer(text)]
+
+
 # Waiting -------------------------------------------------------------------------------------
 
 
@@ -142,6 +166,20 @@ async def until_async(
     while not condition():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.005)
+
+
+def wait_for_calibration(
+    read: Callable[[], dict[str, Any]], statuses: tuple[str, ...] = ENDED
+) -> dict[str, Any]:
+    """The calibration `read` returns, once its status is in `statuses`; fail after CALIBRATION_S.
+
+    `read` fetches it the caller's way, e.g. `lambda: client.get(location).json()`.
+    """
+    deadline = time.monotonic() + CALIBRATION_S
+    while (job := read())["status"] not in statuses:
+        assert time.monotonic() < deadline, f"calibration still {job['status']}"
+        time.sleep(0.05)  # the service's own progress: nothing to wait on but its answer
+    return job
 
 
 # The inference engine ------------------------------------------------------------------------

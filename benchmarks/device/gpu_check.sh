@@ -20,7 +20,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 
-timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/service/test_engine.py \
+timeout 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/service/inference/test_engine.py \
     2>&1 | tee "$OUT/gpu_tests.txt"
 for side in 256 1024; do
     timeout 180 python3 benchmarks/serve.py --device cuda --side "$side" --requests 512 \

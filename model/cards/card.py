@@ -1,8 +1,9 @@
 """Model cards: `NAME.json` beside a model's weights says how to load, feed and read it.
 
-The schema is the design's ("Model cards"); outside tools write it. A JSON without `source` is a
-native checkpoint (`model.cards.checkpoint`) and reads as the card it implies: native source,
-`dtype` normalisation unless it says otherwise, logits through its own head.
+The schema is the README's ("Serving your own U-Net: model cards"); outside tools write it. A
+JSON without `source` is a native checkpoint (`model.cards.checkpoint`) and reads as the card it
+implies: native source, `dtype` normalisation unless it says otherwise, logits through its own
+head.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Checkpoints: `NAME.safetensors` (weights, no pickle) beside `NAME.json` (everything else)."""
+"""Checkpoints: `NAME.safetensors` (weights, no pickle) beside `NAME.json` (everything else).
+
+How an image becomes the network's input is the JSON's `input` (a model card's `input`: channels,
+order, `normalize`), and nothing else says it. Earlier releases also wrote a `preprocessing`
+object that described the `dtype` rule whatever `input` said; it is ignored when read and no
+longer written. The shipped checkpoints' JSON changed with it, and so did their digests.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +29,6 @@ class CheckpointMeta:
     """The JSON half of a checkpoint."""
 
     architecture: UNetConfig
-    preprocessing: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     # {"value": float, "source": str, ...evidence}; absent means the conventional 0.5.
     default_threshold: dict[str, Any] | None = None
@@ -47,7 +52,6 @@ class CheckpointMeta:
         written = {
             "format_version": self.format_version,
             "architecture": self.architecture.to_dict(),
-            "preprocessing": self.preprocessing,
             "training": self.training,
             "default_threshold": self.default_threshold,
         }
@@ -61,20 +65,11 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def default_preprocessing(in_channels: int) -> dict[str, Any]:
-    """How input images are turned into the model's input tensor."""
-    return {
-        "channels": in_channels,
-        "range": [0.0, 1.0],
-        "conversion": "integers divided by their type's maximum; grey from RGB by ITU-R 601 luma",
-    }
-
-
 def save(model: UNet, path: str | Path, meta: CheckpointMeta | None = None) -> Path:
     """Write `model` as a checkpoint pair at `path`; returns the `.safetensors` path."""
     weights_path, json_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = meta or CheckpointMeta(model.config, default_preprocessing(model.config.in_channels))
+    meta = meta or CheckpointMeta(model.config)
     meta.architecture = model.config
     state = {
         name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
@@ -111,7 +106,6 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"{json_path}: default_threshold needs a numeric 'value'")
     return CheckpointMeta(
         architecture=architecture,
-        preprocessing=raw.get("preprocessing") or default_preprocessing(architecture.in_channels),
         training=raw.get("training") or {},
         default_threshold=threshold,
         input=raw.get("input") if isinstance(raw.get("input"), dict) else None,

@@ -1,6 +1,9 @@
 """Decoding images: encoded bytes or files to arrays, sizes read from headers, intensity scaling.
 
-Images become float32 (C, H, W) in [0, 1]:
+Images become float32 (C, H, W), normalised as a model card's `input` says (`image_from_bytes`,
+`model.data.normalize`). Under the `dtype` rule (and before `fixed`), `to_unit` scales them into
+[0, 1]; the statistics-based rules (`minmax`, `percentile`, `zscore`) start from the decoded
+values instead, and only `minmax` ends in [0, 1] (percentiles are unclipped). `to_unit`'s rules:
 - 8- and 16-bit unsigned integers are divided by 255 and 65535; 1-bit images become 0 and 1;
 - floats already within [0, 1] are kept; other floats, signed integers and wider unsigned integers
   (arbitrary units, such as a microscope's float TIFF) are min-max scaled, without overflow even

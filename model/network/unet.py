@@ -46,9 +46,11 @@ class UNetConfig:
 class UNet(nn.Module):
     """A U-Net whose hidden activation and output head are configuration.
 
-    `forward` takes (N, C, H, W) floats in [0, 1] of any H and W and returns the head's output of
-    the same H and W; `logits` returns the pre-head map, which training and calibration use to
-    avoid the sigmoid's saturation.
+    `forward` takes (N, C, H, W) floats of any H and W, normalised as the checkpoint's
+    `input.normalize` says (`model.data.normalize`: in [0, 1] under `dtype` and `minmax`, not under
+    `zscore` or `fixed`; the shipped checkpoints' per-image percentiles map the 1st to 0 and the
+    99.8th to 1, unclipped), and returns the head's output of the same H and W; `logits` returns
+    the pre-head map, which training and calibration use to avoid the sigmoid's saturation.
     """
 
     def __init__(self, config: UNetConfig) -> None:

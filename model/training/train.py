@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from model.cards.checkpoint import CheckpointMeta, default_preprocessing, save
+from model.cards.checkpoint import CheckpointMeta, save
 from model.data.datasets import SegmentationFolder
 from model.data.normalize import ImageInput, Normalize
 from model.network.device import pick_device
@@ -117,7 +117,6 @@ def train(
     }
     meta = CheckpointMeta(
         architecture,
-        default_preprocessing(architecture.in_channels),
         training=record,
         input=channels.model_dump(mode="json"),
     )

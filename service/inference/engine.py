@@ -265,7 +265,11 @@ class InferenceEngine:
     async def predict(
         self, served: ServedModel, image: np.ndarray, *, wait: bool = False
     ) -> Prediction:
-        """The foreground output and logits of `served` for one (C, H, W) image in [0, 1].
+        """The foreground output and logits of `served` for one (C, H, W) normalised image.
+
+        Normalised as the model's card `input` says (`model.data.normalize`): in [0, 1] under
+        `dtype` and `minmax`, not confined to it under `percentile` (unclipped), `zscore` or
+        `fixed`.
 
         A request is refused at once when the queue is full and dropped past its deadline
         (EngineBusy, EngineTimeout). With `wait`, the image waits for room in the queue and for
@@ -281,7 +285,7 @@ class InferenceEngine:
     async def run(
         self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
     ) -> T:
-        """`then(prediction)` for one (C, H, W) image in [0, 1], run in the inference worker."""
+        """`then(prediction)` for one (C, H, W) normalised image, run in the inference worker."""
         timeout = self.settings.request_timeout_s
         if not self._started.is_set():
             # Start-up (choosing a backend, maybe an export) takes seconds; a request that comes

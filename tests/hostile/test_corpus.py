@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from service.app import create_app
 from service.calibration.jobs import INTERNAL_ERROR
 from service.settings import Settings
 from tests.bad_models import nan_at_side, write_card
+from tests.helpers import wait_for_calibration
 from tests.hostile.make_corpus import SIDE, dataset_zip, images, png, tiff, write_corpus
 
 # Pillow warns about the corpus's broken TIFF headers before refusing them; that is expected.
@@ -141,13 +141,7 @@ def _calibration(client: TestClient, data: bytes, name: str) -> Response:
 
 def _finished(client: TestClient, response: Response) -> dict[str, object]:
     location = response.headers["location"]
-    deadline = time.monotonic() + 120
-    while True:
-        body: dict[str, object] = client.get(location).json()
-        if body["status"] in ("succeeded", "failed"):
-            return body
-        assert time.monotonic() < deadline, f"calibration still {body['status']}"
-        time.sleep(0.05)
+    return wait_for_calibration(lambda: client.get(location).json())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -51,7 +51,7 @@ def inference(client: httpx.Client, base: str, image: bytes) -> dict[str, Any]:
 def shared_threshold(client: httpx.Client, base: str, image: bytes, value: float) -> dict:
     """Set the threshold through one request, then see which threshold each replica applies."""
     put = client.put(f"{base}/threshold", json={"value": value})
-    time.sleep(1.5)  # the design promises coherence across processes within one second
+    time.sleep(1.5)  # the README promises coherence across processes within one second
     seen: dict[str, set[str]] = {}
     for _ in range(24):
         answer = post_image(client, f"{base}/mask", image, format="json")

@@ -34,7 +34,7 @@ def test_python_m_service_serves_masks_over_a_real_socket(
         mask = np.asarray(Image.open(io.BytesIO(response.content)))
         assert mask.shape == image.shape and 0 < (mask == 255).mean() < 1
         assert response.headers["x-threshold-source"] == "default"
-        # Processes sharing a state folder are tests/service/test_scaling.py's subject.
+        # Processes sharing a state folder are tests/service/state/test_scaling.py's subject.
     finally:
         stderr = service.stop()
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells the truth.

@@ -23,7 +23,7 @@ from model.calibration import (
     calibrate_arrays,
 )
 from model.calibration.strategies import cumulative_counts, select
-from tests.helpers import COSTS, DESIGN_KEYS, POINT_KEYS, TARGETS, raw_objective
+from tests.helpers import COSTS, POINT_KEYS, REPORT_KEYS, TARGETS, raw_objective
 
 HEADS = ("sigmoid", "hard_sigmoid", "relu", "identity")
 SCALE = {
@@ -202,7 +202,7 @@ def _plain(value: Any) -> bool:
 
 def test_report_schema_is_plain_json(case: Case) -> None:
     report = case.report("youden")
-    assert set(report) == DESIGN_KEYS | EXTRA_KEYS
+    assert set(report) == REPORT_KEYS | EXTRA_KEYS
     assert _plain(report)
     json.dumps(report, allow_nan=False)
     assert report["n_images"] == 24 and report["n_pixels"] == case.scores.size
@@ -507,7 +507,7 @@ ROW_KEYS = {"lo", "hi", "mean_predicted", "observed_frequency", "count"}
 def test_typed_report_round_trips_through_the_documented_json(case: Case) -> None:
     report = build_report(case.hist, Criterion("target_fpr", 0.05, **COSTS))
     data = report.to_dict()
-    assert set(data) == DESIGN_KEYS | EXTRA_KEYS
+    assert set(data) == REPORT_KEYS | EXTRA_KEYS
     for key, keys in NESTED_KEYS.items():
         assert set(data[key]) == keys, key
     assert set(data["quantisation"]) == QUANTISATION_KEYS | LAYOUT_KEYS[SCALE[case.head]]

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from fastapi.testclient import TestClient
 
 from service.api.docs import REDOC_REMOTE_LOGO
 from service.app import create_app
 from service.settings import Settings
-
-# What an HTML page or a script loads: src/href attributes, CSS url()s and ES module imports.
-LOADS = re.compile(r"""(?:src|href)=["']([^"']+)["']|url\(["']?([^"')]+)|from ["']([^"']+)["']""")
-REMOTE = re.compile(r"https?://|//[a-z]")  # a URL on another host
-
-
-def loaded(text: str) -> list[str]:
-    return [next(group for group in match.groups() if group) for match in LOADS.finditer(text)]
+from tests.helpers import REMOTE, loaded
 
 
 @pytest.fixture(scope="module")

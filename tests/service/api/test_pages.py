@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from service.api.pages import STATIC_DIR
 from service.app import create_app
 from service.settings import Settings
-from tests.service.api.test_offline_docs import REMOTE, loaded
+from tests.helpers import REMOTE, loaded
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name, never fetched
 

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, assert_problem
 from tests.hostile.make_corpus import dataset_zip, png
-from tests.service.api.test_api import assert_problem
 
 BASE = f"/v1/models/{TINY_MODEL}"
 

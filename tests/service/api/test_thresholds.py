@@ -15,7 +15,18 @@ from pydantic import SecretStr
 from service.app import create_app
 from service.settings import Settings
 from service.state.store import ThresholdStore
-from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip, png, trace_sql, until
+from tests.helpers import (
+    SHIPPED_DIGESTS,
+    STAMPED_DIGESTS,
+    TINY_MODEL,
+    assert_problem,
+    dataset_files,
+    make_zip,
+    png,
+    trace_sql,
+    until,
+    wait_for_calibration,
+)
 
 BASE = f"/v1/models/{TINY_MODEL}"
 KEY = "sesame"
@@ -142,6 +153,25 @@ def test_history_and_reset_survive_a_restart(settings: Settings) -> None:
         assert [c["value"] for c in history(client)][:2] == [0.55, before[0]["value"]]
 
 
+def test_thresholds_stored_before_the_stamp_went_do_not_apply_to_the_shipped_models(
+    shipped_weights: Path, tmp_path: Path
+) -> None:
+    """The consequence of the shipped JSON losing its `preprocessing` stamp, on upgrade."""
+    state = tmp_path / "state"
+    old = ThresholdStore(state / "thresholds.sqlite3")
+    for name, digest in STAMPED_DIGESTS.items():
+        old.set_manual(name, digest, 0.3, actor="ops")
+    old.close()
+    with TestClient(create_app(Settings(model_dir=shipped_weights, state_dir=state))) as client:
+        for name in STAMPED_DIGESTS:
+            served = client.get(f"/v1/models/{name}/threshold").json()
+            default = client.get(f"/v1/models/{name}").json()["default_threshold"]
+            assert (served["source"], served["value"]) == ("default", default)
+            note = client.get(f"/v1/models/{name}/threshold/history").json()["changes"][0]
+            assert "checkpoint changed" in note["reason"] and note["previous_value"] == 0.3
+            assert note["digest"] == SHIPPED_DIGESTS[name]
+
+
 def test_a_threshold_of_another_checkpoint_shows_in_the_history(settings: Settings) -> None:
     # What a state folder holds after the tiny model's checkpoint was replaced.
     old = ThresholdStore(settings.state_dir / "thresholds.sqlite3")
@@ -165,7 +195,7 @@ def test_calibrations_enter_the_history_with_their_id(client: TestClient) -> Non
     )
     assert started.status_code == 202, started.text
     location = started.headers["location"]
-    until(lambda: client.get(location).json()["status"] == "succeeded", "not calibrated")
+    assert wait_for_calibration(lambda: client.get(location).json())["status"] == "succeeded"
     assert history(client) == []  # not activated: nothing changed
     activated = client.post(f"{location}/activate", headers={**AUTH, "X-Actor": "erin"})
     assert activated.status_code == 200, activated.text
@@ -190,7 +220,7 @@ def test_async_routes_keep_sqlite_off_the_event_loop(
         started = client.post(f"{BASE}/calibrations", files=dataset, headers=AUTH)
         assert started.status_code == 202, started.text
         location = started.headers["location"]
-        until(lambda: client.get(location).json()["status"] == "succeeded", "not calibrated")
+        assert wait_for_calibration(lambda: client.get(location).json())["status"] == "succeeded"
         on_loop = [sql for thread, sql in statements if thread == loop_thread]
     assert statements  # the tracer saw the store at work
     assert on_loop == []

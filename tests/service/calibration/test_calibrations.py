@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ from service.settings import Settings
 from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from tests.helpers import (
-    DESIGN_KEYS,
     POINT_KEYS,
+    REPORT_KEYS,
     TINY_MODEL,
     assert_problem,
     dataset_files,
@@ -31,6 +30,7 @@ from tests.helpers import (
     patch_central_size,
     png,
     until,
+    wait_for_calibration,
 )
 
 MiB = 1 << 20
@@ -75,13 +75,7 @@ def finished(client: TestClient, response: Response) -> dict[str, Any]:
     """The calibration a 202 `response` started, once it has succeeded or failed."""
     assert response.status_code == 202, response.text
     location = response.headers["location"]
-    deadline = time.monotonic() + POLL_S
-    while True:
-        body: dict[str, Any] = client.get(location).json()
-        if body["status"] in ("succeeded", "failed"):
-            return body
-        assert time.monotonic() < deadline, f"calibration still {body['status']}"
-        time.sleep(0.05)
+    return wait_for_calibration(lambda: client.get(location).json())
 
 
 def uploads_left(settings: Settings) -> list[Path]:
@@ -107,7 +101,7 @@ def test_calibrate_activate_and_survive_a_restart(settings: Settings) -> None:
         assert done["status"] == "succeeded", done["error"]
         assert done["progress"] == 1 and done["error"] is None and done["active"]
         report = done["report"]
-        assert set(report) >= DESIGN_KEYS
+        assert set(report) >= REPORT_KEYS
         # No strategy given: f1, pixel Dice.
         assert report["strategy"] == "f1" and report["n_images"] == 3
         assert set(report["roc"]) >= {"fpr", "tpr", "thresholds"}

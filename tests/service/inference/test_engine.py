@@ -22,7 +22,7 @@ from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
-from tests.helpers import started_engine, until_async
+from tests.helpers import running_engine, started_engine, until_async
 
 pytestmark = pytest.mark.anyio
 BOUND_S = 20.0  # no wait in these tests may take longer than this
@@ -114,13 +114,11 @@ async def batching(
     tmp_path: Path, registry: ModelRegistry
 ) -> AsyncIterator[tuple[InferenceEngine, ServedModel]]:
     """A started engine that gathers up to 4 images, waiting up to 200 ms, and its model."""
-    engine = await started_engine(registry, make_settings(tmp_path, max_batch=4, batch_wait_ms=200))
-    served = registry.get("m")
-    assert served is not None
-    try:
+    settings = make_settings(tmp_path, max_batch=4, batch_wait_ms=200)
+    async with running_engine(registry, settings) as engine:
+        served = registry.get("m")
+        assert served is not None
         yield engine, served
-    finally:
-        await engine.stop()
 
 
 async def test_wait_ready_answers_when_the_warm_up_ends_and_false_once_stopped(
@@ -199,8 +197,9 @@ async def test_run_finishes_each_request_in_the_worker_and_isolates_its_errors(
 async def test_mixed_sizes_each_get_their_own_full_size_answer(
     tmp_path: Path, registry: ModelRegistry
 ) -> None:
-    engine = await started_engine(registry, make_settings(tmp_path, max_batch=8, batch_wait_ms=50))
-    try:
+    async with running_engine(
+        registry, make_settings(tmp_path, max_batch=8, batch_wait_ms=50)
+    ) as engine:
         served = registry.get("m")
         assert served is not None
         shapes = [(64, 64), (37, 50), (64, 64), (1, 1), (9, 130), (37, 50)]
@@ -209,15 +208,12 @@ async def test_mixed_sizes_each_get_their_own_full_size_answer(
         for x, result in zip(images, results, strict=True):
             assert result.output.shape == x.shape[1:] and result.output.dtype == np.float32
             np.testing.assert_allclose(result.output, predict(served.network, x).output, atol=1e-5)
-    finally:
-        await engine.stop()
 
 
 async def test_full_queue_answers_503_with_retry_after_and_recovers(
     tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = await started_engine(registry, make_settings(tmp_path, queue_size=2))
-    try:
+    async with running_engine(registry, make_settings(tmp_path, queue_size=2)) as engine:
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
@@ -240,8 +236,6 @@ async def test_full_queue_answers_503_with_retry_after_and_recovers(
         recovered = await engine.predict(served, image(32, 32))  # load dropped: served again
         assert recovered.output.shape == (32, 32)
         assert engine.queue_depth("m") == 0
-    finally:
-        await engine.stop()
 
 
 def sample(engine: InferenceEngine, name: str) -> float:
@@ -253,8 +247,7 @@ async def test_an_image_that_waits_takes_room_as_it_frees_and_has_no_deadline(
     tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings(tmp_path, queue_size=2, request_timeout_s=0.3)
-    engine = await started_engine(registry, settings)
-    try:
+    async with running_engine(registry, settings) as engine:
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
@@ -278,8 +271,6 @@ async def test_an_image_that_waits_takes_room_as_it_frees_and_has_no_deadline(
         await asyncio.wait_for(asyncio.gather(*held, *queued), BOUND_S)
         assert sample(engine, "unet_queue_waiting") == 0
         assert sample(engine, "unet_rejected_requests_total") == 1  # the request, only
-    finally:
-        await engine.stop()
 
 
 async def test_stop_fails_an_image_waiting_for_room(
@@ -306,8 +297,7 @@ async def test_stop_fails_an_image_waiting_for_room(
 async def test_timeout_answers_503_and_drops_the_waiting_job(
     tmp_path: Path, registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = await started_engine(registry, make_settings(tmp_path, request_timeout_s=0.3))
-    try:
+    async with running_engine(registry, make_settings(tmp_path, request_timeout_s=0.3)) as engine:
         served = registry.get("m")
         assert served is not None
         gate = Gate(served, monkeypatch)
@@ -323,15 +313,12 @@ async def test_timeout_answers_503_and_drops_the_waiting_job(
         assert gate.entered == entered
         result = await engine.predict(served, image(32, 32))
         assert result.output.shape == (32, 32)
-    finally:
-        await engine.stop()
 
 
 async def test_large_images_are_tiled_across_workers_like_the_reference(tmp_path: Path) -> None:
     registry = make_registry(tmp_path, base_channels=4)
     settings = make_settings(tmp_path, tile_size=64, tile_threshold_pixels=100 * 100, max_batch=3)
-    engine = await started_engine(registry, settings)
-    try:
+    async with running_engine(registry, settings) as engine:
         served = registry.get("m")
         assert served is not None
         x = image(150, 203)
@@ -344,15 +331,12 @@ async def test_large_images_are_tiled_across_workers_like_the_reference(tmp_path
         np.testing.assert_allclose(result.logits, reference.logits, atol=1e-5)
         expected = torch.sigmoid(torch.from_numpy(result.logits)).numpy()
         np.testing.assert_allclose(result.output, expected, atol=1e-6)
-    finally:
-        await engine.stop()
 
 
 async def test_softmax_head_tiled_and_whole_share_the_reduction(tmp_path: Path) -> None:
     registry = make_registry(tmp_path, base_channels=4, head="softmax")
     settings = make_settings(tmp_path, tile_threshold_pixels=80 * 80)
-    engine = await started_engine(registry, settings)
-    try:
+    async with running_engine(registry, settings) as engine:
         served = registry.get("m")
         assert served is not None
         small, large = image(40, 40), image(96, 120)
@@ -364,8 +348,6 @@ async def test_softmax_head_tiled_and_whole_share_the_reduction(tmp_path: Path) 
         for result in (whole, tiled):
             expected = torch.sigmoid(torch.from_numpy(result.logits)).numpy()
             np.testing.assert_allclose(result.output, expected, atol=1e-6)
-    finally:
-        await engine.stop()
 
 
 async def test_inference_never_blocks_the_event_loop(
@@ -373,8 +355,7 @@ async def test_inference_never_blocks_the_event_loop(
 ) -> None:
     registry = make_registry(tmp_path, base_channels=8)
     settings = make_settings(tmp_path, tile_threshold_pixels=200 * 200)
-    engine = await started_engine(registry, settings)
-    try:
+    async with running_engine(registry, settings) as engine:
         served = registry.get("m")
         assert served is not None
         loop = asyncio.get_running_loop()
@@ -395,8 +376,6 @@ async def test_inference_never_blocks_the_event_loop(
             engine.predict(served, image(192, 192)), engine.predict(served, image(320, 320))
         )
         assert len(loop_answered) >= 2 and all(loop_answered), loop_answered
-    finally:
-        await engine.stop()
 
 
 async def test_stop_refuses_new_work_and_restores_torch_threads(
@@ -436,8 +415,7 @@ async def test_cuda_batches_match_single_images(tmp_path: Path) -> None:
     save(UNet(UNetConfig(depth=3, base_channels=16)).eval(), tmp_path / "m.safetensors")
     registry = ModelRegistry.from_folder(tmp_path, torch.device("cuda"))
     for autocast in ("off", "bf16"):
-        engine = await started_engine(registry, make_settings(tmp_path, autocast=autocast))
-        try:
+        async with running_engine(registry, make_settings(tmp_path, autocast=autocast)) as engine:
             served = registry.get("m")
             assert served is not None
             images = [image(256, 256, seed) for seed in range(16)]
@@ -446,8 +424,6 @@ async def test_cuda_batches_match_single_images(tmp_path: Path) -> None:
             for x, result in zip(images, results, strict=True):
                 single = predict(served.network, x)
                 np.testing.assert_allclose(result.output, single.output, atol=tolerance)
-        finally:
-            await engine.stop()
 
 
 def test_a_lone_pass_gets_every_core_and_concurrent_passes_share_them() -> None:
@@ -537,8 +513,7 @@ async def test_workers_go_on_to_queued_work_while_the_event_loop_is_busy(
 ) -> None:
     # One worker: every pass after the first must be taken from the queue by the worker itself.
     settings = make_settings(tmp_path, torch_threads=usable_cores())
-    engine = await started_engine(registry, settings)
-    try:
+    async with running_engine(registry, settings) as engine:
         assert engine.plan.limits.workers == 1
         served = registry.get("m")
         assert served is not None
@@ -552,5 +527,3 @@ async def test_workers_go_on_to_queued_work_while_the_event_loop_is_busy(
         assert gate.entered == 3
         results = await asyncio.wait_for(asyncio.gather(*tasks), BOUND_S)
         assert all(r.output.shape == (32, 32) for r in results)
-    finally:
-        await engine.stop()

@@ -11,6 +11,7 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,15 @@ from service.state.errors import StoreFailing
 from service.state.records import JobParams
 from service.state.store import ThresholdStore
 from tests import postgres
-from tests.helpers import TINY_MODEL, assert_problem, dataset_files, make_zip, png, until
+from tests.helpers import (
+    TINY_MODEL,
+    assert_problem,
+    dataset_files,
+    make_zip,
+    png,
+    until,
+    wait_for_calibration,
+)
 
 BASE = f"/v1/models/{TINY_MODEL}"
 DIGEST = "d" * 64
@@ -164,12 +173,11 @@ def test_a_calibration_waits_out_an_outage_and_succeeds(
         until(lambda: store.outage.failing, "the job never met the outage")
         control.start()
 
-        def finished() -> bool:
-            answer = client.get(started.headers["location"])
-            return answer.status_code == 200 and answer.json()["status"] in ("succeeded", "failed")
+        def job_now() -> dict[str, Any]:
+            answer = client.get(started.headers["location"])  # 503s until the store recovers
+            return answer.json() if answer.status_code == 200 else {"status": answer.status_code}
 
-        until(finished, "the calibration did not finish after the database came back")
-        job = client.get(started.headers["location"]).json()
+        job = wait_for_calibration(job_now)
         assert (job["status"], job["error"]) == ("succeeded", None)
         assert datetime.fromisoformat(job["finished"]) > stopped  # it ran into the outage
         assert client.get(f"{BASE}/threshold").json()["calibration_id"] == job["id"]

@@ -141,7 +141,6 @@ def test_postgresql_is_checked_and_backed_up_with_pg_dump(
 def test_check_of_an_unreachable_postgresql_says_what_to_look_at(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("psycopg")
     monkeypatch.setenv("UNET_DATABASE_URL", f"postgresql://u:pw@127.0.0.1:{free_port()}/db")
     code, _, err = run(capsys, "state", "check")
     (line,) = err.splitlines()

@@ -1,6 +1,6 @@
 """A store that cannot write says why: a full database or disk, or a read-only state folder.
 
-These run anywhere (no mount needed); tests/service/test_state_folder.py does the same with a
+These run anywhere (no mount needed); tests/service/state/test_state_folder.py does the same with a
 real full and a real read-only file system.
 """
 

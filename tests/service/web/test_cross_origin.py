@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.helpers import BOUND_S, dataset_files, make_zip
+from tests.helpers import dataset_files, make_zip, wait_for_calibration
 from tests.servers import ServiceProcess
 from tests.service.web.browser import LAUNCH_WAIT_S, Visit, wait_until
 
@@ -86,10 +85,7 @@ def succeeded_calibration(base: str) -> str:
     )
     assert started.status_code == 202, started.text
     location = f"{base}{started.headers['location']}"
-    deadline = time.monotonic() + BOUND_S * 3
-    while (state := httpx.get(location, timeout=10).json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, "the calibration did not finish"
-        time.sleep(0.2)  # polling the service's own progress; nothing to wait on instead
+    state = wait_for_calibration(lambda: httpx.get(location, timeout=10).json())
     assert state["status"] == "succeeded", state
     return str(state["id"])
 

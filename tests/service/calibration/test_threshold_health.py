@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,10 @@ from fastapi.testclient import TestClient
 from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.settings import Settings
-from tests.service.calibration.test_intake import make_zip, png
+from tests.helpers import make_zip, png, wait_for_calibration
 
 SIGMOID = "/v1/models/unet-sigmoid"
 CALIBRATION_SEED, SERVED_SEED = 7, 8  # same generator, different images
-POLL_S = 120.0
 
 
 @pytest.fixture
@@ -57,16 +55,9 @@ def calibrate(client: TestClient, data: bytes, **form: Any) -> dict[str, Any]:
     files = {"dataset": ("calibration.zip", data, "application/zip")}
     response = client.post(f"{SIGMOID}/calibrations", files=files, data=form)
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + POLL_S
-    while (body := client.get(response.headers["location"]).json())["status"] in (
-        "queued",
-        "running",
-    ):
-        assert time.monotonic() < deadline, "calibration did not finish"
-        time.sleep(0.05)
+    body = wait_for_calibration(lambda: client.get(response.headers["location"]).json())
     assert body["status"] == "succeeded", body["error"]
-    result: dict[str, Any] = body
-    return result
+    return body
 
 
 def serve(client: TestClient, pixels: np.ndarray) -> None:

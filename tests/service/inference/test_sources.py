@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -27,11 +27,9 @@ from model.data.synth import generate_pair, pair_rng
 from model.inference.tiling import predict_tiled
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import dataset_files, make_zip, png
+from tests.helpers import dataset_files, make_zip, png, wait_for_calibration
 
-nets = pytest.importorskip("monai.networks.nets")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
+nets = pytest.importorskip("monai.networks.nets")  # the optional extra `.[monai]`
 
 TILE = 128
 WHOLE = (301, 257)  # (height, width): odd, served whole
@@ -282,12 +280,6 @@ def test_a_calibration_succeeds_on_every_source(client: TestClient, name: str) -
     files = {"dataset": ("set.zip", make_zip(dataset_files(3, 64)), "application/zip")}
     response = client.post(f"/v1/models/{name}/calibrations", files=files)
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 120
-    while (body := client.get(response.headers["location"]).json())["status"] not in (
-        "succeeded",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    body = wait_for_calibration(lambda: client.get(response.headers["location"]).json())
     assert body["status"] == "succeeded", body
     assert 0.0 <= body["report"]["auc"] <= 1.0

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from model.data.synth import write_dataset
-from tests.helpers import dataset_files, make_zip
+from tests.helpers import dataset_files, make_zip, wait_for_calibration
 from tests.servers import running_service
 
 API_KEY = "client-test-key"
@@ -126,13 +125,8 @@ def test_a_generated_client_drives_the_quick_start(
         assert started.headers["location"].endswith(started.parsed.id)
 
         get = api(package, "calibrations", "calibrations_get")
-        deadline = time.monotonic() + 120
-        while (job := get.sync(MODEL, started.parsed.id, client=client)).status in (
-            models.CalibrationStatus.QUEUED,
-            models.CalibrationStatus.RUNNING,
-        ):
-            assert time.monotonic() < deadline, f"calibration still {job.status}"
-            time.sleep(0.2)
+        wait_for_calibration(lambda: get.sync(MODEL, started.parsed.id, client=client).to_dict())
+        job = get.sync(MODEL, started.parsed.id, client=client)
         assert job.status == models.CalibrationStatus.SUCCEEDED, job.error
         report = job.report.to_dict()
         assert report["strategy"] == "f1" and report["n_images"] == 4

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import TINY_MODEL, dataset_files, make_zip, png
+from tests.helpers import TINY_MODEL, dataset_files, make_zip, png, wait_for_calibration
 from tests.servers import ServiceProcess, free_port
 
 BASE = f"/v1/models/{TINY_MODEL}"
@@ -136,10 +136,7 @@ def test_a_killed_calibration_fails_within_the_lease_and_the_old_threshold_stays
     response = runner.client.post(f"{BASE}/calibrations", files=files, data={"strategy": "f1"})
     assert response.status_code == 202, response.text
     job = f"{BASE}/calibrations/{response.json()['id']}"
-    deadline = time.monotonic() + 60
-    while watcher.client.get(job).json()["status"] != "running":
-        assert time.monotonic() < deadline, "the calibration never started"
-        time.sleep(0.02)
+    wait_for_calibration(lambda: watcher.client.get(job).json(), ("running",))
     runner.kill()
     killed = time.monotonic()
 

@@ -7,7 +7,6 @@ root, and the tests are skipped where that is not allowed.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,16 @@ import httpx
 import pytest
 
 from model.data.synth import generate_pair, pair_rng
-from tests.helpers import TINY_MODEL, dataset_files, fill, make_zip, mounted_tmpfs, png
+from tests.helpers import (
+    ENDED,
+    TINY_MODEL,
+    dataset_files,
+    fill,
+    make_zip,
+    mounted_tmpfs,
+    png,
+    wait_for_calibration,
+)
 from tests.servers import ServiceProcess
 
 KEY = "s3cret"
@@ -68,15 +76,6 @@ def job_status(base: str, location: str) -> dict[str, Any]:
     return job
 
 
-def wait_for(base: str, location: str, done: tuple[str, ...], seconds: float) -> dict[str, Any]:
-    """The calibration at `location` once its status is in `done`."""
-    deadline = time.monotonic() + seconds
-    while (job := job_status(base, location))["status"] not in done:
-        assert time.monotonic() < deadline, f"calibration still {job['status']}"
-        time.sleep(0.05)
-    return job
-
-
 def test_a_full_disk_answers_507_fails_the_running_job_and_keeps_inference(
     tiny_model_dir: Path, tmpfs: Path
 ) -> None:
@@ -87,11 +86,11 @@ def test_a_full_disk_answers_507_fails_the_running_job_and_keeps_inference(
         started = calibrate(base, make_zip(dataset_files(n=150, size=192)))
         assert started.status_code == 202, started.text
         location = started.headers["location"].removeprefix(base)
-        wait_for(base, location, ("running", "succeeded", "failed"), 60)
+        wait_for_calibration(lambda: job_status(base, location), ("running", *ENDED))
         fillers = [fill(tmpfs, "filler-1")]
 
         # The job meets the full disk, gives its data set's space back and records its failure.
-        job = wait_for(base, location, ("succeeded", "failed"), 60)
+        job = wait_for_calibration(lambda: job_status(base, location))
         assert job["status"] == "failed", "the calibration finished before the disk filled"
         assert "UNET_STATE_DIR" in job["error"] and "full" in job["error"], job["error"]
 
@@ -108,8 +107,9 @@ def test_a_full_disk_answers_507_fails_the_running_job_and_keeps_inference(
         assert set_threshold(base, 0.3).status_code == 200
         again = calibrate(base, make_zip(dataset_files(n=2)))
         assert again.status_code == 202, again.text
-        done = wait_for(base, again.headers["location"].removeprefix(base), ("succeeded",), 60)
-        assert done["error"] is None
+        location = again.headers["location"].removeprefix(base)
+        done = wait_for_calibration(lambda: job_status(base, location))
+        assert done["status"] == "succeeded" and done["error"] is None
     finally:
         server.stop()
 

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 
 from model.data.synth import generate_pair, pair_rng
-from tests.helpers import TINY_MODEL, png
+from service.inference.engine import usable_cores
+from tests.helpers import TINY_MODEL, png, until
 from tests.servers import ServiceProcess
 
 MASK = f"/v1/models/{TINY_MODEL}/mask"
 QUEUE = 16
 ABANDONED = 40
 LIVE = 8
+BUSY = min(2, usable_cores())  # the large passes that hold the model's workers
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,8 @@ def server(
         "UNET_TILE_THRESHOLD_PIXELS": str(4096 * 4096),
         "UNET_BACKEND": "torch",  # the slower backend keeps the workers busy for longer
         "UNET_TILE_SIZE": "64",
+        # However many cores: the model's passes are the BUSY large ones while they run.
+        "UNET_MODEL_MAX_WORKERS": str(BUSY),
         "UNET_LOG_LEVEL": "warning",
     }
     log = tmp_path_factory.mktemp("log") / "stderr.log"
@@ -51,6 +55,11 @@ def metric(base: str, name: str) -> float:
     found = re.search(rf"^{name}(?:{{model=\"{TINY_MODEL}\"}})? (\S+)$", text, re.MULTILINE)
     assert found is not None, f"no {name} on /metrics"
     return float(found.group(1))
+
+
+def started_passes(base: str) -> float:
+    """Forward passes the service has begun (counted as each batch starts)."""
+    return metric(base, "unet_batch_size_count")
 
 
 def raw_upload(port: int, image: bytes) -> bytes:
@@ -94,25 +103,28 @@ def test_work_of_clients_that_left_is_dropped_and_takes_no_room(server: ServiceP
     # Seconds per pass even on a quiet machine (1024 x 1024 took 0.3 to 0.7 s: too short to
     # still hold the workers when the abandoned requests arrive).
     large = png(rng.integers(0, 256, (2048, 2048), dtype=np.uint8))
-    passes, abandoned = (
+    passes, started, abandoned = (
         metric(base, "unet_inference_seconds_count"),
+        started_passes(base),
         metric(base, "unet_abandoned_requests_total"),
     )
 
+    def settled() -> bool:  # every abandoned request dropped (or run), none left in the queue
+        dropped = metric(base, "unet_abandoned_requests_total") - abandoned
+        ran = max(0.0, started_passes(base) - started - 2)
+        return dropped + ran >= ABANDONED - 2 and metric(base, "unet_queue_depth") == 0
+
     with ThreadPoolExecutor(2 + LIVE) as pool:
         busy = [pool.submit(post, base, large) for _ in range(2)]  # every worker, for seconds
-        time.sleep(0.5)
+        until(lambda: started_passes(base) - started >= BUSY, "the large passes never started")
         for _ in range(ABANDONED):  # more than the queue holds
             send_and_reset(server.port, raw_upload(server.port, small))
-        time.sleep(0.5)
+        until(settled, "the abandoned requests still hold the queue")
         live = [pool.submit(post, base, small) for _ in range(LIVE)]
         statuses = [future.result() for future in busy + live]
 
     assert statuses == [200] * (2 + LIVE), "a client that waited was turned away"
-    deadline = time.monotonic() + 30
-    while metric(base, "unet_queue_depth") > 0:
-        assert time.monotonic() < deadline, "the queue did not drain"
-        time.sleep(0.1)
+    until(lambda: metric(base, "unet_queue_depth") == 0, "the queue did not drain")
     dropped = metric(base, "unet_abandoned_requests_total") - abandoned
     ran = metric(base, "unet_inference_seconds_count") - passes - (2 + LIVE)
     assert ran <= ABANDONED // 10, f"{ran} of {ABANDONED} abandoned requests still ran"
