@@ -162,7 +162,7 @@ def problem_json(
 ) -> bytes:
     """`problem_body(...)` encoded as `problem_response` sends it, for answers sent as raw bytes."""
     body = problem_body(status, title, detail, slug=slug, instance=instance)
-    return JSONResponse(body).body
+    return bytes(JSONResponse(body).body)
 
 
 def problem_response(
