@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.serve import drive, log, server, synthetic_pngs
+from benchmarks.launch import log, server
+from benchmarks.load import drive
+from benchmarks.serve import synthetic_pngs
 from model.decoding import image_from_bytes
 from model.exporting import export
 from model.predict import predict
