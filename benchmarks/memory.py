@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import platform
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -60,6 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="HEAD", help="git revision to compare against")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument(
+        "--model-dir", type=Path, help="serve every model of this folder (load: the checkpoint's)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=160)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -72,6 +76,8 @@ def main() -> None:
         models = workdir / "models"
         models.mkdir()
         model, weights = prepare_models(args.checkpoint, models)
+        if args.model_dir:
+            shutil.copytree(args.model_dir, models, dirs_exist_ok=True)
         commit = export_revision(args.before, workdir / "before")
         sources = {"before": workdir / "before", "after": ROOT}
         pngs = synthetic_pngs(args.side, 16)
@@ -109,6 +115,7 @@ def main() -> None:
             {
                 "before": {"revision": args.before, "commit": commit},
                 "weights": weights,
+                "model_dir": str(args.model_dir) if args.model_dir else None,
                 "runs": runs,
                 "medians": medians,
                 "ratios_after_over_before": ratios,

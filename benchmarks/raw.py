@@ -164,7 +164,7 @@ def raw_onnxruntime(
         way = f"{workers} session(s) x {threads} thread(s) in parallel, batch {batch}"
         measured(way, forward, workers, batch)
     # As the service runs it under load (work always waiting): a narrow session per worker.
-    served = OrtBackend(onnx_path, network, 1, CoreShare(cores, crowded=lambda: True))
+    served = OrtBackend(onnx_path, network, 1, CoreShare(cores, lambda: True), cores)
 
     def as_served(batch: int) -> int:
         served.logits(inputs[:batch])

@@ -43,12 +43,10 @@ def ort_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Every session's own arena kept its largest pass's memory for good: with one session per
     # worker plus a wide one, per model, that was most of the service's resident memory. One
-    # arena shared by every session holds what runs at once instead; without memory patterns
-    # the arena reuses freed blocks across input shapes rather than keeping a block per shape
-    # (docs/benchmarks.md, "ONNX Runtime memory").
+    # arena shared by every session holds only what runs at once (docs/benchmarks.md, "ONNX
+    # Runtime memory").
     _shared_cpu_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
-    options.enable_mem_pattern = False
     options.log_severity_level = log_level
     return ort.InferenceSession(str(path), options, providers=list(providers))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -126,21 +127,28 @@ class CoreShare:
 class OrtBackend:
     """ONNX Runtime sessions of the exported network, sized to the cores.
 
-    One session with `threads` intra-op threads that every worker runs its passes on (a
-    session's runs are thread-safe, and a single-threaded run computes on its caller's
-    thread), as torch runs one pass per core under load; and, with a `share` of more cores than
-    that, a wide session with every core for the pass that `share` says runs alone. The padding
-    to the network's grid and the crop back happen here, around the exported graph
+    One session per worker with `threads` intra-op threads each, as torch runs one pass per
+    core under load (one session shared by the workers measured slower); and, with a `share`
+    of more cores than that, a wide session with every core for the pass that `share` says
+    runs alone. All of them keep their memory in one arena (`ort_session`). The padding to the
+    network's grid and the crop back happen here, around the exported graph
     (`model.onnx_export`).
     """
 
     name: BackendName = ONNXRUNTIME
 
     def __init__(
-        self, path: Path, network: UNet, threads: int, share: CoreShare | None = None
+        self,
+        path: Path,
+        network: UNet,
+        threads: int,
+        share: CoreShare | None = None,
+        workers: int = 1,
     ) -> None:
         self.network = network  # for its padding rule; the pass itself is ONNX Runtime's
-        self._narrow = ort_session(path, threads)
+        self._narrow: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(workers):
+            self._narrow.put(ort_session(path, threads))
         self._share = share if share is not None and share.cores > threads else None
         self._wide = ort_session(path, self._share.cores) if self._share else None
 
@@ -155,15 +163,24 @@ class OrtBackend:
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:
         """The session for one pass: the wide one when the pass may take every core."""
-        if self._share is None:
-            yield self._narrow
-            return
-        with self._share.passing() as threads:
-            yield self._wide if threads >= self._share.cores else self._narrow
+        with self._share.passing() if self._share else contextlib.nullcontext(1) as threads:
+            if self._wide is not None and self._share and threads >= self._share.cores:
+                yield self._wide
+                return
+            session = self._narrow.get()
+            try:
+                yield session
+            finally:
+                self._narrow.put(session)
 
 
 def onnx_backend(
-    network: UNet, digest: str, folder: Path, threads: int, share: CoreShare | None = None
+    network: UNet,
+    digest: str,
+    folder: Path,
+    threads: int,
+    share: CoreShare | None = None,
+    workers: int = 1,
 ) -> tuple[OrtBackend, bool]:
     """An OrtBackend of `network` checked against torch: (backend, whether it was exported now).
 
@@ -172,7 +189,7 @@ def onnx_backend(
     """
     path, fresh = cached_export(network, digest, folder)
     try:
-        backend = OrtBackend(path, network, threads, share)
+        backend = OrtBackend(path, network, threads, share, workers)
     except ImportError:
         raise
     except Exception:
@@ -181,7 +198,7 @@ def onnx_backend(
         # A cached file that no longer loads (truncated, older runtime): export it once more.
         path.unlink(missing_ok=True)
         path, fresh = cached_export(network, digest, folder)
-        backend = OrtBackend(path, network, threads, share)
+        backend = OrtBackend(path, network, threads, share, workers)
     check(network, backend)
     return backend, fresh
 

@@ -347,6 +347,7 @@ class InferenceEngine:
                 self.settings.state_dir / "onnx",
                 threads=plan.torch_threads or 1,
                 share=self._cores,
+                workers=plan.limits.workers,
             )
         except Exception as error:  # whatever stops ONNX Runtime, torch still serves
             log.warning(
