@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.serve import drive, log, server, synthetic_pngs
+from benchmarks.launch import log, server
+from benchmarks.load import drive
+from benchmarks.serve import synthetic_pngs
 from model.cards.export import export
 from model.cards.sources import Predictor, load_predictor
 from model.cards.sources.onnx import OnnxPredictor

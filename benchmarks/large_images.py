@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +32,12 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
-from serve import DEFAULT_CHECKPOINT, log, memory_mb, prepare_models, server
 
+if not __package__:  # run as `python benchmarks/large_images.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.launch import log, memory_mb, server
+from benchmarks.serve import DEFAULT_CHECKPOINT, large_png, prepare_models
 from model import load_checkpoint
 from model.data.synth import generate_pair
 from model.inference.predict import predict
@@ -41,16 +46,6 @@ from model.network.device import pick_device
 from service.settings import Settings
 
 CLIENT_TIMEOUT_S = 600.0  # the server's own UNET_REQUEST_TIMEOUT_S (default 60 s) applies
-
-
-def large_png(side: int, seed: int = 0) -> bytes:
-    """A side x side synthetic microscopy PNG (a 1024 px field repeated: cheap to make)."""
-    field, _ = generate_pair(np.random.default_rng(seed), min(side, 1024))
-    reps = -(-side // field.shape[0])
-    image = np.tile(field, (reps, reps))[:side, :side]
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def agreement(checkpoint: Path, device: torch.device, settings: Settings) -> dict[str, Any]:

@@ -34,14 +34,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.serve import (
-    DEFAULT_CHECKPOINT,
-    drive_with_engine_view,
-    log,
-    prepare_models,
-    server,
-    synthetic_pngs,
-)
+from benchmarks.launch import log, server
+from benchmarks.load import drive_with_engine_view
+from benchmarks.serve import DEFAULT_CHECKPOINT, prepare_models, synthetic_pngs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,15 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serve import (
-    DEFAULT_CHECKPOINT,
-    drive,
-    drive_with_engine_view,
-    log,
-    prepare_models,
-    server,
-    synthetic_pngs,
-)
+from benchmarks.launch import log, server
+from benchmarks.load import drive, drive_with_engine_view
+from benchmarks.serve import DEFAULT_CHECKPOINT, prepare_models, synthetic_pngs
 
 IN_NAMESPACE = "UNET_BENCH_LOOPBACK_ONLY"
 PROXY = "http://127.0.0.1:8000"

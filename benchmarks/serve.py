@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py [--checkpoint model/weights/unet-sigmoid.safetensors]
         [--side 256] [--concurrency 1 4 16] [--requests 64] [--seconds 60] [--device auto]
+        [--large-side 2048] [--no-overload]
     python benchmarks/serve.py --workers 1 2 [--side 32] [--concurrency 16] [--requests 3000]
 
 In one run it measures:
@@ -13,8 +14,9 @@ In one run it measures:
   best over the backends is the ceiling;
 * the service on its default backend (`UNET_BACKEND=auto`), started as a real uvicorn subprocess
   on a free loopback port, driven with PNG uploads to `POST /v1/models/{name}/mask` by 1, 4 and
-  16 concurrent clients: images/s, p50 and p99 latency, failures, and the server's peak
-  resident memory (VmHWM); on CPU, the same service on torch (`UNET_BACKEND=torch`);
+  16 concurrent clients: images/s, p50 and p99 latency, failures, the server's resident memory
+  once ready (VmRSS) and its peak (VmHWM), after one `--large-side` px image if asked for; on
+  CPU, the same service on torch (`UNET_BACKEND=torch`);
 * the same service with batching off (`UNET_MAX_BATCH=1`, `UNET_BATCH_WAIT_MS=0`);
 * overload: a server with a tiny queue driven far past capacity must answer 503 with
   `Retry-After` (never hang), and answer normally again once the load drops.
@@ -32,46 +34,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import functools
 import io
 import json
 import os
 import platform
-import queue
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as `python benchmarks/serve.py`: import the package as the others do
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.launch import READY_WITHIN_S, log, memory_mb, server, wait_ready
+from benchmarks.load import drive, drive_with_engine_view
+from benchmarks.raw import raw_onnxruntime, raw_throughput
 from model import UNet, UNetConfig, load_checkpoint, save
 from model.cards.checkpoint import checkpoint_digest, checkpoint_paths
-from model.cards.to_onnx import INPUT_NAME, cached_export
+from model.cards.to_onnx import cached_export
 from model.data.synth import generate_pair
 from model.network.device import pick_device
-from service.inference.backends import OrtBackend, ort_session
 from service.inference.engine import plan_engine, usable_cores
 from service.settings import Settings
 
 DEFAULT_CHECKPOINT = Path("model/weights/unet-sigmoid.safetensors")
-READY_TIMEOUT_S = 300.0
-
-
-def log(message: str) -> None:
-    """Progress on stderr; stdout carries only the JSON result."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def prepare_models(checkpoint: Path, folder: Path) -> tuple[str, str]:
@@ -99,402 +92,15 @@ def synthetic_pngs(side: int, count: int, seed: int = 0, masks: bool = False) ->
     return pngs
 
 
-def _timed_runs(run: Callable[[], int], images: int, seconds: float) -> float:
-    """Images per second of `run` (which returns how many images it did), bounded in time."""
-    run()  # warm-up
-    done, started = 0, time.perf_counter()
-    while done < images and time.perf_counter() - started < seconds:
-        done += run()
-    return done / (time.perf_counter() - started)
-
-
-def _parallel_rate(
-    forward: Callable[[int], int],
-    workers: int,
-    threads: int,
-    batch: int,
-    images: int,
-    seconds: float,
-) -> float:
-    """Images per second of `workers` threads each running passes of `batch` back to back.
-
-    Each thread loops on its own (no barrier between rounds, so none waits for a slower one)
-    with its own torch thread count, which is a per-thread OpenMP setting.
-    """
-    done = [0] * workers
-    began: list[float] = []
-    start = threading.Barrier(workers + 1, action=lambda: began.append(time.perf_counter()))
-
-    def work(index: int) -> None:
-        torch.set_num_threads(threads)
-        forward(batch)  # warm-up
-        start.wait()
-        while done[index] * workers < images and time.perf_counter() < began[0] + seconds:
-            done[index] += forward(batch)
-
-    pool = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    for thread in pool:
-        thread.start()
-    start.wait()
-    for thread in pool:
-        thread.join()
-    return sum(done) / (time.perf_counter() - began[0])
-
-
-def raw_throughput(
-    network: UNet, device: torch.device, side: int, images: int, seconds: float
-) -> dict[str, Any]:
-    """The model in-process, several ways; the best images/s is the ceiling for the service."""
-    network = network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    cores = usable_cores()
-    previous = torch.get_num_threads()
-
-    @torch.inference_mode()
-    def forward(batch: int) -> int:
-        x = torch.rand(batch, network.config.in_channels, side, side, device=device)
-        network.logits(x.contiguous(memory_format=torch.channels_last))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return batch
-
-    configs: list[dict[str, Any]] = []
-    try:
-        if device.type == "cuda":
-            for batch in (1, 8, 32):
-                rate = _timed_runs(functools.partial(forward, batch), images, seconds)
-                configs.append({"way": f"sequential, batch {batch}", "images_per_s": rate})
-        else:
-            for threads, workers, batch in (
-                (cores, 1, 1),
-                (1, cores, 1),
-                (cores, 1, 4),
-                (1, cores, 4),
-            ):
-                rate = _parallel_rate(forward, workers, threads, batch, images, seconds)
-                way = f"{workers} parallel x {threads} torch thread(s), batch {batch}"
-                configs.append({"way": way, "images_per_s": rate})
-                log(f"raw: {way}: {rate:.2f} images/s")
-        # Single-image model time: one thread, then every core; the faster is the strict bar.
-        single = {}
-        for threads in sorted({1, cores}) if device.type == "cpu" else [previous]:
-            torch.set_num_threads(threads)
-            rate = _timed_runs(functools.partial(forward, 1), min(images, 20), seconds)
-            single[threads] = 1000 / rate
-            log(f"raw: one image, {threads} torch thread(s): {single[threads]:.1f} ms")
-    finally:
-        torch.set_num_threads(previous)
-    return {
-        "ways": configs,
-        "ceiling_images_per_s": max(c["images_per_s"] for c in configs),
-        "model_ms_single_image": min(single.values()),
-        "model_ms_single_image_by_threads": single,
-    }
-
-
-def raw_onnxruntime(
-    network: UNet, onnx_path: Path, side: int, images: int, seconds: float
-) -> dict[str, Any]:
-    """The exported graph on ONNX Runtime in-process, the same ways as torch, and as served."""
-    cores = usable_cores()
-    inputs = np.random.default_rng(0).random(
-        (4, network.config.in_channels, side, side), dtype=np.float32
-    )
-
-    def pooled(sessions: list[Any]) -> Callable[[int], int]:
-        free: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for session in sessions:
-            free.put(session)
-
-        def forward(batch: int) -> int:
-            session = free.get()  # as many sessions as threads: each thread keeps its own
-            try:
-                session.run(None, {INPUT_NAME: inputs[:batch]})
-            finally:
-                free.put(session)
-            return batch
-
-        return forward
-
-    def measured(way: str, forward: Callable[[int], int], workers: int, batch: int) -> None:
-        """Images/s of `forward` run by `workers` threads, and the CPU time per image."""
-        done, lock = [0], threading.Lock()
-
-        def counted(size: int) -> int:
-            forward(size)
-            with lock:  # `+=` on shared state from several threads would lose counts
-                done[0] += size
-            return size
-
-        cpu = time.process_time()
-        rate = _parallel_rate(counted, workers, 1, batch, images, seconds)
-        cpu_ms = 1000 * (time.process_time() - cpu) / done[0]
-        configs.append({"way": way, "images_per_s": rate, "cpu_ms_per_image": cpu_ms})
-        log(f"raw onnxruntime: {way}: {rate:.2f} images/s, {cpu_ms:.1f} ms CPU per image")
-
-    configs: list[dict[str, Any]] = []
-    for threads, workers, batch in ((cores, 1, 1), (1, cores, 1), (cores, 1, 4), (1, cores, 4)):
-        forward = pooled([ort_session(onnx_path, threads) for _ in range(workers)])
-        way = f"{workers} session(s) x {threads} thread(s) in parallel, batch {batch}"
-        measured(way, forward, workers, batch)
-    # As the service runs it under load (work always waiting): a narrow session per worker.
-    served = OrtBackend(onnx_path, network, cores, threads=1, wide=cores, crowded=lambda: True)
-
-    def as_served(batch: int) -> int:
-        served.logits(inputs[:batch])
-        return batch
-
-    measured(f"as served under load: {cores} workers, batch 1", as_served, cores, 1)
-    single = {}
-    for threads in sorted({1, cores}):
-        forward = pooled([ort_session(onnx_path, threads)])
-        single[threads] = 1000 / _timed_runs(
-            functools.partial(forward, 1), min(images, 20), seconds
-        )
-        log(f"raw onnxruntime: one image, {threads} thread(s): {single[threads]:.1f} ms")
-    best = max(configs, key=lambda c: c["images_per_s"])
-    return {
-        "ways": configs,
-        "ceiling_images_per_s": best["images_per_s"],
-        # The model's own CPU time per image in the fastest way: a request's share of the cores.
-        "cpu_ms_per_image_at_ceiling": best["cpu_ms_per_image"],
-        "model_ms_single_image": min(single.values()),
-        "model_ms_single_image_by_threads": single,
-    }
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def memory_mb(pid: int, field: str = "VmHWM") -> float | None:
-    """A memory figure of process `pid` from /proc (VmHWM: peak resident, VmRSS: now), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-@contextmanager
-def server(
-    env: dict[str, str], workdir: Path, source: Path | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A uvicorn subprocess serving on 127.0.0.1; yields (base URL, process) once ready.
-
-    `source`: run the service's code from this source tree instead of the installed one
-    (after any PYTHONPATH that `env` gives).
-    """
-    port = free_port()
-    full_env = {**os.environ, **env, "UNET_HOST": "127.0.0.1", "UNET_PORT": str(port)}
-    if source is not None:
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (env.get("PYTHONPATH"), str(source)) if p
-        )
-    log_path = workdir / f"server-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env=full_env,
-            cwd=source,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, process, log_path)
-            yield url, process
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited ({process.returncode}):\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
-
-
-BOUNDARY = "unet-benchmark-boundary"
-
-
-def mask_request(host: str, port: int, model: str, png: bytes) -> bytes:
-    """A complete keep-alive HTTP/1.1 multipart upload to the mask route, encoded once."""
-    body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode()
-        + png
-        + f"\r\n--{BOUNDARY}--\r\n".encode()
-    )
-    head = (
-        f"POST /v1/models/{model}/mask HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection for pre-encoded requests.
-
-    The clients share the two cores with the server on a small machine, so they are a few
-    lines of asyncio rather than a full HTTP client: every cycle they spend is not the server's.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def send(self, request: bytes) -> tuple[int, dict[str, str]]:
-        """Send `request`; (status, lower-cased headers) once the whole answer is read."""
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self._streams
-        writer.write(request)
-        await writer.drain()
-        status_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        headers = dict(
-            (name.strip().lower(), value.strip())
-            for name, _, value in (line.partition(":") for line in lines if line)
-        )
-        await reader.readexactly(int(headers.get("content-length", "0")))
-        if headers.get("connection", "").lower() == "close":
-            await self.close()
-        return int(status_line.split()[1]), headers
-
-    async def close(self) -> None:
-        """Close the connection, if open."""
-        if self._streams is not None:
-            _, writer = self._streams
-            self._streams = None
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
-async def drive(
-    url: str, model: str, pngs: list[bytes], concurrency: int, requests: int, seconds: float
-) -> dict[str, Any]:
-    """`concurrency` clients posting masks until `requests` are done or `seconds` have passed."""
-    host, port = url.removeprefix("http://").split(":")
-    bodies = [mask_request(host, int(port), model, png) for png in pngs]
-    latencies: list[float] = []
-    statuses: dict[str, int] = {}
-    retry_after: list[str] = []
-    issued = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client() -> None:
-        nonlocal issued
-        connection = Connection(host, int(port))
-        try:
-            while issued < requests and time.perf_counter() < deadline:
-                request = bodies[issued % len(bodies)]
-                issued += 1
-                started = time.perf_counter()
-                try:
-                    code, headers = await asyncio.wait_for(connection.send(request), 120)
-                    status = str(code)
-                    if code == 503 and "retry-after" in headers:
-                        retry_after.append(headers["retry-after"])
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
-                    status = type(error).__name__
-                    await connection.close()
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == "200":
-                    latencies.append(time.perf_counter() - started)
-        finally:
-            await connection.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    ok = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {
-        "concurrency": concurrency,
-        "requests": sum(statuses.values()),
-        "failed": sum(n for s, n in statuses.items() if s != "200"),
-        "statuses": statuses,
-        "images_per_s": len(latencies) / wall,
-        "mean_ms": float(ok.mean()),
-        "p50_ms": float(np.percentile(ok, 50)),
-        "p99_ms": float(np.percentile(ok, 99)),
-        "retry_after_seen": sorted(set(retry_after)),
-    }
-
-
-def engine_totals(url: str) -> dict[str, float]:
-    """Cumulative engine counters from /metrics: passes, images and forward seconds."""
-    wanted = {
-        "unet_batch_size_count": "passes",
-        "unet_batch_size_sum": "images",
-        "unet_inference_seconds_sum": "forward_s",
-    }
-    totals = dict.fromkeys(wanted.values(), 0.0)
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name = line.split("{")[0].split(" ")[0]
-        if name in wanted:
-            totals[wanted[name]] += float(line.split()[-1])
-    return totals
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time that process `pid` (all its threads) has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def drive_with_engine_view(
-    url: str,
-    model: str,
-    pngs: list[bytes],
-    concurrency: int,
-    requests: int,
-    seconds: float,
-    pid: int | None = None,
-) -> dict[str, Any]:
-    """`drive`, plus the engine's own view from /metrics (images per pass, ms per pass) and,
-    given the server's `pid`, the CPU time the server and these clients spent per request."""
-    before = engine_totals(url)
-    server_cpu, client_cpu = cpu_seconds(pid) if pid else 0.0, time.process_time()
-    result = asyncio.run(drive(url, model, pngs, concurrency, requests, seconds))
-    client_cpu = time.process_time() - client_cpu
-    if pid and result["requests"]:
-        server_cpu = cpu_seconds(pid) - server_cpu
-        result["server_cpu_ms_per_request"] = 1000 * server_cpu / result["requests"]
-        result["client_cpu_ms_per_request"] = 1000 * client_cpu / result["requests"]
-    after = engine_totals(url)
-    passes = after["passes"] - before["passes"]
-    if passes:
-        result["mean_batch_size"] = (after["images"] - before["images"]) / passes
-        result["forward_ms_per_pass"] = 1000 * (after["forward_s"] - before["forward_s"]) / passes
-    return result
-
-
 def serve_run(
     env: dict[str, str], workdir: Path, model: str, pngs: list[bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Start a server with `env` and drive it at each concurrency level."""
-    levels = {}
+    levels: dict[str, Any] = {}
     with server(env, workdir) as (url, process):
+        started = memory_mb(process.pid, "VmRSS")
         backend = httpx.get(f"{url}/v1/models/{model}", timeout=10).json().get("backend")
-        log(f"  backend: {backend}")
+        log(f"  backend: {backend}, resident after start-up {started:.0f} MiB")
         for concurrency in args.concurrency:
             asyncio.run(drive(url, model, pngs, concurrency, 2 * concurrency, args.seconds))
             result = drive_with_engine_view(
@@ -509,8 +115,38 @@ def serve_run(
                 f"clients {result.get('client_cpu_ms_per_request', 0):.1f} ms"
             )
             levels[str(concurrency)] = result
+        large = large_request(url, model, args.large_side) if args.large_side else None
         peak = memory_mb(process.pid)
-    return {"backend": backend, "levels": levels, "peak_rss_mb": peak}
+    log(f"  peak resident {peak:.0f} MiB")
+    return {
+        "backend": backend,
+        "levels": levels,
+        "rss_after_start_mb": started,
+        "large_image": large,
+        "peak_rss_mb": peak,
+    }
+
+
+def large_png(side: int, seed: int = 0) -> bytes:
+    """A side x side synthetic microscopy PNG (a 1024 px field repeated: cheap to make)."""
+    field, _ = generate_pair(np.random.default_rng(seed), min(side, 1024))
+    reps = -(-side // field.shape[0])
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(field, (reps, reps))[:side, :side]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def large_request(url: str, model: str, side: int) -> dict[str, Any]:
+    """One side x side mask request after the load levels (tiled above the tile threshold)."""
+    started = time.perf_counter()
+    response = httpx.post(
+        f"{url}/v1/models/{model}/mask",
+        files={"image": ("large.png", large_png(side), "image/png")},
+        timeout=600,
+    )
+    result = {"side": side, "status": response.status_code, "s": time.perf_counter() - started}
+    log(f"  one {side} px image: {result}")
+    return result
 
 
 def overload_run(
@@ -536,7 +172,7 @@ def workers_run(
         with server({**env, "UNET_WORKERS": str(workers)}, workdir) as (url, process):
             # Every worker warms up on its own; readiness on fresh connections reaches them all.
             for _ in range(8 * workers):
-                _wait_ready(url, process, workdir / "server.log")
+                wait_ready(url, process, READY_WITHIN_S)
             asyncio.run(drive(url, model, pngs, concurrency, 20 * concurrency, args.seconds))
             result = asyncio.run(drive(url, model, pngs, concurrency, args.requests, args.seconds))
         log(
@@ -633,6 +269,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="time bound per level")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-overload", action="store_true", help="skip the overload check")
+    parser.add_argument(
+        "--large-side", type=int, default=0, help="then one image this large (peak memory)"
+    )
     parser.add_argument(
         "--workers", type=int, nargs="+", help="compare these UNET_WORKERS counts, nothing else"
     )

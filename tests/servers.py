@@ -1,27 +1,24 @@
-"""Real `python -m service` processes on 127.0.0.1, for tests that need a real socket."""
+"""Real `python -m service` processes on 127.0.0.1, for tests that need a real socket.
+
+The pieces (free port, waiting for `/readyz`, memory figures) are `benchmarks.launch`'s, shared
+with the benchmarks.
+"""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-import httpx
+from benchmarks.launch import NotReady, free_port, memory_kib, service_env, wait_ready
+
+__all__ = ["READY_WITHIN_S", "ServiceProcess", "free_port", "running_service"]
 
 READY_WITHIN_S = 60.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServiceProcess:
@@ -36,14 +33,10 @@ class ServiceProcess:
         ready_within_s: float = READY_WITHIN_S,
     ) -> None:
         self.port = free_port()
-        self.env = {
-            **os.environ,
-            "UNET_MODEL_DIR": str(model_dir),
-            "UNET_STATE_DIR": str(state_dir),
-            "UNET_HOST": "127.0.0.1",
-            "UNET_PORT": str(self.port),
-            **(env or {}),
-        }
+        self.env = service_env(
+            self.port, {"UNET_MODEL_DIR": str(model_dir), "UNET_STATE_DIR": str(state_dir)}
+        )
+        self.env.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=self.env,
@@ -52,35 +45,23 @@ class ServiceProcess:
         )
         self.base = f"http://127.0.0.1:{self.port}"
         try:
-            self._wait_ready(ready_within_s)
-        except BaseException:
+            wait_ready(self.base, self.process, ready_within_s, self._said)
+        except BaseException as error:
             # A server that never became ready must not outlive the test that started it.
             self.process.kill()
             self.process.wait(timeout=30)
+            if isinstance(error, NotReady):
+                raise AssertionError(str(error)) from None
             raise
 
-    def _wait_ready(self, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        while True:
-            if self.process.poll() is not None:
-                said = self.process.stderr.read() if self.process.stderr else ""
-                raise AssertionError(f"the service exited while starting: {said}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"service not ready within {within_s} s"
-            time.sleep(0.1)
+    def _said(self) -> str:
+        # Reading a live process's pipe would wait for it to end.
+        exited = self.process.poll() is not None
+        return self.process.stderr.read() if exited and self.process.stderr else ""
 
     def memory_kib(self) -> dict[str, int]:
         """The process's VmRSS and VmHWM (peak RSS) in KiB, from /proc."""
-        fields = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
-        return fields
+        return memory_kib(self.process.pid)
 
     def connect(self) -> socket.socket:
         """A raw TCP connection with a 10 s limit on every call."""

@@ -41,10 +41,11 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
-def new_histogram(network: UNet | Predictor) -> ScoreHistogram:
-    """An empty histogram for the scores of `network`'s head."""
+def new_histogram(network: UNet | Predictor, n_bootstrap: int = 200) -> ScoreHistogram:
+    """An empty histogram for the scores of `network`'s head, with `n_bootstrap` replicates."""
     head = as_predictor(network).head
-    return ScoreHistogram("probability" if is_probability(head) else "unbounded")
+    scale = "probability" if is_probability(head) else "unbounded"
+    return ScoreHistogram(scale, n_bootstrap=n_bootstrap)
 
 
 def calibrate_model(

@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.calibration import ScoreHistogram, build_report
+from model.calibration import build_report
 from model.cards.sources import Predictor, load_predictor
 from model.cards.sources.native import NativePredictor, as_predictor, checkpoint_meta
 from model.data.datasets import iter_pairs
-from model.inference.calibrate import add_to_histogram
+from model.inference.calibrate import add_to_histogram, new_histogram
 from model.inference.predict import predict
-from model.network.heads import is_probability
 from model.network.unet import UNet
 from model.training.activation_stats import HeadStats, HiddenActivationStats
 
@@ -32,9 +31,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Pixel Dice, IoU and AUC of `network` at `threshold` over (name, image, mask) triples."""
     predictor = as_predictor(network)
-    hist = ScoreHistogram(
-        "probability" if is_probability(predictor.head) else "unbounded", n_bootstrap=0
-    )
+    hist = new_histogram(predictor, n_bootstrap=0)
     hidden = HiddenActivationStats()
     head = HeadStats(predictor.head)
     tp = fp = fn = 0

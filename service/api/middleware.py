@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -13,7 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.pacing import BodyClock, BodyPacing
-from service.api.problems import MEDIA_TYPE
+from service.api.problems import problem_json, send_problem
 from service.ops.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -100,32 +99,19 @@ class BodySizeLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    problem = {
-        "type": "https://unet-service.dev/problems/upload-too-large",
-        "title": "Upload too large",
-        "status": 413,
-        "detail": f"the request body is larger than the {limit} byte limit for this "
+    detail = (
+        f"the request body is larger than the {limit} byte limit for this "
         "endpoint (UNET_MAX_UPLOAD_BYTES for images, UNET_MAX_DATASET_BYTES for "
-        "calibration zips); send a smaller file",
-    }
-    await _send_problem(send, 413, problem)
-
-
-async def _send_problem(send: Send, status: int, problem: dict[str, object]) -> None:
-    """A complete problem response that asks the server to close the connection."""
-    body = json.dumps(problem).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
+        "calibration zips); send a smaller file"
     )
-    await send({"type": "http.response.body", "body": body})
+    await _send_problem(
+        send, 413, problem_json(413, "Upload too large", detail, slug="upload-too-large")
+    )
+
+
+async def _send_problem(send: Send, status: int, body: bytes) -> None:
+    """A complete problem response that asks the server to close the connection."""
+    await send_problem(send, status, body, [(b"connection", b"close")])
 
 
 class RequestMetrics:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.problems import TYPE_BASE, problem_response
+from service.api.problems import problem_response
 from service.settings import normal_origin
 
 # Methods a browser may send from any page without changing anything (RFC 9110's safe ones).
@@ -98,7 +98,7 @@ class SameOriginWrites:
             f"a page on another origin ({origin}) may not change this service: {why}. Use the "
             "explorer at this service's own address, call the API from a program (no Origin "
             "header), or list the page's origin in UNET_ALLOWED_ORIGINS",
-            type=TYPE_BASE + "cross-origin-request",
+            slug="cross-origin-request",
             instance=scope["path"],
             # The body was never read: closing is cheaper than draining an upload.
             headers={"Connection": "close"},

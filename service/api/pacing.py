@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from service.api.problems import TYPE_BASE
+from service.api.problems import problem_json
 from service.settings import Settings
 
 
@@ -60,8 +60,8 @@ class BodyClock:
         self.waited += waited_s
         self.received += size
 
-    def problem(self, reason: str) -> dict[str, object]:
-        """The 408 problem for a body cut off by the limit `reason` names."""
+    def problem(self, reason: str) -> bytes:
+        """The 408 problem (encoded) for a body cut off by the limit `reason` names."""
         pacing = self.pacing
         if reason == "rate":
             slug, title = "body-too-slow", "Request body too slow"
@@ -82,4 +82,4 @@ class BodyClock:
                 f"the request body stalled for {pacing.stall_s} s (UNET_BODY_TIMEOUT_S); "
                 "send it without pauses"
             )
-        return {"type": TYPE_BASE + slug, "title": title, "status": 408, "detail": detail}
+        return problem_json(408, title, detail, slug=slug)

@@ -127,26 +127,78 @@ def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict) and "responses" in item]
 
 
+def problem_body(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    *,
+    type: str = "about:blank",
+    slug: str | None = None,
+    instance: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one builder of a problem details object; every error answer's body comes from here.
+
+    `title` defaults to the status's reason phrase; `slug` names the type under TYPE_BASE
+    (instead of `type`); `extra` members come first, the standard ones after them.
+    """
+    body: dict[str, Any] = {**jsonable_encoder(dict(extra or {}))}
+    body.update(type=TYPE_BASE + slug if slug else type, title=title or _phrase(status))
+    body["status"] = status
+    if detail is not None:
+        body["detail"] = detail
+    if instance is not None:
+        body["instance"] = instance
+    return body
+
+
+def problem_json(
+    status: int,
+    title: str | None = None,
+    detail: str | None = None,
+    *,
+    slug: str | None = None,
+    instance: str | None = None,
+) -> bytes:
+    """`problem_body(...)` encoded as `problem_response` sends it, for answers sent as raw bytes."""
+    body = problem_body(status, title, detail, slug=slug, instance=instance)
+    return bytes(JSONResponse(body).body)
+
+
 def problem_response(
     status: int,
     title: str | None = None,
     detail: str | None = None,
     *,
     type: str = "about:blank",
+    slug: str | None = None,
     instance: str | None = None,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     """A problem details response; `title` defaults to the status's reason phrase."""
-    body: dict[str, Any] = {**jsonable_encoder(dict(extra or {}))}
-    body.update(type=type, title=title or _phrase(status), status=status)
-    if detail is not None:
-        body["detail"] = detail
-    if instance is not None:
-        body["instance"] = instance
+    body = problem_body(status, title, detail, type=type, slug=slug, instance=instance, extra=extra)
     return JSONResponse(
         body, status_code=status, headers=dict(headers or {}), media_type=MEDIA_TYPE
     )
+
+
+async def send_problem(
+    send: Send, status: int, body: bytes, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Send a complete problem answer (`body` from `problem_json`) on a raw ASGI `send`."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *headers,
+                (b"content-type", MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def field_errors(errors: Sequence[Any]) -> list[FieldError]:
@@ -202,7 +254,7 @@ async def _invalid(request: Request, error: Exception) -> JSONResponse:
         422,
         "Invalid request",
         "; ".join(describe(e, form) for e in errors) or "the request is invalid",
-        type=TYPE_BASE + "invalid-request",
+        slug="invalid-request",
         instance=request.url.path,
         extra={"errors": [e.model_dump() for e in errors]},
     )
@@ -245,18 +297,25 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
-class CatchUnexpected:
-    """ASGI middleware: an unhandled exception becomes a logged 500 problem."""
+class AnswerUnstarted:
+    """ASGI middleware: when the app raises `catches` before its answer started, answer with
+    `answer(scope)`; once the headers are out, all that is left is to let the error through."""
 
-    # Not an `Exception` handler: Starlette answers with it but then re-raises, so every bug would
-    # be logged twice and test clients would raise instead of showing what a client gets.
+    catches: tuple[type[BaseException], ...] = (Exception,)
 
     def __init__(self, app: ASGIApp) -> None:
         """Wrap `app`."""
         self.app = app
 
+    def answer(self, scope: Scope) -> ASGIApp:
+        """The answer to send instead of the failed one."""
+        raise NotImplementedError
+
+    def noted(self, scope: Scope) -> None:
+        """Called in the `except` block, before anything is sent: e.g. to log the error."""
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on; on an exception before the response started, send a 500."""
+        """Pass the request on; on a caught exception before the response started, answer."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -269,17 +328,31 @@ class CatchUnexpected:
 
         try:
             await self.app(scope, receive, watch)
-        except Exception:
-            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+        except self.catches:
+            self.noted(scope)
             if started:
                 raise  # headers are out; all that is left is to let the server drop the connection
-            response = problem_response(
-                500,
-                "Internal Server Error",
-                "internal error; this is a bug in the service and it has been logged",
-                instance=scope.get("path"),
-            )
-            await response(scope, receive, send)
+            await self.answer(scope)(scope, receive, send)
+
+
+class CatchUnexpected(AnswerUnstarted):
+    """ASGI middleware: an unhandled exception becomes a logged 500 problem."""
+
+    # Not an `Exception` handler: Starlette answers with it but then re-raises, so every bug would
+    # be logged twice and test clients would raise instead of showing what a client gets.
+
+    def noted(self, scope: Scope) -> None:
+        """Log the exception being handled."""
+        log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+
+    def answer(self, scope: Scope) -> ASGIApp:
+        """A 500 problem."""
+        return problem_response(
+            500,
+            "Internal Server Error",
+            "internal error; this is a bug in the service and it has been logged",
+            instance=scope.get("path"),
+        )
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -13,14 +13,13 @@ pass through untouched.
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import MEDIA_TYPE, TYPE_BASE
+from service.api.problems import problem_json, send_problem
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,22 +96,8 @@ class ProblemRefusals:
                 kept.append((b"retry-after", self.retry_after))
         else:
             slug, title = _kind(status, kept)
-        body = json.dumps(
-            {
-                "type": TYPE_BASE + slug,
-                "title": title,
-                "status": status,
-                "detail": detail.strip() or title,
-                "instance": path,
-            }
-        ).encode()
-        headers = [
-            *kept,
-            (b"content-type", MEDIA_TYPE.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        body = problem_json(status, title, detail.strip() or title, slug=slug, instance=path)
+        await send_problem(send, status, body, kept)
 
 
 def _plain_error(start: Message) -> bool:

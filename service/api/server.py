@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.api.problems import MEDIA_TYPE, TYPE_BASE
+from service.api.problems import MEDIA_TYPE, problem_json
 from service.api.stopping import CutOffAnswers, WorkerConfig, supervise
 from service.settings import Settings
 
@@ -97,9 +96,7 @@ class _Refused(Exception):
 def problem_bytes(status: int, slug: str, detail: str, retry_after: int | None = None) -> bytes:
     """A complete HTTP/1.1 problem response that closes the connection, as raw bytes."""
     phrase = HTTPStatus(status).phrase
-    body = json.dumps(
-        {"type": TYPE_BASE + slug, "title": phrase, "status": status, "detail": detail}
-    ).encode()
+    body = problem_json(status, phrase, detail, slug=slug)
     head = [
         f"HTTP/1.1 {status} {phrase}",
         f"content-type: {MEDIA_TYPE}",

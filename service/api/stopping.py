@@ -25,10 +25,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from service.api.problems import TYPE_BASE, problem_response
+from service.api.problems import AnswerUnstarted, problem_response
 
 log = logging.getLogger(__name__)
 
@@ -56,47 +56,27 @@ class WorkerConfig(uvicorn.Config):
         self.loaded_app = CutOffAnswers(self.loaded_app)
 
 
-class CutOffAnswers:
+class CutOffAnswers(AnswerUnstarted):
     """Answers a request cancelled before it answered with a 503 problem, not uvicorn's 500.
 
     What cancels a whole request here is uvicorn, at the end of a shutdown's grace period: the
     app's own cancellation of a request whose client left stays inside it (CancelOnDisconnect),
-    and a send to a client that has gone is dropped anyway.
+    and a send to a client that has gone is dropped anyway. The task ends here either way;
+    answering is all that is left to do.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    catches = (asyncio.CancelledError,)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request; if it is cancelled before its answer started, answer 503."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except asyncio.CancelledError:
-            if started:
-                raise
-            # The task ends here either way; answering is all that is left to do.
-            await _cut_off(scope["path"])(scope, receive, send)
-
-
-def _cut_off(path: str) -> ASGIApp:
-    return problem_response(
-        503,
-        "Service unavailable",
-        "the server stopped before this request finished (UNET_SHUTDOWN_GRACE_S); retry",
-        type=TYPE_BASE + "shutting-down",
-        instance=path,
-        headers={"Retry-After": "1", "Connection": "close"},
-    )
+    def answer(self, scope: Scope) -> ASGIApp:
+        """A 503 problem that asks for a retry."""
+        return problem_response(
+            503,
+            "Service unavailable",
+            "the server stopped before this request finished (UNET_SHUTDOWN_GRACE_S); retry",
+            slug="shutting-down",
+            instance=scope["path"],
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
 
 
 class Supervisor(Multiprocess):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from model.cards.sources import Predictor
+from model.cards.sources.onnx import ort_session
 from model.cards.to_onnx import INPUT_NAME, OUTPUT_NAME, cached_export
 from model.network.unet import UNet
 
@@ -80,13 +81,57 @@ class TorchBackend:
         return logits.float()
 
 
+class CoreShare:
+    """The one core-sharing rule: a pass running alone takes every core, concurrent passes
+    share them (`cores // passes running`), and a pass keeps to one core while `crowded()`
+    says other work waits, since another pass will start at once beside it.
+
+    One per engine, whatever the backend: torch passes set their thread count from it
+    (`share`), ONNX Runtime passes pick the wide or the narrow session (`OrtBackend`).
+    """
+
+    def __init__(self, cores: int, crowded: Callable[[], bool] = lambda: False) -> None:
+        self.cores = cores
+        self.crowded = crowded
+        self._running = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def passing(self) -> Iterator[int]:
+        """One pass: yields how many threads it may use."""
+        with self._lock:
+            self._running += 1
+            threads = 1 if self.crowded() else max(1, self.cores // self._running)
+        try:
+            yield threads
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    @contextlib.contextmanager
+    def share(self) -> Iterator[None]:
+        """Run one torch pass with this thread's share of the cores.
+
+        torch's thread count is a per-thread OpenMP setting (the process-wide value only seeds
+        new threads), so each worker sets its own before a pass.
+        """
+        with self.passing() as threads:
+            # Ask torch rather than remember: a thread's first parallel op resets its count to
+            # the last value set by any thread, which left one worker single-threaded for good
+            # (its lone passes took 50 ms instead of 32). Asking runs that first-op reset now.
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            yield
+
+
 class OrtBackend:
     """ONNX Runtime sessions of the exported network, sized to the cores.
 
     One session per worker with `threads` intra-op threads each, as torch runs one pass per
-    core under load; and, when `wide` > 0, a session with `wide` threads for a pass that runs
-    alone while `crowded()` says no other work waits, so that a lone request uses every core.
-    The padding to the network's grid and the crop back happen here, around the exported graph
+    core under load (one session shared by the workers measured slower); and, with a `share`
+    of more cores than that, a wide session with every core for the pass that `share` says
+    runs alone. All of them keep their memory in one arena (`ort_session`). The padding to the
+    network's grid and the crop back happen here, around the exported graph
     (`model.cards.to_onnx`).
     """
 
@@ -96,20 +141,16 @@ class OrtBackend:
         self,
         path: Path,
         network: UNet,
-        workers: int,
         threads: int,
-        wide: int,
-        crowded: Callable[[], bool] = lambda: False,
+        share: CoreShare | None = None,
+        workers: int = 1,
     ) -> None:
         self.network = network  # for its padding rule; the pass itself is ONNX Runtime's
         self._narrow: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(workers):
             self._narrow.put(ort_session(path, threads))
-        self._wide = ort_session(path, wide) if wide > threads else None
-        self._wide_free = self._wide is not None
-        self._crowded = crowded
-        self._running = 0
-        self._lock = threading.Lock()
+        self._share = share if share is not None and share.cores > threads else None
+        self._wide = ort_session(path, self._share.cores) if self._share else None
 
     def logits(self, batch: np.ndarray) -> torch.Tensor:
         """Float32 logits (N, K, H, W) on the CPU for inputs (N, C, H, W)."""
@@ -121,46 +162,25 @@ class OrtBackend:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:
-        """A session for one pass: the wide one when no other pass runs, else a narrow one."""
-        with self._lock:
-            self._running += 1
-            # Under load a wide pass would share its cores with the next narrow one.
-            wide = self._wide_free and self._running == 1 and not self._crowded()
-            if wide:
-                self._wide_free = False
-        session = self._wide if wide else self._narrow.get()
-        try:
-            yield session
-        finally:
-            with self._lock:
-                self._running -= 1
-                if wide:
-                    self._wide_free = True
-            if not wide:
+        """The session for one pass: the wide one when the pass may take every core."""
+        with self._share.passing() if self._share else contextlib.nullcontext(1) as threads:
+            if self._wide is not None and self._share and threads >= self._share.cores:
+                yield self._wide
+                return
+            session = self._narrow.get()
+            try:
+                yield session
+            finally:
                 self._narrow.put(session)
-
-
-def ort_session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session of the model at `path` with `threads` intra-op threads."""
-    import onnxruntime as ort  # optional at import time: auto falls back to torch without it
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Threads that spin after a pass would steal the core a parallel pass is using.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only; warnings about unused initialisers are noise
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_backend(
     network: UNet,
     digest: str,
     folder: Path,
-    workers: int,
     threads: int,
-    wide: int,
-    crowded: Callable[[], bool] = lambda: False,
+    share: CoreShare | None = None,
+    workers: int = 1,
 ) -> tuple[OrtBackend, bool]:
     """An OrtBackend of `network` checked against torch: (backend, whether it was exported now).
 
@@ -169,7 +189,7 @@ def onnx_backend(
     """
     path, fresh = cached_export(network, digest, folder)
     try:
-        backend = OrtBackend(path, network, workers, threads, wide, crowded)
+        backend = OrtBackend(path, network, threads, share, workers)
     except ImportError:
         raise
     except Exception:
@@ -178,7 +198,7 @@ def onnx_backend(
         # A cached file that no longer loads (truncated, older runtime): export it once more.
         path.unlink(missing_ok=True)
         path, fresh = cached_export(network, digest, folder)
-        backend = OrtBackend(path, network, workers, threads, wide, crowded)
+        backend = OrtBackend(path, network, threads, share, workers)
     check(network, backend)
     return backend, fresh
 

@@ -19,8 +19,7 @@ import contextlib
 import functools
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from service.inference.backends import (
     TORCH,
     Backend,
     BackendName,
+    CoreShare,
     TorchBackend,
     onnx_backend,
 )
@@ -131,40 +131,6 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
         log.warning("UNET_AUTOCAST=%s applies on CUDA only; running float32", settings.autocast)
     share = cores if settings.torch_threads is None and limits.workers > 1 else 0
     return EnginePlan(device, limits, threads, share, None, channels_last=True)
-
-
-class CoreShare:
-    """Gives each CPU forward pass `cores // passes running` torch threads.
-
-    torch's thread count is a per-thread OpenMP setting (the process-wide value only seeds new
-    threads), so each worker sets its own before a pass: alone it takes every core, and under
-    load each pass runs single-threaded side by side, which measured faster on a small CPU.
-    A pass is not alone while `crowded()` says other work waits: another pass will start at
-    once, and a pass holding every core would then share them with it.
-    """
-
-    def __init__(self, cores: int, crowded: Callable[[], bool] = lambda: False) -> None:
-        self.cores = cores
-        self.crowded = crowded
-        self._running = 0
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def share(self) -> Iterator[None]:
-        """Run one pass with this thread's share of the cores."""
-        with self._lock:
-            self._running += 1
-            threads = 1 if self.crowded() else max(1, self.cores // self._running)
-        # Ask torch rather than remember: a thread's first parallel op resets its count to the
-        # last value set by any thread, which left one worker single-threaded for good (its
-        # lone passes took 50 ms instead of 32). Asking runs that first-op reset now.
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running -= 1
 
 
 class InferenceEngine:
@@ -391,10 +357,9 @@ class InferenceEngine:
                 native,
                 served.digest,
                 self.settings.state_dir / "onnx",
-                workers=plan.limits.workers,
                 threads=plan.torch_threads or 1,
-                wide=plan.share_cores,
-                crowded=self._crowded,
+                share=self._cores,
+                workers=plan.limits.workers,
             )
         except Exception as error:  # whatever stops ONNX Runtime, torch still serves
             log.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 
 from model import load_checkpoint
 from model.cards.checkpoint import checkpoint_digest
+from model.cards.sources import load_predictor
 from model.data.synth import generate_pair, pair_rng
 from service.app import create_app
 from service.inference import backends
@@ -228,9 +230,8 @@ def test_a_lone_pass_takes_the_wide_session_only_while_nothing_waits(
     weights = tiny_model_dir / "tiny.safetensors"
     network, _ = load_checkpoint(weights, torch.device("cpu"))
     waiting = [False]
-    backend, _ = backends.onnx_backend(
-        network, checkpoint_digest(weights), tmp_path, 1, 1, 2, crowded=lambda: waiting[0]
-    )
+    share = backends.CoreShare(2, crowded=lambda: waiting[0])
+    backend, _ = backends.onnx_backend(network, checkpoint_digest(weights), tmp_path, 1, share)
     with backend._session() as session:  # alone, nothing queued: every core
         assert session is backend._wide
     waiting[0] = True
@@ -238,3 +239,35 @@ def test_a_lone_pass_takes_the_wide_session_only_while_nothing_waits(
         assert session is not backend._wide
     x = np.random.default_rng(0).random((1, 1, 40, 50), dtype=np.float32)
     assert backend.logits(x).shape == (1, 1, 40, 50)
+
+
+def test_an_imported_onnx_card_runs_on_a_session_tuned_like_the_backends(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One session factory: no spinning threads, one inter-op thread, the shared CPU arena."""
+    weights = tiny_model_dir / "tiny.safetensors"
+    network, _ = load_checkpoint(weights, torch.device("cpu"))
+    backend, _ = backends.onnx_backend(network, checkpoint_digest(weights), tmp_path, 1)
+    card = tmp_path / "imported.json"
+    source = {"format": "onnx", "path": f"{checkpoint_digest(weights)}.onnx"}
+    card.write_text(
+        json.dumps(
+            {
+                "source": source,
+                "output": {"emits": "logits", "head": "sigmoid"},
+                "pad_multiple": 2**network.config.depth,
+            }
+        )
+    )
+    imported = load_predictor(card, torch.device("cpu"))
+    with backend._session() as session:
+        sessions = (session, imported.session)
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.use_env_allocators") == "1"
+        assert options.inter_op_num_threads == 1
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 32, 32), dtype=np.float32))
+    np.testing.assert_allclose(
+        imported.run_padded(x).numpy(), backend.logits(x.numpy()).numpy(), atol=1e-5
+    )
