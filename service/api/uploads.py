@@ -44,7 +44,13 @@ async def read_upload(
 async def decode_image(upload: UploadFile, served: ServedModel, settings: Settings) -> np.ndarray:
     """The uploaded image as the model's (C, H, W) float input; 413 or 422 when it cannot be."""
     data = await read_upload(upload, settings.max_upload_bytes, "image")
-    name = upload.filename or "image"
+    return await decode_bytes(data, upload.filename or "image", served, settings)
+
+
+async def decode_bytes(
+    data: bytes, name: str, served: ServedModel, settings: Settings
+) -> np.ndarray:
+    """An encoded image file as the model's (C, H, W) float input; 413 or 422 when it cannot be."""
 
     def decoded() -> np.ndarray:
         return image_from_bytes(data, served.input, name, settings.max_image_pixels)
