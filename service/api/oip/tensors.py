@@ -306,12 +306,8 @@ def _from_json(data: Any, name: str, datatype: str, shape: tuple[int, ...]) -> n
         array = np.asarray(data)
     except ValueError:
         raise TensorError(f"input {name!r}: `data` is ragged; nested lists must be even") from None
-    if array.size != count:
+    if array.size != count:  # nested or flat, as Triton reads it: only the count must agree
         raise TensorError(_count_error(name, shape, array.size))
-    if array.ndim > 1 and array.shape != shape:
-        raise TensorError(
-            f"input {name!r}: nested data has shape {list(array.shape)}, not {list(shape)}"
-        )
     return _cast(array, name, datatype).reshape(shape)
 
 
