@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request, Response
 
 from service.api.oip.errors import ErrorBodies, OipError, is_oip
 from service.api.oip.routes import router
-from service.api.oip.schemas import InferenceRequest
+from service.api.oip.schemas import InferenceRequest, InferenceResponse
 
 OCTET_STREAM = "application/octet-stream"
 
@@ -37,10 +37,11 @@ def install_oip(app: FastAPI) -> None:
 def document_oip(schema: dict[str, Any]) -> dict[str, Any]:
     """The request body's schema, no 422 (validation errors are 400s here), bytes listed first."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    if "InferenceRequest" not in components:
-        own = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(own.pop("$defs", {}))
-        components["InferenceRequest"] = own
+    for document in (InferenceRequest, InferenceResponse):  # the infer body is read by hand
+        if document.__name__ not in components:
+            own = document.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(own.pop("$defs", {}))
+            components[document.__name__] = own
     for path, item in schema.get("paths", {}).items():
         if not is_oip(path):
             continue

@@ -111,10 +111,11 @@ async def server_live() -> Response:
     response_class=Response,
     responses={200: {"description": "Every loadable model is warm (empty body)"}, **errors(400)},
 )
-async def server_ready(services: ServicesDep) -> Response:
+async def server_ready(request: Request) -> Response:
     """200 once every loadable model is warm, as `/readyz`; 400 (not ready) before."""
-    if not services.engine.ready:
-        return OipError(400, "not ready: the models are still warming up").response()
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None or not services.engine.ready:
+        return OipError(400, "not ready: the models are still loading or warming up").response()
     return Response(status_code=200)
 
 
