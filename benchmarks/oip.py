@@ -30,7 +30,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from model.data.decoding import image_from_array, image_from_bytes
 from model.data.synth import generate_pair, pair_rng
+from service.api.oip.tensors import OutputTensor, encode_response, read_request
+from service.inference.encoding import mask_png
 from tests.helpers import png
 from tests.servers import ServiceProcess
 
@@ -50,8 +53,8 @@ def v1_request(base: str, model: str, image: np.ndarray) -> tuple[Send, int]:
     return send, body_size
 
 
-def v2_request(base: str, model: str, image: np.ndarray) -> tuple[Send, int]:
-    """A v2 infer of `image` as a binary UINT8 tensor asking for the mask as raw bytes."""
+def _v2_body(image: np.ndarray) -> tuple[bytes, int]:
+    """A v2 infer body of `image` as a binary UINT8 tensor asking for the raw mask; JSON length."""
     header = json.dumps(
         {
             "inputs": [
@@ -65,8 +68,13 @@ def v2_request(base: str, model: str, image: np.ndarray) -> tuple[Send, int]:
             "outputs": [{"name": "mask", "parameters": {"binary_data": True}}],
         }
     ).encode()
-    body = header + image.tobytes()
-    headers = {"Inference-Header-Content-Length": str(len(header))}
+    return header + image.tobytes(), len(header)
+
+
+def v2_request(base: str, model: str, image: np.ndarray) -> tuple[Send, int]:
+    """A v2 infer of `image` as a binary UINT8 tensor asking for the mask as raw bytes."""
+    body, length = _v2_body(image)
+    headers = {"Inference-Header-Content-Length": str(length)}
     url = f"{base}/v2/models/{model}/infer"
 
     def send(client: httpx.Client) -> httpx.Response:
@@ -124,6 +132,37 @@ def drive(send: Send, concurrency: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def codec_ms(image: np.ndarray, repeats: int = 30) -> dict[str, float]:
+    """Median milliseconds of each protocol's own work on one image, model aside: v1 decodes
+    the PNG upload and encodes the PNG mask; v2 parses the tensor and writes the raw mask."""
+    spec = 1  # one grey channel in [0, 1]; a card's normalisation costs both protocols alike
+    upload = png(image)
+    body, length = _v2_body(image)
+    mask = image > 128
+
+    def v1() -> None:
+        image_from_bytes(upload, spec, "cells.png")
+        mask_png(mask)
+
+    def v2() -> None:
+        request = read_request(body, str(length))
+        image_from_array(np.array(request.inputs[0].data[0]), spec, "image[0]")
+        encode_response(
+            {"model_name": "m"},
+            [OutputTensor("mask", "UINT8", mask[None, None].astype(np.uint8), True)],
+        )
+
+    timings = {}
+    for name, work in (("v1_png", v1), ("v2_binary", v2)):
+        runs = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            work()
+            runs.append(time.perf_counter() - began)
+        timings[name] = round(1000 * statistics.median(runs), 3)
+    return timings
+
+
 def main() -> None:
     """Run the comparison and print the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -134,11 +173,14 @@ def main() -> None:
     parser.add_argument("--model", default="unet-sigmoid")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
+    codecs: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as state:
         service = ServiceProcess(WEIGHTS, Path(state), {"UNET_LOG_LEVEL": "WARNING"})
         try:
             for side in args.sides:
                 image = generate_pair(pair_rng(2026, 0), side)[0]
+                codecs[side] = codec_ms(image)
+                print(json.dumps({"side": side, "codec_ms": codecs[side]}), file=sys.stderr)
                 senders = {
                     "v1_png": v1_request(service.base, args.model, image),
                     "v2_binary": v2_request(service.base, args.model, image),
@@ -169,6 +211,7 @@ def main() -> None:
                 },
                 "seconds_per_run": args.seconds,
                 "server_memory_kib": memory,
+                "codec_ms_per_image": codecs,
                 "runs": results,
             },
             indent=1,
