@@ -1,6 +1,6 @@
 """v2 with binary tensors against v1's multipart PNG upload, on one running service.
 
-    python benchmarks/oip.py [--sides 256 1024] [--concurrency 1 16] [--seconds 8]
+    python -m benchmarks.oip [--sides 256 1024] [--concurrency 1 16] [--seconds 8]
         [--rounds 2] [--model unet-sigmoid]
 
 Both ask for the same thing, the mask of one 8-bit grey image: v1 uploads a PNG to
