@@ -22,7 +22,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from model.data.synth import generate_pair, pair_rng
-from tests.helpers import png
+from tests.helpers import dataset_files, make_zip, png, until
 from tests.servers import ServiceProcess
 
 MODELS = ["unet-sigmoid", "unet-relu"]
@@ -256,3 +256,36 @@ def test_overload_is_503_with_retry_after(shipped_weights: Path, tmp_path: Path)
     for answer in refused:
         assert int(answer.headers["retry-after"]) >= 1
         assert "UNET_QUEUE_SIZE" in answer.json()["error"]
+
+
+def test_a_calibrated_threshold_is_named_in_the_answer(
+    service: str, client: triton.InferenceServerClient
+) -> None:
+    base = f"http://{service}/v1/models/unet-relu"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    dataset = make_zip(dataset_files(n=3, seed=12))
+    with httpx.Client(timeout=120) as http:
+        started = http.post(
+            f"{base}/calibrations",
+            files={"dataset": ("set.zip", dataset, "application/zip")},
+            data={"strategy": "f1", "force": "true"},
+            headers=auth,
+        )
+        assert started.status_code == 202, started.text
+        job = started.headers["location"]
+        until(
+            lambda: http.get(f"http://{service}{job}").json()["status"] not in ("queued", "running")
+        )
+        calibration = http.get(f"http://{service}{job}").json()
+        assert calibration["status"] == "succeeded", calibration["error"]
+        try:
+            image = cells(30, 40, seed=8)
+            result = infer(client, "unet-relu", image[None], "UINT8")
+            parameters = result.get_response()["parameters"]
+            assert parameters["threshold_source"] == "calibration"
+            assert parameters["calibration_id"] == calibration["id"]
+            assert parameters["threshold"] == calibration["threshold"]
+            assert parameters["drift_status"] in ("ok", "warn", "alert")
+            assert_same_as_v1(result, [v1(service, "unet-relu", png(image))])
+        finally:  # the other tests expect the checkpoint's default
+            assert http.delete(f"{base}/threshold", headers=auth).status_code == 200
