@@ -17,7 +17,7 @@ TAGS = [
     {
         "name": "oip",
         "description": "Open Inference Protocol v2 (KServe, Triton): health, metadata and "
-        "inference with JSON or binary tensors; errors are `{\"error\": ...}`.",
+        'inference with JSON or binary tensors; errors are `{"error": ...}`.',
     },
 ]
 BINARY = {"type": "string", "format": "binary"}
