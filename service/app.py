@@ -19,6 +19,7 @@ from service.api.disconnect import CancelOnDisconnect
 from service.api.docs import install_docs
 from service.api.errors import install_error_answers
 from service.api.middleware import BodySizeLimit, install_metrics
+from service.api.oip import install_oip
 from service.api.openapi import TAGS, install_openapi, operation_id
 from service.api.origin import SameOriginWrites
 from service.api.pacing import BodyPacing
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     for router in routers:
         app.include_router(router)
+    install_oip(app)  # Open Inference Protocol v2: after the middleware, whose errors it rewrites
     install_docs(app)
     install_pages(app)
     install_spooling(app, settings)

@@ -311,11 +311,15 @@ def image_from_bytes(
 
     `channels` is a count (today's `dtype` rule: [0, 1]) or a model card's `ImageInput`.
     """
+    return image_from_array(decode(data, name, max_pixels), channels, name)
+
+
+def image_from_array(array: np.ndarray, channels: Channels = 1, name: str = "upload") -> np.ndarray:
+    """(H, W) or (H, W, C) pixels of their own dtype as `image_from_bytes` makes a decoded file."""
     spec = channels if isinstance(channels, ImageInput) else None
     count = spec.channels if spec is not None else int(channels)  # type: ignore[arg-type]
     if count < 1:
         raise ValueError(f"channels must be at least 1, got {count}")
-    array = decode(data, name, max_pixels)
     if spec is None or spec.normalize.scales_by_dtype:
         pixels = to_unit(array, name)
     else:  # the image's own statistics set the scale: keep its values as they are

@@ -14,6 +14,11 @@ TAGS = [
     {"name": "inference", "description": "Masks, probability maps and overlays of an image."},
     {"name": "calibrations", "description": "Thresholds read off a calibration set's ROC curve."},
     {"name": "thresholds", "description": "The active threshold, and overriding it by hand."},
+    {
+        "name": "oip",
+        "description": "Open Inference Protocol v2 (KServe, Triton): health, metadata and "
+        'inference with JSON or binary tensors; errors are `{"error": ...}`.',
+    },
 ]
 BINARY = {"type": "string", "format": "binary"}
 # The one binary media type that generators without a table of media types turn into bytes.

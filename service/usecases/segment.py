@@ -95,6 +95,7 @@ class Segmentation:
     cut: Cut
     image: np.ndarray  # float32 (C, H, W), the model's input
     scores: np.ndarray  # float32 (H, W), the head's output
+    calibration_id: str | None = None  # the calibration in force, which drift watches against
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
@@ -141,6 +142,19 @@ async def segment_encoded(
     if threshold is not None:
         check_threshold(served, threshold)
     pixels = await decode(served, image, services.settings.max_image_pixels)
+    return await segment_pixels(services, served, pixels, encode, threshold)
+
+
+async def segment_pixels(
+    services: Services,
+    served: ServedModel,
+    pixels: np.ndarray,
+    encode: Encode[T],
+    threshold: float | None = None,
+) -> Encoded[T]:
+    """Segment already decoded (C, H, W) input, as `segment_encoded` does after decoding."""
+    if threshold is not None:
+        check_threshold(served, threshold)
     active = await services.active_threshold_async(served)
     if threshold is not None:
         cut = Cut(threshold, "request")
@@ -151,7 +165,7 @@ async def segment_encoded(
         observe = services.drift.watch(served.name, active.calibration_id)
     except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
         observe = _itself
-    stages = _Finish(served, cut, pixels, observe, encode)
+    stages = _Finish(served, cut, pixels, observe, encode, active.calibration_id)
     return await services.engine.run(served, pixels, stages)
 
 
@@ -183,12 +197,18 @@ class _Finish(Generic[T]):
     pixels: np.ndarray
     observe: Callable[[Prediction], Prediction]
     encode: Encode[T]
+    calibration_id: str | None
 
     def __call__(self, prediction: Prediction) -> Encoded[T]:
         """The encoded segmentation of the finished (finite) prediction."""
         self.observe(prediction)
         result = Segmentation(
-            self.served.name, self.served.digest, self.cut, self.pixels, prediction.output
+            self.served.name,
+            self.served.digest,
+            self.cut,
+            self.pixels,
+            prediction.output,
+            self.calibration_id,
         )
         return Encoded(result, self.encode(result))
 

@@ -249,7 +249,7 @@ def test_request_mistakes_are_problems(client: TestClient, nuclei: np.ndarray) -
     body = assert_problem(post_image(client, "/v1/models/nope/mask", png(nuclei)), 404)
     assert "unet-sigmoid" in body["detail"]
     assert_problem(client.get("/v1/models/nope"), 404)
-    assert_problem(client.get("/v2/nothing"), 404)
+    assert_problem(client.get("/v3/nothing"), 404)
     assert_problem(client.delete(SIGMOID), 405)
     assert_problem(client.put(f"{SIGMOID}/threshold", json={"val": 1}), 422)
     assert_problem(
