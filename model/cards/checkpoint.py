@@ -30,6 +30,8 @@ class CheckpointMeta:
     format_version: int = FORMAT_VERSION
     # The model card's `input` (channels, order, normalisation); None: the `dtype` rule.
     input: dict[str, Any] | None = None
+    # A multi-class model's `{"mode": ..., "classes": [...]}` (the card's `output`); None: binary.
+    output: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
@@ -51,7 +53,8 @@ class CheckpointMeta:
             "training": self.training,
             "default_threshold": self.default_threshold,
         }
-        return written | ({"input": self.input} if self.input is not None else {})
+        written |= {"input": self.input} if self.input is not None else {}
+        return written | ({"output": self.output} if self.output is not None else {})
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -109,8 +112,15 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     threshold = raw.get("default_threshold")
     if threshold is not None and not isinstance(threshold.get("value"), int | float):
         raise CheckpointError(f"{json_path}: default_threshold needs a numeric 'value'")
+    output = raw.get("output")
+    if output is not None and (not isinstance(output, dict) or set(output) != {"mode", "classes"}):
+        raise CheckpointError(
+            f"{json_path}: output must be an object with exactly 'mode' and 'classes' (a "
+            "multi-class checkpoint), or be left out for a binary one"
+        )
     return CheckpointMeta(
         architecture=architecture,
+        output=output,
         preprocessing=raw.get("preprocessing") or default_preprocessing(architecture.in_channels),
         training=raw.get("training") or {},
         default_threshold=threshold,
