@@ -72,6 +72,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     synth.add_argument("--n", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, required=True, help="seed; same seed, same images")
     synth.add_argument("--size", type=int, default=128, help="side in pixels (default 128)")
+    synth.add_argument(
+        "--classes",
+        type=_names,
+        help="comma-separated classes (nucleus,debris): write label-image masks, 0 background "
+        "and k for the k-th class, instead of binary ones",
+    )
 
     train = add_command(commands, "train", _train, "train a U-Net and write a checkpoint")
     train.add_argument("--data", type=Path, required=True, help="data set: images/ + masks/")
@@ -235,9 +241,18 @@ def _export(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from model.data.synth import write_dataset
 
-    write_dataset(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json)
-    emit(args, {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size})
+    classes = args.classes
+    write_dataset(
+        args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json, classes=classes
+    )
+    written = {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size}
+    emit(args, written | ({"classes": classes} if classes is not None else {}))
     return 0
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, spaces around them dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _train(args: argparse.Namespace) -> int:
