@@ -108,6 +108,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--threshold", type=float, help="default: the checkpoint's own")
+    evaluate.add_argument(
+        "--class-threshold",
+        action="append",
+        type=_class_threshold,
+        metavar="CLASS=VALUE",
+        help="a multi-class model's threshold for one class (repeat for each; default: the "
+        "checkpoint's own, or --threshold for every class)",
+    )
 
     calibrate = add_command(
         commands, "calibrate", _calibrate, "pick a threshold from the ROC curve"
@@ -286,11 +294,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multi_class(card: Path) -> bool:
+    """Whether the card (or checkpoint) at `card` is a multilabel or multiclass model."""
+    from model.cards.card import load_card
+
+    return load_card(card).output.mode != "binary"
+
+
+def _class_threshold(text: str) -> tuple[str, float]:
+    """`NAME=VALUE` as (name, value)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give CLASS=VALUE, e.g. nucleus=0.4") from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from model.training.evaluate import evaluate_checkpoint
 
+    if _multi_class(args.checkpoint):
+        return _evaluate_classes(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.threshold, progress=not args.json)
     emit(args, report)
+    return 0
+
+
+def _evaluate_classes(args: argparse.Namespace) -> int:
+    from model.cards.card import load_card
+    from model.inference.classes import evaluate_class_checkpoint
+
+    thresholds = None
+    if args.threshold is not None or args.class_threshold:
+        classes = load_card(args.checkpoint).output.class_names
+        thresholds = dict.fromkeys(classes, args.threshold) if args.threshold is not None else {}
+        thresholds |= dict(args.class_threshold or [])
+    report = evaluate_class_checkpoint(
+        args.checkpoint, args.data, thresholds, progress=not args.json
+    )
+    emit(args, report)
+    if not args.json:
+        for rule, dice in report["dice"].items():
+            each = ", ".join(f"{name} {value:.4f}" for name, value in dice["per_class"].items())
+            print(f"dice ({rule}): macro {dice['macro']:.4f}; {each}")
+        for name, auc in report["auc"].items():
+            print(f"{name}: threshold {report['thresholds'][name]:.4g}, AUC {auc:.4f}")
     return 0
 
 
@@ -299,6 +349,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from model.inference.calibrate import calibrate_checkpoint
 
     criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
+    if _multi_class(args.checkpoint):
+        return _calibrate_classes(args, criterion)
     report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
     if args.plot:
         from model.calibration.plots import roc_png
@@ -308,6 +360,40 @@ def _calibrate(args: argparse.Namespace) -> int:
     # On stderr, so that --json keeps stdout to the one JSON object.
     for warning in report.warnings:
         print(f"{warning.severity}: {warning.code}: {warning.message}", file=sys.stderr)
+    return EXIT_BLOCKED if args.strict and report.blocking else 0
+
+
+def _calibrate_classes(args: argparse.Namespace, criterion: Any) -> int:
+    from model.inference.classes import calibrate_class_checkpoint
+
+    report = calibrate_class_checkpoint(
+        args.checkpoint, args.data, criterion, progress=not args.json
+    )
+    if args.plot:
+        from model.calibration.plots import roc_png
+
+        for name, one in report.classes.items():
+            args.plot.with_name(f"{args.plot.stem}-{name}{args.plot.suffix}").write_bytes(
+                roc_png(one)
+            )
+    emit(args, report.to_dict())
+    if not args.json:
+        for name, one in report.classes.items():
+            point = one.chosen
+            print(
+                f"{name}: threshold {one.threshold:.4g} ({one.strategy}), AUC {one.auc:.4f}, "
+                f"Dice {point.f1:.4f}, TPR {point.tpr:.4f}, FPR {point.fpr:.4g}"
+            )
+        for rule, dice in report.summary.dice.items():
+            each = ", ".join(f"{name} {value:.4f}" for name, value in dice.per_class.items())
+            note = "" if dice.exact else " (estimated on the grid)"
+            print(f"dice ({rule}): macro {dice.macro:.4f}; {each}{note}")
+        if report.summary.argmax_disagreement is not None:
+            share = report.summary.argmax_disagreement
+            print(f"pixels where the calibrated rule and argmax disagree: {share:.4%}")
+    for name, one in report.classes.items():
+        for warning in one.warnings:
+            print(f"{warning.severity}: {name}: {warning.code}: {warning.message}", file=sys.stderr)
     return EXIT_BLOCKED if args.strict and report.blocking else 0
 
 
