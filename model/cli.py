@@ -156,7 +156,12 @@ def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentPars
     weights.add_argument("--n-val", type=int, default=64)
     weights.add_argument("--epochs", type=int, default=12)
     weights.add_argument(
-        "--heads", nargs="+", choices=HEADS, default=["sigmoid", "relu"], metavar="HEAD"
+        "--heads",
+        nargs="+",
+        choices=(*HEADS, "multiclass"),
+        default=["sigmoid", "relu", "multiclass"],
+        metavar="HEAD",
+        help="binary heads to train, and multiclass for unet-multiclass (default: all three)",
     )
     weights.add_argument("--strategy", default="f1", help="how the default threshold is chosen")
     weights.add_argument(

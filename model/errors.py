@@ -51,7 +51,7 @@ class CalibrationError(ValueError):
     """Calibration input or parameters that give no threshold; the message says what to fix."""
 
 
-class LabelError(CalibrationError):
+class LabelError(DatasetError, CalibrationError):
     """A label image or class mask that does not fit the model's classes; says what was expected."""
 
 

@@ -65,7 +65,7 @@ def calibrate_class_checkpoint(
     """The per-class report of the multi-class model whose card is `card`, on the set `data`."""
     predictor = load_predictor(card)
     items = iter_class_pairs(
-        data, predictor.classes, predictor.mode, predictor.input.channels, progress, "calibrate"
+        data, predictor.classes, predictor.mode, predictor.input, progress, "calibrate"
     )
     return calibrate_classes(predictor, items, criteria)
 
@@ -73,12 +73,17 @@ def calibrate_class_checkpoint(
 def default_thresholds(predictor: Predictor) -> tuple[dict[str, float], str]:
     """Each class's default threshold and where it comes from (checkpoint, card or 0.5)."""
     meta = checkpoint_meta(predictor)
-    recorded = (meta.default_threshold or {}).get("classes") if meta is not None else None
-    if isinstance(recorded, dict) and set(recorded) == set(predictor.classes):
-        return {name: float(recorded[name]) for name in predictor.classes}, "checkpoint default"
+    names = predictor.classes
+    if meta is not None:
+        recorded = (meta.default_threshold or {}).get("classes")
+        if isinstance(recorded, dict) and set(recorded) == set(names):
+            return {name: float(recorded[name]) for name in names}, "checkpoint default"
+        if meta.default_threshold:
+            return dict.fromkeys(names, meta.threshold), "checkpoint default"
+        return dict.fromkeys(names, 0.5), "conventional 0.5"
     if predictor.card.threshold is not None:
-        return dict.fromkeys(predictor.classes, predictor.card.threshold), "card default"
-    return dict.fromkeys(predictor.classes, 0.5), "conventional 0.5"
+        return dict.fromkeys(names, predictor.card.threshold), "card default"
+    return dict.fromkeys(names, 0.5), "conventional 0.5"
 
 
 def evaluate_classes(
@@ -156,6 +161,6 @@ def evaluate_class_checkpoint(
     else:
         source = "given"
     items = iter_class_pairs(
-        data, predictor.classes, predictor.mode, predictor.input.channels, progress, "evaluate"
+        data, predictor.classes, predictor.mode, predictor.input, progress, "evaluate"
     )
     return evaluate_classes(predictor, items, thresholds, source)
