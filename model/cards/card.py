@@ -124,7 +124,9 @@ class Output(BaseModel):
         """A card that never wrote `mode` or `classes` dumps as it did before they existed."""
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("mode", "classes"):
+            # A multi-class card's classes say where each class is; an unwritten channel is moot.
+            moot = ("mode", "classes") if self.mode == "binary" else ("channel",)
+            for key in moot:
                 if key not in self.model_fields_set:
                     data.pop(key, None)
         return data

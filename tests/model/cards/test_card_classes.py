@@ -187,3 +187,22 @@ def test_a_native_multiclass_checkpoint_carries_mode_and_classes(tmp_path: Path)
     path.with_suffix(".json").write_text(json.dumps(written))
     with pytest.raises(CardError, match="needs 2 output channels, but the architecture has 3"):
         load_card(path)
+
+
+def test_an_exported_multiclass_checkpoint_serves_the_same_classes(tmp_path: Path) -> None:
+    from model.cards.export import export
+
+    config = UNetConfig(out_channels=3, head="softmax", depth=1, base_channels=4)
+    torch.manual_seed(4)
+    output = {"mode": "multiclass", "classes": CLASSES}
+    meta = CheckpointMeta(config, default_preprocessing(1), output=output)
+    path = save(UNet(config).eval(), tmp_path / "mc.safetensors", meta)
+    card = export(path, "torchscript", tmp_path / "mc-ts.pt")
+    written = json.loads(card.read_text())["output"]
+    assert written["mode"] == "multiclass" and "channel" not in written
+    x = image(side=30)
+    exported, native = load_predictor(card), load_predictor(path)
+    assert exported.classes == tuple(CLASSES)
+    np.testing.assert_allclose(
+        predict_classes(exported, x).output, predict_classes(native, x).output, atol=1e-5
+    )

@@ -143,3 +143,21 @@ def test_a_label_outside_the_classes_names_the_file(
     Image.fromarray(labels).save(root / "masks" / image.name)
     with pytest.raises(LabelError, match=r"0000.png: label value 3 is outside 0..2"):
         calibrate_class_checkpoint(multiclass, root)
+
+
+def test_tiles_blend_into_the_whole_image_class_maps(multiclass: Path) -> None:
+    from model.inference.tiling import TiledImage
+
+    predictor = load_predictor(multiclass)
+    x = np.random.default_rng(1).random((1, 70, 90), dtype=np.float32)
+    whole = predict_classes(predictor, x)
+    for side, tolerance in ((128, 1e-6), (32, 0.05)):
+        tiled = TiledImage(predictor, x, tile=side, overlap=0.25)
+        for index in range(len(tiled.tiles)):
+            crop = torch.from_numpy(tiled.crop(index))[None]
+            with torch.inference_mode():
+                tiled.add(index, predictor.logits(crop)[0].numpy())
+        blended = tiled.finish_classes()
+        assert blended.output.shape == (2, 70, 90)
+        # One tile is the whole image; smaller tiles see less context near their edges.
+        assert np.abs(blended.output - whole.output).mean() < tolerance
