@@ -72,6 +72,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     synth.add_argument("--n", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, required=True, help="seed; same seed, same images")
     synth.add_argument("--size", type=int, default=128, help="side in pixels (default 128)")
+    synth.add_argument(
+        "--classes",
+        type=_names,
+        help="comma-separated classes (nucleus,debris): write label-image masks, 0 background "
+        "and k for the k-th class, instead of binary ones",
+    )
 
     train = add_command(commands, "train", _train, "train a U-Net and write a checkpoint")
     train.add_argument("--data", type=Path, required=True, help="data set: images/ + masks/")
@@ -102,6 +108,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate.add_argument("--checkpoint", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, required=True)
     evaluate.add_argument("--threshold", type=float, help="default: the checkpoint's own")
+    evaluate.add_argument(
+        "--class-threshold",
+        action="append",
+        type=_class_threshold,
+        metavar="CLASS=VALUE",
+        help="a multi-class model's threshold for one class (repeat for each; default: the "
+        "checkpoint's own, or --threshold for every class)",
+    )
 
     calibrate = add_command(
         commands, "calibrate", _calibrate, "pick a threshold from the ROC curve"
@@ -142,7 +156,12 @@ def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentPars
     weights.add_argument("--n-val", type=int, default=64)
     weights.add_argument("--epochs", type=int, default=12)
     weights.add_argument(
-        "--heads", nargs="+", choices=HEADS, default=["sigmoid", "relu"], metavar="HEAD"
+        "--heads",
+        nargs="+",
+        choices=(*HEADS, "multiclass"),
+        default=["sigmoid", "relu", "multiclass"],
+        metavar="HEAD",
+        help="binary heads to train, and multiclass for unet-multiclass (default: all three)",
     )
     weights.add_argument("--strategy", default="f1", help="how the default threshold is chosen")
     weights.add_argument(
@@ -235,9 +254,18 @@ def _export(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from model.data.synth import write_dataset
 
-    write_dataset(args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json)
-    emit(args, {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size})
+    classes = args.classes
+    write_dataset(
+        args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json, classes=classes
+    )
+    written = {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size}
+    emit(args, written | ({"classes": classes} if classes is not None else {}))
     return 0
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names, spaces around them dropped."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -271,11 +299,53 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multi_class(card: Path) -> bool:
+    """Whether the card (or checkpoint) at `card` is a multilabel or multiclass model."""
+    from model.cards.card import load_card
+
+    return load_card(card).output.mode != "binary"
+
+
+def _class_threshold(text: str) -> tuple[str, float]:
+    """`NAME=VALUE` as (name, value)."""
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give CLASS=VALUE, e.g. nucleus=0.4") from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from model.training.evaluate import evaluate_checkpoint
 
+    if _multi_class(args.checkpoint):
+        return _evaluate_classes(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.threshold, progress=not args.json)
     emit(args, report)
+    return 0
+
+
+def _evaluate_classes(args: argparse.Namespace) -> int:
+    from model.cards.card import load_card
+    from model.inference.classes import evaluate_class_checkpoint
+
+    thresholds = None
+    if args.threshold is not None or args.class_threshold:
+        classes = load_card(args.checkpoint).output.class_names
+        thresholds = dict.fromkeys(classes, args.threshold) if args.threshold is not None else {}
+        thresholds |= dict(args.class_threshold or [])
+    report = evaluate_class_checkpoint(
+        args.checkpoint, args.data, thresholds, progress=not args.json
+    )
+    emit(args, report)
+    if not args.json:
+        for rule, dice in report["dice"].items():
+            each = ", ".join(f"{name} {value:.4f}" for name, value in dice["per_class"].items())
+            print(f"dice ({rule}): macro {dice['macro']:.4f}; {each}")
+        for name, auc in report["auc"].items():
+            print(f"{name}: threshold {report['thresholds'][name]:.4g}, AUC {auc:.4f}")
     return 0
 
 
@@ -284,6 +354,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from model.inference.calibrate import calibrate_checkpoint
 
     criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
+    if _multi_class(args.checkpoint):
+        return _calibrate_classes(args, criterion)
     report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
     if args.plot:
         from model.calibration.plots import roc_png
@@ -293,6 +365,40 @@ def _calibrate(args: argparse.Namespace) -> int:
     # On stderr, so that --json keeps stdout to the one JSON object.
     for warning in report.warnings:
         print(f"{warning.severity}: {warning.code}: {warning.message}", file=sys.stderr)
+    return EXIT_BLOCKED if args.strict and report.blocking else 0
+
+
+def _calibrate_classes(args: argparse.Namespace, criterion: Any) -> int:
+    from model.inference.classes import calibrate_class_checkpoint
+
+    report = calibrate_class_checkpoint(
+        args.checkpoint, args.data, criterion, progress=not args.json
+    )
+    if args.plot:
+        from model.calibration.plots import roc_png
+
+        for name, one in report.classes.items():
+            args.plot.with_name(f"{args.plot.stem}-{name}{args.plot.suffix}").write_bytes(
+                roc_png(one)
+            )
+    emit(args, report.to_dict())
+    if not args.json:
+        for name, one in report.classes.items():
+            point = one.chosen
+            print(
+                f"{name}: threshold {one.threshold:.4g} ({one.strategy}), AUC {one.auc:.4f}, "
+                f"Dice {point.f1:.4f}, TPR {point.tpr:.4f}, FPR {point.fpr:.4g}"
+            )
+        for rule, dice in report.summary.dice.items():
+            each = ", ".join(f"{name} {value:.4f}" for name, value in dice.per_class.items())
+            note = "" if dice.exact else " (estimated on the grid)"
+            print(f"dice ({rule}): macro {dice.macro:.4f}; {each}{note}")
+        if report.summary.argmax_disagreement is not None:
+            share = report.summary.argmax_disagreement
+            print(f"pixels where the calibrated rule and argmax disagree: {share:.4%}")
+    for name, one in report.classes.items():
+        for warning in one.warnings:
+            print(f"{warning.severity}: {name}: {warning.code}: {warning.message}", file=sys.stderr)
     return EXIT_BLOCKED if args.strict and report.blocking else 0
 
 

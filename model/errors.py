@@ -49,3 +49,11 @@ class NonFiniteOutputError(ModelOutputError):
 
 class CalibrationError(ValueError):
     """Calibration input or parameters that give no threshold; the message says what to fix."""
+
+
+class LabelError(DatasetError, CalibrationError):
+    """A label image or class mask that does not fit the model's classes; says what was expected."""
+
+
+class UnknownClassError(ValueError):
+    """A class name the model does not have, or a class asked of a binary model."""

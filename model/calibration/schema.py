@@ -179,3 +179,64 @@ class CalibrationReport(_Frozen):
     def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:
         """A report read back from its `to_dict()` form; ValidationError if it is not one."""
         return cls.model_validate(data)
+
+
+class ClassDice(_Frozen):
+    """Per-class and macro (mean over classes) Dice of one decision rule on the calibration set.
+
+    `exact` is False where the value was read off the joint grid (`model.calibration.classes`).
+    """
+
+    per_class: dict[str, float]
+    macro: float
+    exact: bool
+
+
+class ClassSummary(_Frozen):
+    """The classes side by side: chosen thresholds and Dice against argmax and the 0.5 cut.
+
+    ``dice`` has ``calibrated`` (the chosen thresholds under the decision rule), ``fixed_0.5``
+    (every threshold at 0.5) and, for multiclass, ``argmax`` (background included).
+    ``argmax_disagreement`` is the share of pixels where the calibrated rule and plain argmax
+    differ (multiclass; read off a grid of ``grid_levels`` levels per class).
+    """
+
+    thresholds: dict[str, float]
+    dice: dict[str, ClassDice]
+    argmax_disagreement: float | None
+    grid_levels: int | None
+
+
+class MultiClassReport(_Frozen):
+    """A multi-class calibration: one full binary report per class (one-vs-rest), and a summary."""
+
+    mode: Literal["multilabel", "multiclass"]
+    classes: dict[str, CalibrationReport]
+    n_images: int
+    n_pixels: int
+    summary: ClassSummary
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The chosen threshold of each class, in class order."""
+        return {name: report.threshold for name, report in self.classes.items()}
+
+    @property
+    def blocking(self) -> tuple[tuple[str, HealthWarning], ...]:
+        """(class, warning) for every warning that keeps this calibration from activation."""
+        return tuple(
+            (name, warning) for name, report in self.classes.items() for warning in report.blocking
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON values: `classes: {name: <binary report>}` and `summary`."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        """The report as one line of JSON."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MultiClassReport:
+        """A report read back from its `to_dict()` form; ValidationError if it is not one."""
+        return cls.model_validate(data)

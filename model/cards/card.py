@@ -11,11 +11,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from model.cards.checkpoint import read_meta
 from model.data.normalize import ImageInput
@@ -25,6 +34,10 @@ from model.network.heads import foreground_channel, head_range
 SourceFormat = Literal["native", "monai", "torchscript", "exported", "onnx"]
 Head = Literal["sigmoid", "relu", "identity", "hard_sigmoid", "softmax"]
 Emits = Literal["logits", "probabilities", "scores"]
+Mode = Literal["binary", "multilabel", "multiclass"]
+MODES: tuple[str, ...] = ("binary", "multilabel", "multiclass")
+# Class names travel in query strings (`?class=`) and headers (`X-Threshold: nucleus=0.41`).
+CLASS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 DEFAULT_MAX_MODEL_BYTES = 2 << 30  # the service's UNET_MAX_MODEL_BYTES default
 MAX_CARD_BYTES = 1 << 20  # a card is a few hundred bytes of JSON; a megabyte is generous
@@ -50,18 +63,107 @@ class Source(BaseModel):
 
 
 class Output(BaseModel):
-    """What the network emits, its foreground channel and the head the service applies."""
+    """What the network emits, its foreground channel(s), classes and the head the service applies.
+
+    `mode` is `binary` (one foreground, `channel`), `multilabel` (K independent channels, class i
+    in channel i) or `multiclass` (a softmax over background in channel 0 and class i in channel
+    i + 1); `classes` names the K foreground classes in channel order.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     emits: Emits = "logits"
     channel: int = Field(default=0, ge=0)
     head: Head = "sigmoid"
+    mode: Mode = "binary"
+    classes: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _classes_fit_the_mode(self) -> Output:
+        """Classes only with a multi-class mode, well named, and a head that suits the mode."""
+        if self.mode == "binary":
+            if self.classes is not None:
+                raise ValueError(
+                    "output.classes names the classes of a multilabel or multiclass model; set "
+                    "output.mode to one of those, or drop output.classes for a binary model"
+                )
+            return self
+        if not self.classes:
+            raise ValueError(
+                f"output.mode {self.mode} needs output.classes, the foreground class names in "
+                'channel order (for example ["nucleus", "debris"])'
+            )
+        for name in self.classes:
+            if not CLASS_NAME.fullmatch(name) or name.lower() == "background":
+                raise ValueError(
+                    f"class name {name!r} is not allowed; use a letter then letters, digits, "
+                    "'_', '-' or '.' (at most 64), and not 'background' (it is implicit)"
+                )
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"output.classes {list(self.classes)} repeats a name; name each once")
+        if self.mode == "multiclass" and (
+            self.emits == "scores" or (self.emits == "logits" and self.head != "softmax")
+        ):
+            raise ValueError(
+                "a multiclass model's output is a softmax over background and classes; set "
+                "output.head to softmax (emits logits) or output.emits to probabilities"
+            )
+        if self.mode == "multilabel" and self.emits == "logits" and self.head == "softmax":
+            raise ValueError(
+                "a multilabel model has one independent channel per class; use head sigmoid "
+                "(or set output.mode to multiclass for a softmax)"
+            )
+        if "channel" in self.model_fields_set and self.channel != self.class_channels[0]:
+            raise ValueError(
+                f"output.channel is {self.channel}, but a {self.mode} model's first class is "
+                f"channel {self.class_channels[0]}; drop output.channel"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _unwritten_mode_stays_unwritten(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A card that never wrote `mode` or `classes` dumps as it did before they existed."""
+        data = handler(self)
+        if isinstance(data, dict):
+            # A multi-class card's classes say where each class is; an unwritten channel is moot.
+            moot = ("mode", "classes") if self.mode == "binary" else ("channel",)
+            for key in moot:
+                if key not in self.model_fields_set:
+                    data.pop(key, None)
+        return data
 
     @property
     def served_head(self) -> str:
         """The head as the rest of the code names it: `head` for logits, else what is emitted."""
         return self.head if self.emits == "logits" else self.emits
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The K foreground class names in channel order; empty for a binary model."""
+        return self.classes or ()
+
+    @property
+    def class_channels(self) -> tuple[int, ...]:
+        """The network's output channel of each class (binary: the one foreground channel)."""
+        if self.mode == "multiclass":
+            return tuple(range(1, len(self.class_names) + 1))
+        if self.mode == "multilabel":
+            return tuple(range(len(self.class_names)))
+        return (self.channel,)
+
+    @property
+    def first_channel(self) -> int:
+        """The channel the single-map path reads: `channel`, or the first class's channel."""
+        return self.class_channels[0]
+
+    @property
+    def n_channels(self) -> int | None:
+        """How many channels the network must emit; None where a binary card leaves it open."""
+        if self.mode == "multiclass":
+            return len(self.class_names) + 1
+        if self.mode == "multilabel":
+            return len(self.class_names)
+        return None
 
 
 class Tiling(BaseModel):
@@ -176,10 +278,15 @@ def _native(json_path: Path, raw: dict[str, Any]) -> ModelCard:
     """The card a native checkpoint's JSON implies."""
     meta = read_meta(json_path)
     arch = meta.architecture
+    output: dict[str, Any] = {"emits": "logits", "head": arch.head}
+    if meta.output is None:
+        output["channel"] = foreground_channel(arch.head)
+    else:  # a multi-class checkpoint: its mode and classes say where each class is
+        output |= meta.output
     fields = {
         "source": {"format": "native", "path": json_path.with_suffix(".safetensors").name},
         "input": raw.get("input") or {"channels": arch.in_channels},
-        "output": {"emits": "logits", "channel": foreground_channel(arch.head), "head": arch.head},
+        "output": output,
         "pad_multiple": 2**arch.depth,
         "tiling": raw.get("tiling") or {},
         "threshold": meta.threshold,
@@ -189,6 +296,13 @@ def _native(json_path: Path, raw: dict[str, Any]) -> ModelCard:
         raise CardError(
             f"{json_path}: input.channels is {card.input.channels} but the architecture takes "
             f"{arch.in_channels}; make them equal"
+        )
+    wanted = card.output.n_channels
+    if wanted is not None and wanted != arch.out_channels:
+        raise CardError(
+            f"{json_path}: output.classes names {len(card.output.class_names)} class(es), so a "
+            f"{card.output.mode} network needs {wanted} output channels, but the architecture has "
+            f"{arch.out_channels}; make output.classes match the network"
         )
     return card
 

@@ -30,16 +30,20 @@ class CheckpointMeta:
 
     architecture: UNetConfig
     training: dict[str, Any] = field(default_factory=dict)
-    # {"value": float, "source": str, ...evidence}; absent means the conventional 0.5.
+    # {"value": float, "source": str, ...evidence}; absent means the conventional 0.5. A
+    # multi-class checkpoint has {"classes": {name: float}, ...} instead of "value".
     default_threshold: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     # The model card's `input` (channels, order, normalisation); None: the `dtype` rule.
     input: dict[str, Any] | None = None
+    # A multi-class model's `{"mode": ..., "classes": [...]}` (the card's `output`); None: binary.
+    output: dict[str, Any] | None = None
 
     @property
     def threshold(self) -> float:
         """The recorded default threshold, or the conventional 0.5 when there is none."""
-        return float(self.default_threshold["value"]) if self.default_threshold else 0.5
+        value = (self.default_threshold or {}).get("value")
+        return float(value) if value is not None else 0.5
 
     @property
     def reference_auc(self) -> float | None:
@@ -55,7 +59,8 @@ class CheckpointMeta:
             "training": self.training,
             "default_threshold": self.default_threshold,
         }
-        return written | ({"input": self.input} if self.input is not None else {})
+        written |= {"input": self.input} if self.input is not None else {}
+        return written | ({"output": self.output} if self.output is not None else {})
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -102,13 +107,38 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{json_path}: bad architecture: {error}") from None
     threshold = raw.get("default_threshold")
-    if threshold is not None and not isinstance(threshold.get("value"), int | float):
-        raise CheckpointError(f"{json_path}: default_threshold needs a numeric 'value'")
+    if threshold is not None and not _threshold_ok(threshold):
+        raise CheckpointError(
+            f"{json_path}: default_threshold needs a numeric 'value' (or, multi-class, "
+            "'classes': an object of numbers)"
+        )
+    output = raw.get("output")
+    if output is not None and (not isinstance(output, dict) or set(output) != {"mode", "classes"}):
+        raise CheckpointError(
+            f"{json_path}: output must be an object with exactly 'mode' and 'classes' (a "
+            "multi-class checkpoint), or be left out for a binary one"
+        )
     return CheckpointMeta(
         architecture=architecture,
+        output=output,
         training=raw.get("training") or {},
         default_threshold=threshold,
         input=raw.get("input") if isinstance(raw.get("input"), dict) else None,
+    )
+
+
+def _threshold_ok(threshold: Any) -> bool:
+    """A numeric `value`, or a multi-class `classes` object of numbers."""
+    if not isinstance(threshold, dict):
+        return False
+    if isinstance(threshold.get("value"), int | float):
+        return True
+    classes = threshold.get("classes")
+    return (
+        "value" not in threshold
+        and isinstance(classes, dict)
+        and bool(classes)
+        and all(isinstance(v, int | float) for v in classes.values())
     )
 
 

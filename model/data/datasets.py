@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
-from model.data.decoding import Channels, image_size, read_image, read_mask
+from model.data.decoding import Channels, image_size, read_image, read_labels, read_mask
 from model.errors import DatasetError
 
 __all__ = [
@@ -82,10 +82,18 @@ def find_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 def load_pair(
-    image_path: Path, mask_path: Path, channels: Channels = 1, max_pixels: int | None = None
+    image_path: Path,
+    mask_path: Path,
+    channels: Channels = 1,
+    max_pixels: int | None = None,
+    n_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An image (float32, channels x H x W) and its mask (bool, H x W), checked to match in size."""
-    image, mask = read_image(image_path, channels, max_pixels), read_mask(mask_path)
+    """An image (float32, channels x H x W) and its mask (bool, H x W), checked to match in size.
+
+    With `n_classes`, the mask is a label image of 0..n_classes (integers) instead.
+    """
+    image = read_image(image_path, channels, max_pixels)
+    mask = read_mask(mask_path) if n_classes is None else read_labels(mask_path, n_classes)
     if image.shape[1:] != mask.shape:
         (height, width), (mask_h, mask_w) = image.shape[1:], mask.shape
         raise DatasetError(
@@ -108,15 +116,23 @@ def iter_pairs(
 class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """An `images/` + `masks/` folder as (image (C, H, W), mask (1, H, W) of 0/1) float tensors.
 
+    With `n_classes`, masks are label images and the mask tensor holds their values 0..n_classes.
+
     Pairs and sizes are checked when it is built, so a broken set fails at once, naming the file.
     With `augment`, each item is flipped and rotated by multiples of 90 degrees at random (the
     same for image and mask; non-square images only by 180 degrees so that sizes stay put).
     """
 
     def __init__(
-        self, root: Path, channels: Channels = 1, augment: bool = False, seed: int = 0
+        self,
+        root: Path,
+        channels: Channels = 1,
+        augment: bool = False,
+        seed: int = 0,
+        n_classes: int | None = None,
     ) -> None:
         self.root, self.channels, self.augment, self.seed = Path(root), channels, augment, seed
+        self.n_classes = n_classes
         self.pairs = find_pairs(self.root)
         self.names = [image_path.stem for image_path, _ in self.pairs]
         for image_path, mask_path in self.pairs:
@@ -131,7 +147,7 @@ class SegmentationFolder(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The `index`-th pair as (image, mask) float tensors."""
-        image, mask = load_pair(*self.pairs[index], self.channels)
+        image, mask = load_pair(*self.pairs[index], self.channels, n_classes=self.n_classes)
         if self.augment:
             image, mask = self._augment(image, mask)
         return (

@@ -39,6 +39,7 @@ from model.errors import (
     DatasetError,
     ImageTooLargeError,
     InflationError,
+    LabelError,
     NonFiniteImageError,
     OverInflatedError,
 )
@@ -355,6 +356,29 @@ def read_mask(path: Path) -> np.ndarray:
         array = array[..., :-1]  # alpha says nothing about the label
     foreground = np.nan_to_num(array, nan=0) != 0
     return foreground.any(axis=-1) if foreground.ndim == 3 else foreground
+
+
+def read_labels(path: Path, n_classes: int) -> np.ndarray:
+    """A label image (H, W) of integers 0..n_classes; grey, palette or equal-channel colour."""
+    array = decode(read_bytes(path), str(path), None, palette=True)
+    if array.ndim == 3:
+        if array.shape[-1] in (2, 4):
+            array = array[..., :-1]  # alpha says nothing about the label
+        if not (array == array[..., :1]).all():
+            raise LabelError(
+                f"{path}: a label image holds one value per pixel (0 background, 1..{n_classes} "
+                "the classes); this one has colours, save it as 8-bit grey"
+            )
+        array = array[..., 0]
+    if not np.issubdtype(array.dtype, np.integer):
+        raise LabelError(f"{path}: a label image holds integers 0..{n_classes}, not {array.dtype}")
+    high = int(array.max())
+    if high > n_classes:
+        raise LabelError(
+            f"{path}: label value {high} is outside 0..{n_classes} (0 background, 1..{n_classes} "
+            "the model's classes in order); relabel the image or fix the model's classes"
+        )
+    return array.astype(np.uint8 if n_classes < 256 else np.uint16)
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -9,6 +9,7 @@ disagreement along every border. Image `i` of seed `s` depends on `(s, i)` alone
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 MIN_SIZE = 8
+# Blurred debris intensity (on the 0..1 signal scale, about 25 grey levels) from which a pixel is
+# labelled debris: well above the background's noise, so what is labelled is visible.
+DEBRIS_LEVEL = 0.1
+# The classes `generate_labelled` can mark, and the label value of each.
+SYNTH_CLASSES: dict[str, int] = {"nucleus": 1, "debris": 2}
 _AREA = 128 * 128  # object and debris counts below are per image of this area
 
 
@@ -70,8 +76,14 @@ def _centres(rng: np.random.Generator, size: int, radii: np.ndarray) -> list[tup
     return centres
 
 
-def _add_debris(rng: np.random.Generator, canvas: np.ndarray, count: int) -> None:
-    """Bright specks and fibres, unlabelled: what a global threshold wrongly keeps."""
+def _add_debris(
+    rng: np.random.Generator, canvas: np.ndarray, count: int, debris: np.ndarray | None = None
+) -> None:
+    """Bright specks and fibres, unlabelled: what a global threshold wrongly keeps.
+
+    With `debris`, each speck's intensity is added there too (no extra random draws), so that
+    the classes' label image can mark it.
+    """
     size = canvas.shape[0]
     for _ in range(count):
         length = 0.0 if rng.random() < 0.6 else rng.uniform(8, 24)
@@ -89,7 +101,10 @@ def _add_debris(rng: np.random.Generator, canvas: np.ndarray, count: int) -> Non
         t = ((yy - y0) * (y1 - y0) + (xx - x0) * (x1 - x0)) / max(length**2, 1e-12)
         t = np.clip(t, 0, 1)
         dist2 = (yy - y0 - t * (y1 - y0)) ** 2 + (xx - x0 - t * (x1 - x0)) ** 2
-        canvas[top:bottom, left:right] += rng.uniform(0.45, 0.9) * np.exp(-dist2 / (2 * width**2))
+        speck = rng.uniform(0.45, 0.9) * np.exp(-dist2 / (2 * width**2))
+        canvas[top:bottom, left:right] += speck
+        if debris is not None:
+            debris[top:bottom, left:right] += speck
 
 
 def generate_pair(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +119,28 @@ def render(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.nd
     The annotation differs from `truth > 0` by the border jitter; benchmarks use `truth` to
     measure how far label noise alone caps Dice and AUC.
     """
+    image, mask, truth, _ = _render(rng, size, with_debris=False)
+    return image, mask, truth
+
+
+def generate_labelled(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The image `generate_pair` draws (same `rng`, same pixels) and its label image (uint8).
+
+    Labels: 0 background, 1 nucleus (exactly `generate_pair`'s mask), 2 debris: where the blurred
+    debris alone is brighter than DEBRIS_LEVEL, outside every nucleus.
+    """
+    image, mask, _, debris = _render(rng, size, with_debris=True)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    assert debris is not None
+    labels[debris >= DEBRIS_LEVEL] = 2
+    labels[mask] = 1
+    return image, labels
+
+
+def _render(
+    rng: np.random.Generator, size: int, with_debris: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """`render`'s image, mask and truth, plus the blurred debris intensity when asked for."""
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
     scale = size * size / _AREA
@@ -135,14 +172,18 @@ def render(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.nd
         inside = 1 / (1 + np.exp(-sdf / 0.6))
         signal[window] += contrast * inside * profile * grain
 
-    _add_debris(rng, signal, int(rng.poisson(5 * scale)))
-    signal = ndimage.gaussian_filter(signal, rng.uniform(0.8, 1.6), mode="nearest")
+    debris = np.zeros_like(signal) if with_debris else None
+    _add_debris(rng, signal, int(rng.poisson(5 * scale)), debris)
+    blur = rng.uniform(0.8, 1.6)
+    signal = ndimage.gaussian_filter(signal, blur, mode="nearest")
+    if debris is not None:
+        debris = ndimage.gaussian_filter(debris, blur, mode="nearest")
     # Shot noise from a photon budget that varies from image to image, then camera read noise.
     photons = rng.uniform(60, 250)
     noisy = rng.poisson(np.clip(signal, 0, None) * photons) / photons
     noisy = noisy + rng.normal(0, rng.uniform(0.01, 0.025), size=noisy.shape)
     image = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
-    return image, mask, truth
+    return image, mask, truth, debris
 
 
 def pair_rng(seed: int, index: int) -> np.random.Generator:
@@ -150,16 +191,48 @@ def pair_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def write_dataset(out: Path, n: int, seed: int, size: int = 128, progress: bool = False) -> None:
-    """Write `out/images/{i:04d}.png` and `out/masks/{i:04d}.png` (0/255) for i < n."""
+def write_dataset(
+    out: Path,
+    n: int,
+    seed: int,
+    size: int = 128,
+    progress: bool = False,
+    classes: Sequence[str] | None = None,
+) -> None:
+    """Write `out/images/{i:04d}.png` and `out/masks/{i:04d}.png` (0/255) for i < n.
+
+    With `classes` (names from SYNTH_CLASSES, in the order the model lists them) the masks are
+    label images instead: 0 background, k where the k-th class is; the images are the same.
+    """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if classes is not None:
+        check_classes(classes)
     images, masks = Path(out) / "images", Path(out) / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(n), desc="synth", disable=not progress, file=sys.stderr):
-        image, mask = generate_pair(pair_rng(seed, i), size)
+        if classes is None:
+            image, mask = generate_pair(pair_rng(seed, i), size)
+            written = mask.astype(np.uint8) * 255
+        else:
+            image, labels = generate_labelled(pair_rng(seed, i), size)
+            written = np.zeros_like(labels)
+            for value, name in enumerate(classes, start=1):
+                written[labels == SYNTH_CLASSES[name]] = value
         Image.fromarray(image).save(images / f"{i:04d}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"{i:04d}.png")
+        Image.fromarray(written).save(masks / f"{i:04d}.png")
+
+
+def check_classes(classes: Sequence[str]) -> None:
+    """Refuse class lists the generator cannot label: unknown names, repeats or none."""
+    known = ", ".join(SYNTH_CLASSES)
+    if not classes:
+        raise ValueError(f"give at least one class; the generator labels {known}")
+    for name in classes:
+        if name not in SYNTH_CLASSES:
+            raise ValueError(f"unknown class {name!r}; the generator labels {known}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes {', '.join(classes)} repeat a name; give each once")

@@ -21,6 +21,14 @@ class Prediction:
     logits: np.ndarray  # float32 (H, W), before the head; keeps order where a sigmoid rounds to 1
 
 
+@dataclass
+class ClassPrediction:
+    """Every class's map of one image, in class order (`Predictor.classes`)."""
+
+    output: np.ndarray  # float32 (K, H, W): softmax shares (multiclass) or per-channel head output
+    logits: np.ndarray  # float32 (K, H, W): order-keeping scores the calibration bins
+
+
 def check_finite(prediction: Prediction, name: str = "the image") -> Prediction:
     """`prediction` if its output and logits are finite, else NonFiniteOutputError."""
     bad = prediction.output.size - int(np.count_nonzero(np.isfinite(prediction.output)))
@@ -57,3 +65,22 @@ def predict(model: UNet | Predictor, image: np.ndarray) -> Prediction:
     batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     raw = predictor.logits(batch.to(predictor.device))
     return check_finite(to_predictions(predictor, raw)[0])
+
+
+def to_class_predictions(model: UNet | Predictor, logits: torch.Tensor) -> list[ClassPrediction]:
+    """One float32 CPU ClassPrediction per image of a batch of the network's output (N, K, H, W)."""
+    output, scores = as_predictor(model).class_maps(logits.float())
+    return [
+        ClassPrediction(output=np.ascontiguousarray(o), logits=np.ascontiguousarray(lg))
+        for o, lg in zip(output.cpu().numpy(), scores.cpu().numpy(), strict=True)
+    ]
+
+
+@torch.inference_mode()
+def predict_classes(model: UNet | Predictor, image: np.ndarray) -> ClassPrediction:
+    """Every class's map (K, H, W) for one normalised (C, H, W) float image (binary: K = 1)."""
+    predictor = as_predictor(model)
+    batch = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    prediction = to_class_predictions(predictor, predictor.logits(batch.to(predictor.device)))[0]
+    check_finite(Prediction(output=prediction.output, logits=prediction.logits))
+    return prediction

@@ -25,7 +25,13 @@ import torch
 
 from model.cards.sources.base import Predictor
 from model.cards.sources.native import as_predictor
-from model.inference.predict import Prediction, check_finite, to_predictions
+from model.inference.predict import (
+    ClassPrediction,
+    Prediction,
+    check_finite,
+    to_class_predictions,
+    to_predictions,
+)
 from model.network.unet import UNet
 
 
@@ -159,10 +165,18 @@ class TiledImage:
 
     def finish(self) -> Prediction:
         """The Prediction for the whole image; call once, after every tile was added."""
-        blended = self._blender.logits()[:, self.top : self.top + self.height]
-        blended = blended[:, :, self.left : self.left + self.width]
         with torch.inference_mode():
-            return to_predictions(self._model, torch.from_numpy(blended)[None])[0]
+            return to_predictions(self._model, self._blended())[0]
+
+    def finish_classes(self) -> ClassPrediction:
+        """Every class's map for the whole image (multi-class models); call once, instead."""
+        with torch.inference_mode():
+            return to_class_predictions(self._model, self._blended())[0]
+
+    def _blended(self) -> torch.Tensor:
+        """The blended network output (1, K, H, W), cropped back to the image."""
+        blended = self._blender.logits()[:, self.top : self.top + self.height]
+        return torch.from_numpy(blended[:, :, self.left : self.left + self.width])[None]
 
 
 def tile_batches(count: int, size: int) -> Iterator[range]:

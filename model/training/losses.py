@@ -22,13 +22,17 @@ def head_loss(
     Sigmoid, hard-sigmoid and identity heads learn from BCE-with-logits on the logits, which never
     saturates the way a loss on sigmoid outputs does (hard-sigmoid then serves a piecewise-linear
     approximation of the same sigmoid, identity serves the logits). Softmax heads use cross-entropy
-    with channel 1 as foreground. A ReLU head is a non-negative regressor: it is trained the way
-    such heads are, with mean squared error between ReLU(logits) and the 0/1 mask; where a logit
-    is negative its gradient is zero, the dead-head hazard the calibration report makes visible.
+    with channel 1 as foreground (a multiclass label image: channel k for label k). A ReLU head
+    is a non-negative regressor: it is trained the way such heads are, with mean squared error
+    between ReLU(logits) and the 0/1 mask; where a logit is negative its gradient is zero, the
+    dead-head hazard the calibration report makes visible.
     """
     if head == "softmax":
-        loss = F.cross_entropy(logits, target[:, 0].long())
-        probabilities = logits.softmax(dim=1)[:, 1:2]
+        labels = target[:, 0].long()
+        loss = F.cross_entropy(logits, labels)
+        probabilities = logits.softmax(dim=1)[:, 1:]
+        if logits.shape[1] > 2:  # multiclass: Dice over every class's one-hot mask
+            target = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
     elif head == "relu":
         output = F.relu(logits)
         loss = F.mse_loss(output, target)

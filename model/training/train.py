@@ -57,8 +57,13 @@ def train(
     val_data: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, UNet], None] | None = None,
+    classes: tuple[str, ...] | None = None,
 ) -> TrainResult:
     """Train a U-Net on the data set at `data` and write the best epoch's checkpoint to `out`.
+
+    With `classes` the masks are label images and the model is multiclass: a softmax head over
+    background and the classes (`architecture.out_channels` = K + 1), validated by macro Dice at
+    argmax, its checkpoint carrying the mode and classes.
 
     `on_epoch(epoch, model)` runs after each epoch's validation (studies record activations there);
     its time counts in the record's `seconds`.
@@ -69,7 +74,14 @@ def train(
     channels = ImageInput(
         channels=architecture.in_channels, normalize=Normalize.model_validate(config.normalize)
     )
-    train_set, val_set = _split(data, val_data, channels, config)
+    if classes is not None and (
+        architecture.head != "softmax" or architecture.out_channels != len(classes) + 1
+    ):
+        raise ValueError(
+            f"{len(classes)} classes need a softmax head with {len(classes) + 1} output channels"
+        )
+    n_classes = None if classes is None else len(classes)
+    train_set, val_set = _split(data, val_data, channels, config, n_classes)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(train_set, config.batch_size, shuffle=True, generator=generator)
     model = UNet(architecture).to(device)
@@ -119,6 +131,7 @@ def train(
         architecture,
         training=record,
         input=channels.model_dump(mode="json"),
+        output=None if classes is None else {"mode": "multiclass", "classes": list(classes)},
     )
     path = save(model.cpu().eval(), out, meta)
     return TrainResult(path, best_epoch, history)
@@ -128,8 +141,13 @@ def train(
 def validation_dice(
     model: UNet, dataset: SegmentationFolder | Subset[Any], device: torch.device
 ) -> float:
-    """Pixel Dice over the whole validation set at the conventional 0.5 cut."""
+    """Pixel Dice over the whole validation set at the conventional 0.5 cut.
+
+    A multiclass model (softmax over 3 or more channels) scores the macro Dice at argmax.
+    """
     model.eval()
+    if model.config.head == "softmax" and model.config.out_channels > 2:
+        return _macro_dice(model, dataset, device)
     channel = foreground_channel(model.config.head)
     intersection = total = 0.0
     for images, masks in DataLoader(dataset, batch_size=16):
@@ -140,16 +158,41 @@ def validation_dice(
     return 2 * intersection / total if total else 1.0
 
 
+def _macro_dice(
+    model: UNet, dataset: SegmentationFolder | Subset[Any], device: torch.device
+) -> float:
+    """Mean over classes of each class's pixel Dice at argmax (background included)."""
+    k = model.config.out_channels
+    counts = torch.zeros((3, k), dtype=torch.float64)  # intersection, predicted, true
+    for images, masks in DataLoader(dataset, batch_size=16):
+        predicted = model.logits(images.to(device)).argmax(dim=1).cpu()
+        truth = masks[:, 0].long()
+        for label in range(1, k):
+            p, t = predicted == label, truth == label
+            counts[:, label] += torch.tensor([(p & t).sum(), p.sum(), t.sum()], dtype=torch.float64)
+    dice = [
+        1.0 if counts[1:, c].sum() == 0 else float(2 * counts[0, c] / counts[1:, c].sum())
+        for c in range(1, k)
+    ]
+    return sum(dice) / len(dice)
+
+
 def _split(
-    data: Path, val_data: Path | None, channels: ImageInput, config: TrainConfig
+    data: Path,
+    val_data: Path | None,
+    channels: ImageInput,
+    config: TrainConfig,
+    n_classes: int | None = None,
 ) -> tuple[SegmentationFolder | Subset[Any], SegmentationFolder | Subset[Any]]:
     if val_data is not None:
         return (
-            SegmentationFolder(data, channels, augment=True, seed=config.seed),
-            SegmentationFolder(val_data, channels),
+            SegmentationFolder(data, channels, augment=True, seed=config.seed, n_classes=n_classes),
+            SegmentationFolder(val_data, channels, n_classes=n_classes),
         )
-    augmented = SegmentationFolder(data, channels, augment=True, seed=config.seed)
-    plain = SegmentationFolder(data, channels)
+    augmented = SegmentationFolder(
+        data, channels, augment=True, seed=config.seed, n_classes=n_classes
+    )
+    plain = SegmentationFolder(data, channels, n_classes=n_classes)
     n_val = max(1, round(len(plain) * config.val_fraction))
     if len(plain) < 2:
         raise ValueError(f"{data}: needs at least 2 images to hold one out for validation")

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from model.cli import main
 from service.cli import main as unet
@@ -81,3 +83,14 @@ def test_make_weights_calibrate_only_rewrites_the_default_threshold(
     # The weights are untouched: only the JSON record changed.
     shipped = (shipped_weights / "unet-sigmoid.safetensors").read_bytes()
     assert (out / "unet-sigmoid.safetensors").read_bytes() == shipped
+
+
+def test_synth_classes_writes_label_images(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    argv = ["synth", "--out", str(out), "--n", "2", "--seed", "1", "--size", "64"]
+    assert main([*argv, "--classes", "nucleus,debris", "--json"]) == 0
+    values = set()
+    for path in sorted((out / "masks").iterdir()):
+        values |= set(np.unique(np.asarray(Image.open(path))).tolist())
+    assert values <= {0, 1, 2} and 1 in values
+    assert main([*argv, "--classes", "nucleus,dust"]) == 2

@@ -3,7 +3,8 @@
 Batching, tiling, calibration and every endpoint see only this: `logits(batch)` returns the
 network's output map (N, K, H, W) at the batch's own size (pre-head values for a network that
 emits logits, its own map otherwise), and `foreground` turns it into the served map and the
-order-keeping scores the calibration bins. A source only says how to run its network on a batch
+order-keeping scores the calibration bins; `class_maps` does the same for every class of a
+multilabel or multiclass model, in class order. A source only says how to run its network on a batch
 whose sides are multiples of `pad_multiple` (`run_padded`).
 """
 
@@ -39,8 +40,18 @@ class Predictor(ABC):
 
     @property
     def channel(self) -> int:
-        """The foreground channel of the network's output."""
-        return self.card.output.channel
+        """The foreground channel of the network's output (multi-class: the first class's)."""
+        return self.card.output.first_channel
+
+    @property
+    def mode(self) -> str:
+        """`binary`, `multilabel` or `multiclass` (the card's `output.mode`)."""
+        return self.card.output.mode
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The K foreground class names in channel order; empty for a binary model."""
+        return self.card.output.class_names
 
     @property
     def in_channels(self) -> int:
@@ -101,6 +112,29 @@ class Predictor(ABC):
             return output, raw[:, channel] - torch.logsumexp(others, dim=1)
         return output, raw[:, channel]
 
+    def class_maps(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(served maps, order-keeping scores), each (N, K, H, W) in class order, for raw output.
+
+        Multiclass: the softmax over background and classes, each class's share; multilabel:
+        each class channel through the head. Scores are what `foreground` gives per class (the
+        logit of a softmax share, a sigmoid's logit). A binary model gives its one map as K = 1.
+        """
+        if self.mode == "binary":
+            served, scores = self.foreground(raw)
+            return served[:, None], scores[:, None]
+        channels = list(self.card.output.class_channels)
+        if self._head is None:
+            return raw[:, channels], raw[:, channels]
+        served = self._head(raw)[:, channels]
+        if self.mode == "multiclass":
+            # Each class's share against all other channels, background included, as a logit.
+            logs = []
+            for channel in channels:
+                others = torch.cat([raw[:, :channel], raw[:, channel + 1 :]], dim=1)
+                logs.append(raw[:, channel] - torch.logsumexp(others, dim=1))
+            return served, torch.stack(logs, dim=1)
+        return served, raw[:, channels]
+
     @torch.inference_mode()
     def probe(self) -> np.ndarray:
         """Passes on a random and a blank image of an awkward size; checks them, returns a map.
@@ -156,14 +190,22 @@ class Predictor(ABC):
                 f"{self.card_path}: the softmax head needs 2 or more output channels, the "
                 "network emits 1; use head sigmoid"
             )
+        wanted = self.card.output.n_channels
+        if wanted is not None and channels != wanted:
+            layout = "background first, then" if self.mode == "multiclass" else "one per class:"
+            raise CardError(
+                f"{self.card_path}: output.classes names {len(self.classes)} class(es), so a "
+                f"{self.mode} network must emit {wanted} channels ({layout} "
+                f"{', '.join(self.classes)}), but it emits {channels}; fix output.classes"
+            )
         self.out_channels = channels
         self._check_values(raw, what)
         return raw
 
     def _check_values(self, raw: torch.Tensor, what: str) -> None:
         """The served map on a probe image must be finite and inside the head's range."""
-        served, scores = self.foreground(raw)
-        bad = int((~torch.isfinite(raw[:, self.channel])).sum())
+        served, scores = self.class_maps(raw)
+        bad = int((~torch.isfinite(raw[:, list(self.card.output.class_channels)])).sum())
         if bad or not bool(torch.isfinite(served).all()) or not bool(torch.isfinite(scores).all()):
             raise CardError(
                 f"{self.card_path}: the network's output on {what} has NaN or infinite values; "

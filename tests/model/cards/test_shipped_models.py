@@ -52,3 +52,20 @@ def test_relu_head_threshold_is_not_the_conventional_half(
     report = calibrate_checkpoint(shipped_weights / "unet-relu.safetensors", data)
     assert not report.is_probability
     assert report.tied_at_min_fraction > 0.3  # most background pixels sit at exactly 0
+
+
+def test_multiclass_model_with_calibrated_thresholds_on_unseen_data(
+    shipped_weights: Path, tmp_path: Path
+) -> None:
+    """unet-multiclass (held beside the served models until the service serves classes)."""
+    from model.inference.classes import evaluate_class_checkpoint
+
+    checkpoint = shipped_weights / "multiclass" / "unet-multiclass.safetensors"
+    data = tmp_path / "unseen"
+    write_dataset(data, n=24, seed=602, classes=["nucleus", "debris"])  # 1 and 2 trained it
+    result = evaluate_class_checkpoint(checkpoint, data)
+    assert result["threshold_source"] == "checkpoint default"
+    calibrated, argmax = result["dice"]["calibrated"], result["dice"]["argmax"]
+    assert calibrated["per_class"]["nucleus"] >= 0.88
+    assert calibrated["per_class"]["debris"] >= 0.70
+    assert calibrated["macro"] >= argmax["macro"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from model.data.synth import generate_pair, pair_rng, render, write_dataset
+from model.data.synth import generate_labelled, generate_pair, pair_rng, render, write_dataset
 from model.training.otsu import otsu_mask, otsu_threshold
 
 
@@ -108,3 +109,69 @@ def test_otsu_threshold_in_the_units_of_float_and_16_bit_images() -> None:
     assert 20000 < otsu_threshold((two_modes * 65535).astype(np.uint16)) < 40000
     assert otsu_threshold(np.full((3, 3), 7.0)) == 7.0
     assert otsu_mask(np.array([[0.0, np.nan], [1.0, 1.0]])).tolist() == [[False, False], [1, 1]]
+
+
+def _pixels_digest(seed: int, n: int, size: int) -> str:
+    digest = hashlib.sha256()
+    for i in range(n):
+        for array in render(pair_rng(seed, i), size):
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def test_binary_output_is_what_it_was_before_classes() -> None:
+    """Labelling debris draws nothing from the generator: seeded binary pixels stay the same."""
+    # Taken from the generator before debris could be labelled.
+    assert _pixels_digest(11, 4, 96) == (
+        "c76293e9d742649507214f4f7d302cfe4863e8621dc165534b7e57522a20d736"
+    )
+
+
+def test_classes_write_label_images_over_the_same_images(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "binary", n=3, seed=4, size=96)
+    write_dataset(tmp_path / "classes", n=3, seed=4, size=96, classes=["nucleus", "debris"])
+    write_dataset(tmp_path / "swapped", n=3, seed=4, size=96, classes=["debris", "nucleus"])
+    binary, classes = _files(tmp_path / "binary"), _files(tmp_path / "classes")
+    assert {k: v for k, v in binary.items() if k.startswith("images")} == {
+        k: v for k, v in classes.items() if k.startswith("images")
+    }
+    seen = set()
+    for i in range(3):
+        name = f"{i:04d}.png"
+        labels = np.asarray(Image.open(tmp_path / "classes" / "masks" / name))
+        swapped = np.asarray(Image.open(tmp_path / "swapped" / "masks" / name))
+        mask = np.asarray(Image.open(tmp_path / "binary" / "masks" / name))
+        assert labels.dtype == np.uint8 and labels.shape == (96, 96)
+        seen |= set(np.unique(labels).tolist())
+        assert np.array_equal(labels == 1, mask == 255)  # the nucleus class is the binary mask
+        assert np.array_equal(swapped == 1, labels == 2)
+        assert np.array_equal(swapped == 2, labels == 1)
+    assert seen == {0, 1, 2}
+
+
+def test_debris_labels_mark_the_bright_specks() -> None:
+    for i in range(6):
+        image, labels = generate_labelled(pair_rng(2, i), 128)
+        same_image, mask = generate_pair(pair_rng(2, i), 128)
+        assert np.array_equal(image, same_image)
+        assert np.array_equal(labels == 1, mask)
+        if (labels == 2).any():
+            background = image[labels == 0].astype(float)
+            # Debris is brighter than the background around it on average.
+            assert image[labels == 2].mean() > np.median(background) + 20
+
+
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (["nucleus", "cell"], "unknown class 'cell'; the generator labels nucleus, debris"),
+        (["debris", "debris"], "repeat a name"),
+        ([], "at least one class"),
+    ],
+)
+def test_classes_the_generator_cannot_label_are_refused(
+    tmp_path: Path, classes: list[str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        write_dataset(tmp_path, n=1, seed=0, size=32, classes=classes)
+    assert not (tmp_path / "images").exists()
