@@ -30,6 +30,6 @@ lint: dev
 	$(BIN)/ruff format --check model service tests benchmarks
 	$(BIN)/mypy model service
 
-# Reproduces the shipped checkpoints in model/weights/ (CPU, about 15 minutes).
+# Reproduces the shipped checkpoints in model/weights/ (CPU, about 15 minutes a model, three models).
 weights: install
 	$(BIN)/python -m model.cli make-weights
