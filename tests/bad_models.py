@@ -6,7 +6,6 @@ ONNX graphs are written with the `onnx` package (a default dependency); each tak
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,8 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import write_card
 
 
 def onnx_file(
@@ -99,10 +100,3 @@ def monai_card(folder: Path, name: str, weights: str) -> Path:
         "pad_multiple": 2,
     }
     return write_card(folder, name, card)
-
-
-def write_card(folder: Path, name: str, card: dict[str, Any]) -> Path:
-    """`card` as `folder/NAME.json`; NaN and infinities are written as JSON's extensions."""
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(card))  # allow_nan: writes NaN, Infinity as Python's json does
-    return path

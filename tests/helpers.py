@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import json
 import re
 import struct
 import subprocess
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from httpx import Response
 from PIL import Image
 from sqlalchemy import Engine, event
+from torch import nn
 
 from model.data.synth import generate_pair, pair_rng
 from service.inference.engine import InferenceEngine
@@ -281,3 +284,16 @@ def fill(folder: Path, name: str) -> Path:
         except OSError as error:
             assert error.errno == errno.ENOSPC
     return filler
+
+
+def write_card(folder: Path, name: str, card: dict[str, Any]) -> Path:
+    """`card` as `folder/NAME.json`; NaN and infinities are written as JSON's extensions."""
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(card))  # allow_nan: writes NaN, Infinity as Python's json does
+    return path
+
+
+def scripted(folder: Path, module: nn.Module, name: str) -> str:
+    """`module` saved with torch.jit.save in `folder`; its file name."""
+    torch.jit.save(torch.jit.script(module.eval()), str(folder / f"{name}.pt"))
+    return f"{name}.pt"

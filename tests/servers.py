@@ -84,3 +84,15 @@ def running_service(
         yield service
     finally:
         service.stop()
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned directly under `pid`."""
+    listed = subprocess.run(
+        ["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True
+    ).stdout.split()
+    return [
+        int(child)
+        for child in listed
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]

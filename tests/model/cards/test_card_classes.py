@@ -16,19 +16,9 @@ from model.cards.sources import load_predictor
 from model.errors import CardError
 from model.inference.predict import predict, predict_classes
 from model.network.unet import UNet, UNetConfig
+from tests.helpers import scripted, write_card
 
 CLASSES = ["nucleus", "debris"]
-
-
-def write_card(folder: Path, name: str, card: dict) -> Path:
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(card))
-    return path
-
-
-def scripted(folder: Path, module: nn.Module, name: str) -> str:
-    torch.jit.save(torch.jit.script(module.eval()), str(folder / f"{name}.pt"))
-    return f"{name}.pt"
 
 
 def image(side: int = 40, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from torch import nn
 
@@ -21,6 +20,7 @@ from model.data.normalize import ImageInput, Normalize, normalize, percentiles
 from model.data.synth import generate_pair, pair_rng
 from model.errors import CardError
 from model.inference.predict import predict
+from tests.helpers import scripted, write_card
 
 
 def png(array: np.ndarray) -> bytes:
@@ -28,18 +28,6 @@ def png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_card(folder: Path, name: str, card: dict) -> Path:
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(card))
-    return path
-
-
-def scripted(folder: Path, module: nn.Module, name: str) -> str:
-    """`module` saved with torch.jit.save in `folder`; its file name."""
-    torch.jit.save(torch.jit.script(module.eval()), str(folder / f"{name}.pt"))
-    return f"{name}.pt"
 
 
 # Normalisation --------------------------------------------------------------------------------

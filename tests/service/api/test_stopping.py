@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,22 +21,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import TINY_MODEL, png
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, worker_pids
 
 MASK = f"/v1/models/{TINY_MODEL}/mask"
 STARTED_WITHIN_S = 600.0  # measured: 2 workers took over 300 s to warm up at load 19 on 2 cores
-
-
-def _children(pid: int) -> list[int]:
-    """The worker processes directly under `pid`."""
-    listed = subprocess.run(
-        ["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True
-    ).stdout.split()
-    return [
-        int(child)
-        for child in listed
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
 
 
 def _gone(pid: int) -> bool:
@@ -74,7 +61,7 @@ def service(
 def _wait_for_workers(service: ServiceProcess, count: int) -> list[int]:
     """The pids of `count` workers of `service`, once every one of them is ready."""
     deadline = time.monotonic() + STARTED_WITHIN_S
-    while len(workers := _children(service.process.pid)) < count or not _all_ready(service):
+    while len(workers := worker_pids(service.process.pid)) < count or not _all_ready(service):
         assert time.monotonic() < deadline, "the workers did not all start"
         time.sleep(0.1)
     return workers

@@ -27,7 +27,7 @@ from model.data.synth import generate_pair, pair_rng
 from model.inference.tiling import predict_tiled
 from service.app import create_app
 from service.settings import Settings
-from tests.helpers import dataset_files, make_zip, png, wait_for_calibration
+from tests.helpers import dataset_files, make_zip, png, wait_for_calibration, write_card
 
 nets = pytest.importorskip("monai.networks.nets")  # the optional extra `.[monai]`
 
@@ -93,10 +93,6 @@ def train_briefly(network: torch.nn.Module, normalize: dict[str, Any], classes: 
         loss.backward()
         optimiser.step()
     network.eval()
-
-
-def write_card(folder: Path, name: str, card: dict[str, Any]) -> None:
-    (folder / f"{name}.json").write_text(json.dumps(card))
 
 
 def onnx_forward(path: Path) -> Forward:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import TINY_MODEL, dataset_files, make_zip, png, wait_for_calibration
-from tests.servers import ServiceProcess, free_port
+from tests.servers import ServiceProcess, free_port, worker_pids
 
 BASE = f"/v1/models/{TINY_MODEL}"
 LEASE_S = 2.0
@@ -151,18 +151,6 @@ def test_a_killed_calibration_fails_within_the_lease_and_the_old_threshold_stays
     assert (threshold["value"], threshold["source"]) == (0.3, "manual")
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The worker processes uvicorn spawned under `pid`."""
-    children = subprocess.run(
-        ["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True
-    ).stdout.split()
-    return [
-        int(child)
-        for child in children
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
-
-
 @pytest.mark.slow
 def test_unet_serve_workers_runs_processes_on_one_port_that_agree(
     tiny_model_dir: Path, tmp_path: Path
@@ -178,11 +166,11 @@ def test_unet_serve_workers_runs_processes_on_one_port_that_agree(
     service = Service(process, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
     try:
         deadline = time.monotonic() + 120
-        while len(_workers_of(process.pid)) < 2 or not _ready_on_fresh_connections(port):
+        while len(worker_pids(process.pid)) < 2 or not _ready_on_fresh_connections(port):
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             assert time.monotonic() < deadline, "two workers not ready within 120 s"
             time.sleep(0.2)
-        assert len(_workers_of(process.pid)) == 2
+        assert len(worker_pids(process.pid)) == 2
         assert service.client.put(f"{BASE}/threshold", json={"value": 0.65}).status_code == 200
         time.sleep(1.0)  # the coherence bound
         # Fresh connections land on either worker: every one applies the new threshold.
