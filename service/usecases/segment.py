@@ -142,7 +142,7 @@ async def segment_encoded(
     if threshold is not None:
         check_threshold(served, threshold)
     pixels = await decode(served, image, services.settings.max_image_pixels)
-    return await segment_pixels(services, served, pixels, encode, threshold)
+    return await _segment(services, served, pixels, encode, threshold)
 
 
 async def segment_pixels(
@@ -155,6 +155,17 @@ async def segment_pixels(
     """Segment already decoded (C, H, W) input, as `segment_encoded` does after decoding."""
     if threshold is not None:
         check_threshold(served, threshold)
+    return await _segment(services, served, pixels, encode, threshold)
+
+
+async def _segment(
+    services: Services,
+    served: ServedModel,
+    pixels: np.ndarray,
+    encode: Encode[T],
+    threshold: float | None,
+) -> Encoded[T]:
+    """Segment decoded input at an already checked `threshold` (None: the one in force)."""
     active = await services.active_threshold_async(served)
     if threshold is not None:
         cut = Cut(threshold, "request")
