@@ -46,7 +46,7 @@ from service.state.integrity import (
 )
 from service.state.store import ThresholdStore
 from service.state.writable import why_read_only
-from service.usecases.thresholds import publish_threshold
+from service.usecases.thresholds import publish_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,10 @@ async def _serving(
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
     for served in registry:
-        active = services.active_threshold(served)
-        publish_threshold(metrics, served.name, active)
-        monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
+        publish_thresholds(services, served)
+        if not served.multi_class:  # drift is watched for binary models (see the README)
+            active = services.active_threshold(served)
+            monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
     leases = asyncio.create_task(jobs.keep_leases())

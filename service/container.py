@@ -41,14 +41,32 @@ class Services:
             return _or_default(served, None, stale=True)
         return _or_default(served, stored)
 
+    def class_thresholds(self, served: ServedModel) -> dict[str, ActiveThreshold]:
+        """A multi-class model's threshold in force for each class, in class order, read now."""
+        return {
+            name: _or_default(
+                served, self.store.current_threshold(served.name, served.digest, name), cls=name
+            )
+            for name in served.classes
+        }
+
+    async def class_thresholds_async(self, served: ServedModel) -> dict[str, ActiveThreshold]:
+        """Each class's threshold inference applies, as `active_threshold_async` reads one."""
+        found = {}
+        for name in served.classes:
+            stored = await self.store.active_threshold_async(served.name, served.digest, name)
+            stale = stored is None and self.store.outage.failing
+            found[name] = _or_default(served, stored, stale=stale, cls=name)
+        return found
+
 
 def _or_default(
-    served: ServedModel, stored: ActiveThreshold | None, stale: bool = False
+    served: ServedModel, stored: ActiveThreshold | None, stale: bool = False, cls: str = ""
 ) -> ActiveThreshold:
     if stored is not None:
         return stored
     return ActiveThreshold(
-        value=served.default_threshold,
+        value=served.class_defaults[cls] if cls else served.default_threshold,
         source="default",
         calibration_id=None,
         digest=served.digest,

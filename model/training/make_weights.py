@@ -33,9 +33,6 @@ TRAIN_SEED, VAL_SEED = 1, 2  # data seeds used here; never reuse them to report 
 # The parts of the validation report a checkpoint keeps with its default threshold.
 DEFAULT_EVIDENCE = ("strategy", "auc", "n_images", "threshold_ci", "operating_points")
 MULTICLASS = "multiclass"  # in `heads`: the multi-class model, unet-multiclass
-# unet-multiclass is written to this folder under `out`, which the service does not list, until
-# the service answers per class; then it moves beside the binary models.
-MULTICLASS_FOLDER = "multiclass"
 SHIPPED_CLASSES = ("nucleus", "debris")
 
 
@@ -97,7 +94,7 @@ def _make_multiclass(plan: WeightsPlan, progress: bool) -> dict[str, float]:
             train_dir, n=plan.n_train, seed=TRAIN_SEED, progress=progress, classes=SHIPPED_CLASSES
         )
     write_dataset(val_dir, n=plan.n_val, seed=VAL_SEED, progress=progress, classes=SHIPPED_CLASSES)
-    checkpoint = plan.out / MULTICLASS_FOLDER / f"unet-{MULTICLASS}.safetensors"
+    checkpoint = plan.out / f"unet-{MULTICLASS}.safetensors"
     if not plan.calibrate_only:
         architecture = UNetConfig(
             head="softmax", out_channels=len(SHIPPED_CLASSES) + 1, depth=3, base_channels=16

@@ -262,6 +262,19 @@ class ModelInfo(BaseModel):
         description="What runs the network's passes (UNET_BACKEND); null while the engine "
         "starts and has not chosen yet, and for a model that failed to load.",
     )
+    mode: Literal["binary", "multilabel", "multiclass"] | None = Field(
+        default=None,
+        description="binary (one map), multilabel (K independent maps) or multiclass (softmax "
+        "over background and K classes); null for a model that failed to load.",
+    )
+    classes: list[str] = Field(
+        default_factory=list, description="The K foreground classes in order; [] for binary."
+    )
+    class_thresholds: dict[str, Threshold] | None = Field(
+        default=None,
+        description="Multi-class: the active threshold of each class (`threshold` is then "
+        "null); null for binary.",
+    )
 
 
 class ModelList(BaseModel):

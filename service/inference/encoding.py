@@ -84,6 +84,50 @@ def probabilities_npy(scores: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def class_maps_npy(maps: np.ndarray) -> bytes:
+    """Every class's map (K, H, W) as one float32 .npy file (no pickle)."""
+    if maps.ndim != 3:
+        raise ValueError(f"class maps must be a 3-D (K, H, W) array, not shape {maps.shape}")
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(maps, dtype=np.float32))
+    return buffer.getvalue()
+
+
+def labels_png(labels: np.ndarray) -> bytes:
+    """An 8-bit greyscale PNG whose value is each pixel's label (0 background, k the k-th class)."""
+    pixels = np.asarray(_plane(labels, "labels"))
+    if pixels.size and int(pixels.max()) > 255:
+        raise ValueError("an 8-bit label PNG holds at most 255 classes")
+    return _png(pixels.astype(np.uint8), MASK_LEVEL)
+
+
+# One colour per class for overlays, in class order (Okabe-Ito, distinguishable by people with
+# colour-blindness); past the eighth class the colours repeat.
+CLASS_COLOURS = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (255, 255, 255),
+)
+
+
+def class_overlay_png(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45) -> bytes:
+    """An RGB PNG of `image` with each class's mask (K, H, W) tinted and outlined in its colour."""
+    rgb = _rgb(image)
+    if masks.ndim != 3 or masks.shape[1:] != rgb.shape[:2]:
+        raise ValueError(f"masks {masks.shape} must be (K, H, W) of image {rgb.shape[:2]}")
+    side = max(1, min(rgb.shape[:2]) // 512)
+    for k, mask in enumerate(np.asarray(masks, dtype=bool)):
+        tint = np.asarray(CLASS_COLOURS[k % len(CLASS_COLOURS)], dtype=np.float32) / 255
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * tint
+        rgb[outline(mask, side)] = tint
+    return _png(np.rint(rgb * 255).astype(np.uint8), NOISY_LEVEL)
+
+
 def probabilities_png16(probabilities: np.ndarray) -> bytes:
     """A 16-bit greyscale PNG of probabilities in [0, 1]: value = round(p * 65535)."""
     p = np.asarray(_plane(probabilities, "probabilities"), dtype=np.float64)

@@ -29,7 +29,12 @@ import torch
 from anyio import to_thread
 
 from model.cards.sources.native import NativePredictor
-from model.inference.predict import Prediction, to_predictions
+from model.inference.predict import (
+    ClassPrediction,
+    Prediction,
+    to_class_predictions,
+    to_predictions,
+)
 from service.inference.backends import (
     ONNXRUNTIME,
     TORCH,
@@ -248,10 +253,12 @@ class InferenceEngine:
         result: Prediction = await self._run(served, image, _unchanged, None, wait=True)
         return result
 
-    async def run(
-        self, served: ServedModel, image: np.ndarray, then: Callable[[Prediction], T]
-    ) -> T:
-        """`then(prediction)` for one (C, H, W) normalised image, run in the inference worker."""
+    async def run(self, served: ServedModel, image: np.ndarray, then: Callable[[Any], T]) -> T:
+        """`then(prediction)` for one (C, H, W) normalised image, run in the inference worker.
+
+        The prediction is a Prediction (H, W) for a binary model, a ClassPrediction (K, H, W)
+        for a multi-class one.
+        """
         timeout = self.settings.request_timeout_s
         if not self._started.is_set():
             # Start-up (choosing a backend, maybe an export) takes seconds; a request that comes
@@ -423,7 +430,11 @@ class InferenceEngine:
             tiles = [row for row, (job, _) in enumerate(live) if isinstance(job, TiledJob)]
             # Indexing copies; the common batch is all whole images or all tiles.
             ours = logits if len(whole) == len(live) else logits[whole]
-            predictions = to_predictions(served.network, ours) if whole else []
+            # A multi-class model's job gets every class's map (K, H, W), in class order.
+            maps = to_class_predictions if served.multi_class else to_predictions
+            predictions: list[Prediction] | list[ClassPrediction] = (
+                maps(served.network, ours) if whole else []
+            )
             ours = logits if len(tiles) == len(live) else logits[tiles]
             tile_logits = ours.cpu().numpy() if tiles else None
         finished: list[tuple[Job, Any]] = [

@@ -30,6 +30,7 @@ from model.cards.sources import Predictor, load_predictor
 from model.cards.sources.native import checkpoint_meta
 from model.data.normalize import ImageInput
 from model.errors import CardError, CheckpointError
+from model.inference.classes import default_thresholds
 from model.network.heads import head_range, is_probability
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,26 @@ class ServedModel:
         """The card's own threshold, or the conventional 0.5 when it carries none."""
         threshold = self.card.threshold
         return 0.5 if threshold is None else float(threshold)
+
+    @property
+    def mode(self) -> str:
+        """`binary`, `multilabel` or `multiclass`, as the card's `output.mode` says."""
+        return self.network.mode
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The foreground class names in channel order; empty for a binary model."""
+        return self.network.classes
+
+    @property
+    def multi_class(self) -> bool:
+        """Whether the model answers one map per class (multilabel or multiclass)."""
+        return self.mode != "binary"
+
+    @functools.cached_property
+    def class_defaults(self) -> dict[str, float]:
+        """Each class's own default threshold (the checkpoint's per class, the card's, or 0.5)."""
+        return default_thresholds(self.network)[0] if self.multi_class else {}
 
 
 def model_digest(card_path: Path, card: ModelCard) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from anyio import to_thread
 
-from model.inference.predict import Prediction, check_finite
+from model.inference.predict import ClassPrediction, Prediction, check_finite
 from model.inference.tiling import TiledImage
 from service.inference.batching import Job
 from service.inference.registry import ServedModel
@@ -22,7 +22,9 @@ from service.settings import Settings
 
 # A request's own post-processing of its prediction (thresholding, encoding), run in the worker
 # thread that finished the job: one hand-off per request fewer than a trip back to the loop.
-Finish = Callable[[Prediction], Any]
+# A binary model's jobs finish with a Prediction (H, W), a multi-class model's with a
+# ClassPrediction (K, H, W).
+Finish = Callable[[Any], Any]
 
 
 class ImageJob(Job):
@@ -41,12 +43,13 @@ class ImageJob(Job):
 class TiledJob(Job):
     """A large image: one unit per tile, blended into the full map when the last one is in."""
 
-    def __init__(self, tiled: TiledImage, finish: Finish) -> None:
+    def __init__(self, tiled: TiledImage, finish: Finish, classes: bool = False) -> None:
         first = tiled.tiles[0]
         key = (tiled.image.shape[0], first.height, first.width)
         super().__init__(key=key, units=len(tiled.tiles))
         self.tiled = tiled
         self.finish = finish
+        self.classes = classes  # every class's map (multi-class models), not one foreground
         self._added = 0
         self._lock = threading.Lock()  # tiles of one job finish in several worker threads
 
@@ -54,13 +57,15 @@ class TiledJob(Job):
         """The network input of tile `index`."""
         return self.tiled.crop(index)
 
-    def add(self, index: int, logits: np.ndarray) -> Prediction | None:
-        """Blend in tile `index`; the whole image's Prediction once every tile is in, else None."""
+    def add(self, index: int, logits: np.ndarray) -> Prediction | ClassPrediction | None:
+        """Blend in tile `index`; the whole image's prediction once every tile is in, else None."""
         self.tiled.add(index, logits)
         with self._lock:
             self._added += 1
             last = self._added == self.units
-        return self.tiled.finish() if last else None
+        if not last:
+            return None
+        return self.tiled.finish_classes() if self.classes else self.tiled.finish()
 
 
 def needs_tiles(served: ServedModel, height: int, width: int, settings: Settings) -> bool:
@@ -82,7 +87,7 @@ async def make_job(
     size = tiling.size or settings.tile_size
     overlap = settings.tile_overlap if tiling.overlap is None else tiling.overlap
     tiled = await to_thread.run_sync(TiledImage, served.network, image, size, overlap)
-    return TiledJob(tiled, finish)
+    return TiledJob(tiled, finish, classes=served.multi_class)
 
 
 def crop(job: Job, index: int) -> np.ndarray:
@@ -91,10 +96,11 @@ def crop(job: Job, index: int) -> np.ndarray:
     return job.crop(index)
 
 
-def finish(job: Job, prediction: Prediction) -> Any:
+def finish(job: Job, prediction: Prediction | ClassPrediction) -> Any:
     """The job's post-processing of its finished prediction; an error becomes its result."""
     assert isinstance(job, ImageJob | TiledJob), f"not a job of this engine: {job!r}"
     try:
-        return job.finish(check_finite(prediction))
+        check_finite(Prediction(prediction.output, prediction.logits))
+        return job.finish(prediction)
     except Exception as error:  # fails this request only, not the others of its batch
         return error

@@ -74,6 +74,13 @@ class Metrics:
         self.active_threshold = Gauge(
             "unet_active_threshold", "The threshold in force per model", ["model"], registry=r
         )
+        # A series of its own, so the binary models' `unet_active_threshold` keeps its labels.
+        self.active_class_threshold = Gauge(
+            "unet_active_class_threshold",
+            "The threshold in force per class of a multi-class model",
+            ["model", "class"],
+            registry=r,
+        )
 
         self.drift_distance = Gauge(
             "unet_drift_score_distance",
@@ -109,9 +116,12 @@ class Metrics:
         for source, value in (("served", served), ("calibration", calibration)):
             self.drift_foreground.labels(model, source).set(math.nan if value is None else value)
 
-    def set_threshold(self, model: str, value: float) -> None:
-        """Publish the threshold now in force for `model`."""
-        self.active_threshold.labels(model).set(value)
+    def set_threshold(self, model: str, value: float, cls: str = "") -> None:
+        """Publish the threshold now in force for `model` (for class `cls` of a multi-class one)."""
+        if cls:
+            self.active_class_threshold.labels(model, cls).set(value)
+        else:
+            self.active_threshold.labels(model).set(value)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -23,12 +23,14 @@ class AuditTrail:
         """The trail kept in `database`."""
         self.database = database
 
-    def page(self, model: str, limit: int | None = None, offset: int = 0) -> list[ThresholdChange]:
-        """The audit trail of `model`'s threshold changes, newest first (`limit` of them)."""
-        columns = [column for column in HISTORY.c if column.name != "seq"]
+    def page(
+        self, model: str, limit: int | None = None, offset: int = 0, cls: str = ""
+    ) -> list[ThresholdChange]:
+        """The audit trail of `model`'s threshold changes (of class `cls`), newest first."""
+        columns = [column for column in HISTORY.c if column.name not in ("seq", "class_name")]
         query = (
             select(*columns)
-            .where(HISTORY.c.model == model)
+            .where(HISTORY.c.model == model, HISTORY.c.class_name == cls)
             .order_by(HISTORY.c.seq.desc())
             .limit(limit)
             .offset(offset or None)
@@ -51,6 +53,7 @@ class AuditTrail:
         previous: RowMapping | None,
         actor: str | None,
         at: str | None = None,
+        cls: str = "",
     ) -> None:
         """In a threshold-changing write: the entry for it (`previous`: the row it replaces)."""
         db.execute(
@@ -58,6 +61,7 @@ class AuditTrail:
                 at=at or now_text(),
                 model=model,
                 digest=digest,
+                class_name=cls,
                 value=value,
                 source=source,
                 calibration_id=calibration_id,

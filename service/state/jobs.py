@@ -250,7 +250,7 @@ class CalibrationQueue:
                 db, model, digest, report.threshold, "calibration", calibration_id, None
             )
             version = self.database.bump(db)
-        self.thresholds.changed(version, (model, digest), active)
+        self.thresholds.changed(version, (model, digest, ""), active)
         return active
 
     def fail_calibration(self, calibration_id: str, error: str) -> None:

@@ -94,44 +94,56 @@ class ThresholdStore:
 
     # Thresholds --------------------------------------------------------------------------------
 
-    def active_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
+    def active_threshold(self, model: str, digest: str, cls: str = "") -> ActiveThreshold | None:
         """The threshold inference applies to this checkpoint (None: its default); see
-        `Thresholds.active_threshold`."""
-        return self.thresholds.active_threshold(model, digest)
+        `Thresholds.active_threshold`. `cls`: a multi-class model's class ("" for binary)."""
+        return self.thresholds.active_threshold(model, digest, cls)
 
-    async def active_threshold_async(self, model: str, digest: str) -> ActiveThreshold | None:
+    async def active_threshold_async(
+        self, model: str, digest: str, cls: str = ""
+    ) -> ActiveThreshold | None:
         """`active_threshold` for async code: from memory, or read in a worker thread."""
-        return await self.thresholds.active_threshold_async(model, digest)
+        return await self.thresholds.active_threshold_async(model, digest, cls)
 
-    def current_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
+    def current_threshold(self, model: str, digest: str, cls: str = "") -> ActiveThreshold | None:
         """The threshold stored for this checkpoint, read from the database now."""
-        return self.thresholds.current_threshold(model, digest)
+        return self.thresholds.current_threshold(model, digest, cls)
 
     def set_manual(
-        self, model: str, digest: str, value: float, actor: str | None = None
+        self, model: str, digest: str, value: float, actor: str | None = None, cls: str = ""
     ) -> ActiveThreshold:
         """Make `value` the active threshold of this checkpoint (source `manual`)."""
-        return self.thresholds.set_manual(model, digest, value, actor)
+        return self.thresholds.set_manual(model, digest, value, actor, cls)
 
     def activate_calibration(
-        self, model: str, digest: str, calibration_id: str, actor: str | None = None
+        self,
+        model: str,
+        digest: str,
+        calibration_id: str,
+        actor: str | None = None,
+        class_values: dict[str, float] | None = None,
     ) -> ActiveThreshold:
-        """Make a succeeded calibration of this checkpoint the active threshold."""
-        return self.thresholds.activate_calibration(model, digest, calibration_id, actor)
+        """Make a succeeded calibration of this checkpoint the active threshold (every class's
+        with `class_values`)."""
+        return self.thresholds.activate_calibration(
+            model, digest, calibration_id, actor, class_values
+        )
 
-    def reset_to_default(self, model: str, digest: str, actor: str | None = None) -> bool:
+    def reset_to_default(
+        self, model: str, digest: str, actor: str | None = None, cls: str = ""
+    ) -> bool:
         """Drop this checkpoint's stored threshold so its default applies; False if none was set."""
-        return self.thresholds.reset_to_default(model, digest, actor)
+        return self.thresholds.reset_to_default(model, digest, actor, cls)
 
     def note_checkpoint(self, model: str, digest: str) -> bool:
         """At start-up: log and audit (once) a threshold of `model` left by another checkpoint."""
         return self.thresholds.note_checkpoint(model, digest)
 
     def history(
-        self, model: str, limit: int | None = None, offset: int = 0
+        self, model: str, limit: int | None = None, offset: int = 0, cls: str = ""
     ) -> list[ThresholdChange]:
-        """The audit trail of `model`'s threshold changes, newest first (`limit` of them)."""
-        return self.audit.page(model, limit, offset)
+        """The audit trail of `model`'s threshold changes (of class `cls`), newest first."""
+        return self.audit.page(model, limit, offset, cls)
 
     def state(self) -> str:
         """`writable`, `read-only: <why>` or `failing since <time>: <why>`, as of the last try."""

@@ -66,6 +66,8 @@ active_thresholds = Table(
     Column("source", Text, nullable=False),
     Column("calibration_id", Text, ForeignKey("calibrations.id")),
     Column("updated", Text, nullable=False),
+    # A multi-class model's class; "" for a binary model (its one threshold).
+    Column("class_name", Text, primary_key=True, server_default=text("''")),
     CheckConstraint("source IN ('calibration', 'manual')"),
 )
 
@@ -83,6 +85,7 @@ threshold_history = Table(
     Column("previous_source", Text, nullable=False),
     Column("actor", Text),
     Column("reason", Text),
+    Column("class_name", Text, nullable=False, server_default=text("''")),
     CheckConstraint("source IN ('default', 'calibration', 'manual')"),
 )
 Index("history_by_model", threshold_history.c.model, threshold_history.c.seq)

@@ -1,7 +1,8 @@
 """Active thresholds: what each checkpoint runs on, kept in memory and followed across processes.
 
-Active thresholds are keyed by (model, checkpoint digest): a threshold recorded for one
-checkpoint is never applied to another, yet comes back if that checkpoint does. Each process
+Active thresholds are keyed by (model, checkpoint digest, class): a threshold recorded for one
+checkpoint is never applied to another, yet comes back if that checkpoint does. A binary model's
+class is "" (its one threshold); a multi-class model has one threshold per class name. Each process
 keeps the thresholds in memory and drops them when it changes one, or when the shared version
 counter shows another process did (checked at most every `recheck_s`). While the database fails,
 inference reads the last thresholds this process knew, marked stale; reads made for a client
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 RECHECK_S = 0.25  # how often a process asks whether another one changed a threshold
 PROBE_EVERY_S = 1.0  # during an outage, how often inference lets one request try the database
 ACTIVE_COLUMNS = (AT.c.value, AT.c.source, AT.c.calibration_id, AT.c.digest, AT.c.updated)
-Key = tuple[str, str]  # (model, checkpoint digest)
+Key = tuple[str, str, str]  # (model, checkpoint digest, class; "" for a binary model)
 
 
 class Thresholds:
@@ -63,13 +64,13 @@ class Thresholds:
 
     # Reads -------------------------------------------------------------------------------------
 
-    def active_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
+    def active_threshold(self, model: str, digest: str, cls: str = "") -> ActiveThreshold | None:
         """The threshold stored for this exact checkpoint, or None: use the checkpoint's default.
 
         From memory when this process knows nothing changed since; while the database fails,
         the last value known (`stale`); StoreFailing if there is none.
         """
-        key = (model, digest)
+        key = (model, digest, cls)
         probing = self.outage.failing
         if probing and not self._may_probe():
             return self._last_known(key)
@@ -79,7 +80,7 @@ class Thresholds:
                 if key in self._active:
                     return self._active[key]
                 generation = self._generation
-            active = self._read_active(model, digest)
+            active = self._read_active(model, digest, cls)
         except StoreFailing:
             self._probed = time.monotonic()
             return self._last_known(key)
@@ -93,25 +94,28 @@ class Thresholds:
                 self._known[key] = active
         return active
 
-    async def active_threshold_async(self, model: str, digest: str) -> ActiveThreshold | None:
+    async def active_threshold_async(
+        self, model: str, digest: str, cls: str = ""
+    ) -> ActiveThreshold | None:
         """`active_threshold` for async code: from memory, or read in a worker thread."""
+        key = (model, digest, cls)
         with self._cache_lock:
             fresh = time.monotonic() - self._checked < self.recheck_s
-            if fresh and (model, digest) in self._active:
-                return self._active[(model, digest)]
-        if self.outage.failing and (model, digest) in self._known and not self._probe_due():
-            return self._last_known((model, digest))  # no thread hop while nothing can change
-        return await to_thread.run_sync(self.active_threshold, model, digest)
+            if fresh and key in self._active:
+                return self._active[key]
+        if self.outage.failing and key in self._known and not self._probe_due():
+            return self._last_known(key)  # no thread hop while nothing can change
+        return await to_thread.run_sync(self.active_threshold, model, digest, cls)
 
-    def current_threshold(self, model: str, digest: str) -> ActiveThreshold | None:
+    def current_threshold(self, model: str, digest: str, cls: str = "") -> ActiveThreshold | None:
         """The threshold stored for this checkpoint, read from the database now.
 
         For reads a client makes: a change acknowledged by any process is seen at once.
         Raises StoreFailing while the database fails.
         """
-        active = self._read_active(model, digest)
+        active = self._read_active(model, digest, cls)
         with self._cache_lock:
-            self._known[(model, digest)] = active
+            self._known[(model, digest, cls)] = active
         return active
 
     def state(self) -> str:
@@ -172,11 +176,13 @@ class Thresholds:
                 self._generation += 1
                 self._active.clear()
 
-    def _read_active(self, model: str, digest: str) -> ActiveThreshold | None:
+    def _read_active(self, model: str, digest: str, cls: str) -> ActiveThreshold | None:
         with self.database.read() as db:
             row = (
                 db.execute(
-                    select(*ACTIVE_COLUMNS).where(AT.c.model == model, AT.c.digest == digest)
+                    select(*ACTIVE_COLUMNS).where(
+                        AT.c.model == model, AT.c.digest == digest, AT.c.class_name == cls
+                    )
                 )
                 .mappings()
                 .first()
@@ -193,12 +199,14 @@ class Thresholds:
         """
         # A write of its own, called once per model at start-up: a read must never write.
         with self.database.write() as db:
-            if self.current(db, model, digest) is not None:
+            # Any class: a multi-class model's thresholds have class names, a binary one's "".
+            here = select(AT.c.value).where(AT.c.model == model, AT.c.digest == digest)
+            if db.execute(here.limit(1)).first() is not None:
                 return False
             stale = (
                 db.execute(
                     select(AT.c.value, AT.c.source, AT.c.digest)
-                    .where(AT.c.model == model)
+                    .where(AT.c.model == model, AT.c.digest != digest)
                     .order_by(AT.c.updated.desc())
                     .limit(1)
                 )
@@ -216,20 +224,29 @@ class Thresholds:
             return True
 
     def set_manual(
-        self, model: str, digest: str, value: float, actor: str | None = None
+        self, model: str, digest: str, value: float, actor: str | None = None, cls: str = ""
     ) -> ActiveThreshold:
         """Make `value` the active threshold of this checkpoint (source `manual`)."""
         value = finite(value, "threshold")
         with self.database.write() as db:
-            active = self.set_active(db, model, digest, value, "manual", None, actor)
+            active = self.set_active(db, model, digest, value, "manual", None, actor, cls)
             version = self.database.bump(db)
-        self.changed(version, (model, digest), active)
+        self.changed(version, (model, digest, cls), active)
         return active
 
     def activate_calibration(
-        self, model: str, digest: str, calibration_id: str, actor: str | None = None
+        self,
+        model: str,
+        digest: str,
+        calibration_id: str,
+        actor: str | None = None,
+        class_values: dict[str, float] | None = None,
     ) -> ActiveThreshold:
-        """Make a succeeded calibration of this checkpoint the active threshold."""
+        """Make a succeeded calibration of this checkpoint the active threshold.
+
+        `class_values` (a multi-class calibration's threshold per class) sets every class's
+        threshold in the one transaction; the answer is then the first class's.
+        """
         with self.database.write() as db:
             row = (
                 db.execute(
@@ -253,23 +270,32 @@ class Thresholds:
                     f"{row['digest'][:12]}, but model {model!r} now has digest {digest[:12]}; "
                     "calibrate the current checkpoint"
                 )
-            active = self.set_active(
-                db, model, digest, row["threshold"], "calibration", calibration_id, actor
-            )
+            values = {"": row["threshold"]} if class_values is None else class_values
+            set_now = {
+                cls: self.set_active(
+                    db, model, digest, value, "calibration", calibration_id, actor, cls
+                )
+                for cls, value in values.items()
+            }
             version = self.database.bump(db)
-        self.changed(version, (model, digest), active)
-        return active
+        for cls, active in set_now.items():
+            self.changed(version, (model, digest, cls), active)
+        return next(iter(set_now.values()))
 
-    def reset_to_default(self, model: str, digest: str, actor: str | None = None) -> bool:
+    def reset_to_default(
+        self, model: str, digest: str, actor: str | None = None, cls: str = ""
+    ) -> bool:
         """Drop this checkpoint's stored threshold so its default applies; False if none was set."""
         with self.database.write() as db:
-            previous = self.current(db, model, digest)
+            previous = self.current(db, model, digest, cls)
             if previous is None:
                 return False
-            db.execute(delete(AT).where(AT.c.model == model, AT.c.digest == digest))
-            self.audit.record(db, model, digest, None, "default", None, previous, actor)
+            db.execute(
+                delete(AT).where(AT.c.model == model, AT.c.digest == digest, AT.c.class_name == cls)
+            )
+            self.audit.record(db, model, digest, None, "default", None, previous, actor, cls=cls)
             version = self.database.bump(db)
-        self.changed(version, (model, digest), None)
+        self.changed(version, (model, digest, cls), None)
         return True
 
     def changed(self, version: int, key: Key, active: ActiveThreshold | None) -> None:
@@ -283,11 +309,13 @@ class Thresholds:
             self._known[key] = active
 
     @staticmethod
-    def current(db: Connection, model: str, digest: str) -> RowMapping | None:
+    def current(db: Connection, model: str, digest: str, cls: str = "") -> RowMapping | None:
         """In a transaction: the stored threshold row of this checkpoint (value, source)."""
         return (
             db.execute(
-                select(AT.c.value, AT.c.source).where(AT.c.model == model, AT.c.digest == digest)
+                select(AT.c.value, AT.c.source).where(
+                    AT.c.model == model, AT.c.digest == digest, AT.c.class_name == cls
+                )
             )
             .mappings()
             .first()
@@ -302,23 +330,28 @@ class Thresholds:
         source: ThresholdSource,
         calibration_id: str | None,
         actor: str | None,
+        cls: str = "",
     ) -> ActiveThreshold:
         """In a write: make `value` this checkpoint's threshold and audit it (call `changed`
         once committed)."""
-        previous = self.current(db, model, digest)
+        previous = self.current(db, model, digest, cls)
         updated = now_text()
         values = {"value": value, "source": source, "calibration_id": calibration_id}
         # Writes are serialised, so "update, else insert" cannot race another writer.
         if previous is None:
-            db.execute(insert(AT).values(model=model, digest=digest, updated=updated, **values))
+            db.execute(
+                insert(AT).values(
+                    model=model, digest=digest, class_name=cls, updated=updated, **values
+                )
+            )
         else:
             db.execute(
                 update(AT)
-                .where(AT.c.model == model, AT.c.digest == digest)
+                .where(AT.c.model == model, AT.c.digest == digest, AT.c.class_name == cls)
                 .values(updated=updated, **values)
             )
         self.audit.record(
-            db, model, digest, value, source, calibration_id, previous, actor, updated
+            db, model, digest, value, source, calibration_id, previous, actor, updated, cls
         )
         return ActiveThreshold(
             value, source, calibration_id, digest, datetime.fromisoformat(updated)

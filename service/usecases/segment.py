@@ -25,9 +25,10 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 from anyio import to_thread
 
+from model.calibration.decision import decide
 from model.data.decoding import image_from_bytes, read_header
 from model.errors import DatasetError, ImageTooLargeError
-from model.inference.predict import Prediction
+from model.inference.predict import ClassPrediction, Prediction
 from service.container import Services
 from service.inference.registry import ServedModel
 from service.state.errors import StoreUnavailable
@@ -88,24 +89,63 @@ class Cut:
 
 @dataclass(frozen=True)
 class Segmentation:
-    """One segmented image: its input, the head's output for every pixel, and the cut."""
+    """One segmented image: its input, the head's output for every pixel, and the cut(s).
+
+    A binary model has one map (H, W) and one cut; a multi-class model (`classes` non-empty) has
+    one map per class (K, H, W) in class order and one cut per class (`cuts`), and its `mask` is
+    per class: multiclass by the decision rule (`model.calibration.decision.decide`), multilabel
+    each map at its own cut.
+    """
 
     model: str
     digest: str  # the checkpoint that segmented it
-    cut: Cut
+    cut: Cut  # binary: the cut; multi-class: the first class's (each class's is in `cuts`)
     image: np.ndarray  # float32 (C, H, W), the model's input
-    scores: np.ndarray  # float32 (H, W), the head's output
+    scores: np.ndarray  # float32 (H, W), the head's output; multi-class (K, H, W)
     calibration_id: str | None = None  # the calibration in force, which drift watches against
+    classes: tuple[str, ...] = ()  # a multi-class model's class names; () for binary
+    cuts: tuple[Cut, ...] = ()  # one per class, in class order; () for binary
+    mode: str = "binary"  # binary, multilabel or multiclass
+
+    @property
+    def multi_class(self) -> bool:
+        """Whether this is a multi-class answer (K maps and K cuts)."""
+        return bool(self.classes)
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Every cut's value: one for binary, K in class order for a multi-class answer."""
+        return tuple(cut.value for cut in self.cuts) if self.cuts else (self.cut.value,)
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """Multiclass: uint8 (H, W), 0 background, k the k-th class, by the decision rule."""
+        return decide(self.scores, self.thresholds)
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
-        """Boolean (H, W): foreground where the score is at or above the cut."""
-        return self.scores >= self.cut.value
+        """Boolean (H, W): foreground where the score is at or above the cut.
+
+        Multi-class: (K, H, W), class k where the decision rule labels it k (multiclass) or
+        where its own map passes its own cut (multilabel, where classes may overlap).
+        """
+        if not self.multi_class:
+            return self.scores >= self.cut.value
+        if self.mode == "multiclass":
+            index = np.arange(1, len(self.classes) + 1, dtype=self.labels.dtype)
+            return self.labels[None] == index[:, None, None]
+        cuts = np.asarray(self.thresholds, dtype=np.float64)[:, None, None]
+        return self.scores >= cuts
 
     @property
     def foreground_fraction(self) -> float:
-        """The share of pixels in the foreground."""
-        return float(self.mask.mean())
+        """The share of pixels in the foreground (multi-class: in any class)."""
+        mask = self.mask.any(axis=0) if self.multi_class else self.mask
+        return float(mask.mean())
+
+    def class_index(self, name: str) -> int:
+        """The position of class `name` in `classes` (the route checked it exists)."""
+        return self.classes.index(name)
 
 
 @dataclass(frozen=True)
@@ -166,6 +206,8 @@ async def _segment(
     threshold: float | None,
 ) -> Encoded[T]:
     """Segment decoded input at an already checked `threshold` (None: the one in force)."""
+    if served.multi_class:
+        return await _segment_classes(services, served, pixels, encode, threshold)
     active = await services.active_threshold_async(served)
     if threshold is not None:
         cut = Cut(threshold, "request")
@@ -176,7 +218,30 @@ async def _segment(
         observe = services.drift.watch(served.name, active.calibration_id)
     except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
         observe = _itself
-    stages = _Finish(served, cut, pixels, observe, encode, active.calibration_id)
+    stages = _Finish(served, (cut,), pixels, observe, encode, active.calibration_id)
+    return await services.engine.run(served, pixels, stages)
+
+
+async def _segment_classes(
+    services: Services,
+    served: ServedModel,
+    pixels: np.ndarray,
+    encode: Encode[T],
+    threshold: float | None,
+) -> Encoded[T]:
+    """A multi-class model's K maps, cut at each class's threshold (or the request's, for all).
+
+    Drift is not watched for multi-class models: their calibrations keep a report per class,
+    not the one score profile the drift window compares with (see the README).
+    """
+    active = await services.class_thresholds_async(served)
+    if threshold is not None:
+        cuts = tuple(Cut(threshold, "request") for _ in served.classes)
+    else:
+        cuts = tuple(Cut(a.value, a.source, a.stale) for a in active.values())
+    calibrations = {a.calibration_id for a in active.values()}
+    calibration_id = calibrations.pop() if len(calibrations) == 1 else None
+    stages = _Finish(served, cuts, pixels, _itself, encode, calibration_id)
     return await services.engine.run(served, pixels, stages)
 
 
@@ -204,22 +269,28 @@ class _Finish(Generic[T]):
     """What the inference worker does with one image's prediction: observe, then encode."""
 
     served: ServedModel
-    cut: Cut
+    cuts: tuple[Cut, ...]  # one for a binary model, one per class for a multi-class one
     pixels: np.ndarray
     observe: Callable[[Prediction], Prediction]
     encode: Encode[T]
     calibration_id: str | None
 
-    def __call__(self, prediction: Prediction) -> Encoded[T]:
+    def __call__(self, prediction: Prediction | ClassPrediction) -> Encoded[T]:
         """The encoded segmentation of the finished (finite) prediction."""
-        self.observe(prediction)
+        served = self.served
+        if isinstance(prediction, Prediction):
+            self.observe(prediction)
+        multi = served.multi_class
         result = Segmentation(
-            self.served.name,
-            self.served.digest,
-            self.cut,
+            served.name,
+            served.digest,
+            self.cuts[0],
             self.pixels,
             prediction.output,
             self.calibration_id,
+            classes=served.classes if multi else (),
+            cuts=self.cuts if multi else (),
+            mode=served.mode,
         )
         return Encoded(result, self.encode(result))
 

@@ -32,15 +32,25 @@ def check_threshold(served: ServedModel, value: float, name: str = "threshold") 
     return value
 
 
-def publish_threshold(metrics: Metrics, model: str, active: ActiveThreshold) -> None:
-    """Show `active` as `model`'s threshold in force (the `unet_active_threshold` gauge)."""
-    metrics.set_threshold(model, active.value)
+def publish_threshold(metrics: Metrics, model: str, active: ActiveThreshold, cls: str = "") -> None:
+    """Show `active` as `model`'s threshold in force (the `unet_active_threshold` gauge; a
+    multi-class model's class `cls` on `unet_active_class_threshold`)."""
+    metrics.set_threshold(model, active.value, cls)
 
 
-def default_threshold(served: ServedModel) -> ActiveThreshold:
-    """The checkpoint's own threshold, in force when nothing is stored for it."""
+def publish_thresholds(services: Services, served: ServedModel) -> None:
+    """Publish every threshold in force of `served` (each class's for a multi-class model)."""
+    if served.multi_class:
+        for name, active in services.class_thresholds(served).items():
+            publish_threshold(services.metrics, served.name, active, name)
+    else:
+        publish_threshold(services.metrics, served.name, services.active_threshold(served))
+
+
+def default_threshold(served: ServedModel, cls: str = "") -> ActiveThreshold:
+    """The checkpoint's own threshold (of class `cls`), in force when nothing is stored for it."""
     return ActiveThreshold(
-        value=served.default_threshold,
+        value=served.class_defaults[cls] if cls else served.default_threshold,
         source="default",
         calibration_id=None,
         digest=served.digest,
@@ -48,29 +58,36 @@ def default_threshold(served: ServedModel) -> ActiveThreshold:
     )
 
 
-def read_threshold(services: Services, served: ServedModel) -> ActiveThreshold:
-    """The threshold in force, read from the database now (StoreFailing while it fails)."""
+def read_threshold(services: Services, served: ServedModel, cls: str = "") -> ActiveThreshold:
+    """The threshold in force (of class `cls`), read from the database now (StoreFailing while
+    it fails)."""
+    if cls:
+        return services.class_thresholds(served)[cls]
     return services.active_threshold(served)
 
 
 def set_threshold(
-    services: Services, served: ServedModel, value: float, actor: str | None = None
+    services: Services,
+    served: ServedModel,
+    value: float,
+    actor: str | None = None,
+    cls: str = "",
 ) -> ActiveThreshold:
-    """Make `value` the threshold in force (source `manual`); what was written.
+    """Make `value` the threshold in force (of class `cls`; source `manual`); what was written.
 
     ThresholdOutOfRange names the value `value`, as the client sent it.
     """
     check_threshold(served, value, "value")
-    active = services.store.set_manual(served.name, served.digest, value, actor=actor)
-    publish_threshold(services.metrics, served.name, active)
+    active = services.store.set_manual(served.name, served.digest, value, actor=actor, cls=cls)
+    publish_threshold(services.metrics, served.name, active, cls)
     return active
 
 
 def reset_threshold(
-    services: Services, served: ServedModel, actor: str | None = None
+    services: Services, served: ServedModel, actor: str | None = None, cls: str = ""
 ) -> ActiveThreshold:
-    """Drop the stored threshold so that the checkpoint's default applies (also if it did)."""
-    services.store.reset_to_default(served.name, served.digest, actor=actor)
-    active = default_threshold(served)
-    publish_threshold(services.metrics, served.name, active)
+    """Drop the stored threshold (of class `cls`) so that the checkpoint's default applies."""
+    services.store.reset_to_default(served.name, served.digest, actor=actor, cls=cls)
+    active = default_threshold(served, cls)
+    publish_threshold(services.metrics, served.name, active, cls)
     return active

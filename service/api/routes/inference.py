@@ -13,13 +13,22 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
+from service.api.routes.class_answers import (
+    ClassQuery,
+    MaskFormat,
+    check_class,
+    class_encoder,
+    class_maps_encoder,
+    class_overlay_encoder,
+    class_thresholds_text,
+)
 from service.api.schemas import MaskJson
 from service.api.spool import SpoolingRoute
 from service.api.uploads import UploadedImage
 from service.container import Services
 from service.inference import encoding
 from service.inference.registry import ServedModel
-from service.usecases.segment import Cut, Encode, Segmentation, segment_encoded
+from service.usecases.segment import Encode, Segmentation, segment_encoded
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["inference"], route_class=SpoolingRoute)
 
@@ -81,13 +90,25 @@ async def _answer(
     """Segment the uploaded image, encode it with `encode`, and answer with the cut's headers."""
     upload = UploadedImage(image, services.settings.max_upload_bytes)
     encoded = await segment_encoded(services, served, upload, encode, threshold)
-    headers = _threshold_headers(encoded.segmentation.cut)
+    headers = _threshold_headers(encoded.segmentation)
     return Response(encoded.body, media_type=media_type, headers=headers)
 
 
-def _threshold_headers(cut: Cut) -> dict[str, str]:
-    headers = {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
-    if cut.stale:
+def _threshold_headers(result: Segmentation) -> dict[str, str]:
+    if result.multi_class:
+        headers = {
+            "X-Threshold": class_thresholds_text(result),
+            "X-Threshold-Source": ";".join(
+                f"{name}={cut.source}"
+                for name, cut in zip(result.classes, result.cuts, strict=True)
+            ),
+        }
+        stale = any(cut.stale for cut in result.cuts)
+    else:
+        cut = result.cut
+        headers = {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
+        stale = cut.stale
+    if stale:
         headers["X-Threshold-Stale"] = "true"
     return headers
 
@@ -106,11 +127,30 @@ async def mask(
     served: ModelDep,
     image: ImageFile,
     format: Annotated[
-        Literal["png", "json"], Query(description="png: 8-bit 0/255 image; json: COCO RLE.")
+        MaskFormat,
+        Query(
+            description="png: 8-bit 0/255 image; json: COCO RLE (multi-class: one per class); "
+            "labels (multi-class only): 8-bit label PNG, see the description."
+        ),
     ] = "png",
     threshold: ThresholdQuery = None,
+    class_: ClassQuery = None,
 ) -> Response:
-    """Foreground where the head's output >= the threshold (active, or `?threshold=`)."""
+    """Foreground where the head's output >= the threshold (active, or `?threshold=`).
+
+    Multi-class models (`mode` multiclass): a pixel takes class k when p_k >= t_k and p_k is
+    the largest among the classes that pass; otherwise it is background. `?class=name` answers
+    that class's binary mask (pixels labelled `name`), `?format=labels` the label image
+    (0 background, k the k-th class in `classes` order) and `?format=json` one RLE per class.
+    Multilabel models: each class is its own map at its own threshold (masks may overlap);
+    `?format=labels` is a bit field (bit k-1 set where class k passes, at most 8 classes).
+    `?threshold=` applies to every class. X-Threshold names each class's threshold, as
+    `nucleus=0.41;debris=0.63`.
+    """
+    check_class(served, class_, format)
+    if served.multi_class:
+        encode, media_type = class_encoder(format, class_)
+        return await _answer(services, served, image, encode, media_type, threshold)
     if format == "png":
         return await _answer(services, served, image, mask_png, "image/png", threshold)
     return await _answer(services, served, image, mask_json, "application/json", threshold)
@@ -137,8 +177,14 @@ async def probabilities(
         Literal["npy", "png"],
         Query(description="npy: float32 array; png: 16-bit, only for heads in [0, 1]."),
     ] = "npy",
+    class_: ClassQuery = None,
 ) -> Response:
-    """The head's output for every pixel: probabilities for sigmoid heads, scores otherwise."""
+    """The head's output for every pixel: probabilities for sigmoid heads, scores otherwise.
+
+    Multi-class models: npy is float32 (K, H, W), the classes in `classes` order (a multiclass
+    model's softmax shares without the background's); `?class=name` answers that class's (H, W).
+    """
+    check_class(served, class_)
     if format == "png" and not served.is_probability:
         raise ProblemError(
             422,
@@ -147,6 +193,9 @@ async def probabilities(
             "[0, 1], so it cannot be written as a 16-bit PNG; ask for format=npy",
             slug="not-a-probability",
         )
+    if served.multi_class:
+        encode, media_type = class_maps_encoder(served, format, class_)
+        return await _answer(services, served, image, encode, media_type)
     if format == "png":
         return await _answer(services, served, image, scores_png16, "image/png")
     return await _answer(services, served, image, scores_npy, "application/x-npy")
@@ -163,6 +212,14 @@ async def overlay(
     served: ModelDep,
     image: ImageFile,
     threshold: ThresholdQuery = None,
+    class_: ClassQuery = None,
 ) -> Response:
-    """A PNG of the input with the mask tinted and outlined, for a person to look at."""
+    """A PNG of the input with the mask tinted and outlined, for a person to look at.
+
+    Multi-class models: each class in its own colour (`?class=name`: that class only).
+    """
+    check_class(served, class_)
+    if served.multi_class:
+        encode = class_overlay_encoder(class_)
+        return await _answer(services, served, image, encode, "image/png", threshold)
     return await _answer(services, served, image, overlay_png, "image/png", threshold)

@@ -26,8 +26,23 @@ def threshold_view(services: Services, served: ServedModel) -> Threshold:
     )
 
 
+def class_threshold_views(services: Services, served: ServedModel) -> dict[str, Threshold]:
+    """A multi-class model's active threshold per class, as the API shows them."""
+    return {
+        name: Threshold(
+            value=active.value,
+            source=active.source,
+            calibration_id=active.calibration_id,
+            updated=active.updated,
+        )
+        for name, active in services.class_thresholds(served).items()
+    }
+
+
 def model_info(services: Services, served: ServedModel) -> ModelInfo:
     """Everything a client needs to know about one served model."""
+    if served.multi_class:
+        return _multi_class_info(services, served)
     low, high = served.output_range
     active = services.active_threshold(served)
     meta = served.meta
@@ -43,6 +58,36 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         warnings=_active_warnings(services, served, active.calibration_id),
         drift_status=services.drift.status(served.name, active.calibration_id),
         backend=services.engine.backend(served.name),
+        mode="binary",
+    )
+
+
+def _multi_class_info(services: Services, served: ServedModel) -> ModelInfo:
+    """A multi-class model: its classes and one threshold per class (no single threshold)."""
+    low, high = served.output_range
+    meta = served.meta
+    thresholds = class_threshold_views(services, served)
+    calibrations = {t.calibration_id for t in thresholds.values()} - {None}
+    warnings = [
+        warning
+        for calibration_id in sorted(c for c in calibrations if c is not None)
+        for warning in _active_warnings(services, served, calibration_id)
+    ]
+    return ModelInfo(
+        name=served.name,
+        architecture=Architecture(**meta.architecture.to_dict()) if meta else None,  # type: ignore[arg-type]
+        card=served.card.model_dump(mode="json"),
+        outputs_probabilities=served.is_probability,
+        output_range=(low if math.isfinite(low) else None, high if math.isfinite(high) else None),
+        threshold=None,
+        default_threshold=None,
+        digest=served.digest,
+        warnings=warnings,
+        drift_status="no_reference",
+        backend=services.engine.backend(served.name),
+        mode=served.mode,  # type: ignore[arg-type]
+        classes=list(served.classes),
+        class_thresholds=thresholds,
     )
 
 

@@ -11,8 +11,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from service.api.class_schemas import ClassThresholds
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
-from service.api.problems import problem_responses
+from service.api.problems import ProblemError, problem_responses
+from service.api.routes.class_answers import ClassQuery, check_class
 from service.api.schemas import Threshold, ThresholdChange, ThresholdHistory, ThresholdUpdate
 from service.inference.registry import ServedModel
 from service.state.store import ActiveThreshold
@@ -30,9 +32,18 @@ HISTORY_MAX_OFFSET = 2**31 - 1
 
 
 @router.get("", name="get", summary="The active threshold", responses=PROBLEMS)
-def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
-    """The threshold in force and its source: default, calibration or manual."""
-    return threshold_body(thresholds.read_threshold(services, served))
+def get_threshold(
+    services: ServicesDep, served: ModelDep, class_: ClassQuery = None
+) -> Threshold | ClassThresholds:
+    """The threshold in force and its source: default, calibration or manual.
+
+    Multi-class models: `?class=name` answers that class's; without it, every class's.
+    """
+    check_class(served, class_)
+    if served.multi_class and class_ is None:
+        found = services.class_thresholds(served)
+        return ClassThresholds(classes={k: threshold_body(v) for k, v in found.items()})
+    return threshold_body(thresholds.read_threshold(services, served, class_ or ""))
 
 
 @router.put(
@@ -43,10 +54,19 @@ def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
     responses=CHANGE_PROBLEMS,
 )
 def put_threshold(
-    services: ServicesDep, served: ModelDep, update: ThresholdUpdate, actor: Actor = None
+    services: ServicesDep,
+    served: ModelDep,
+    update: ThresholdUpdate,
+    actor: Actor = None,
+    class_: ClassQuery = None,
 ) -> Threshold:
-    """Make `value` the active threshold (source `manual`) until the next change."""
-    return threshold_body(thresholds.set_threshold(services, served, update.value, actor=actor))
+    """Make `value` the active threshold (source `manual`) until the next change.
+
+    Multi-class models: `?class=name` is required; each class has its own threshold.
+    """
+    cls = _changed_class(served, class_, "set")
+    active = thresholds.set_threshold(services, served, update.value, actor=actor, cls=cls)
+    return threshold_body(active)
 
 
 @router.delete(
@@ -56,9 +76,29 @@ def put_threshold(
     dependencies=[Authorized],
     responses=CHANGE_PROBLEMS,
 )
-def reset_threshold(services: ServicesDep, served: ModelDep, actor: Actor = None) -> Threshold:
-    """Drop the stored threshold so the checkpoint's default applies (also when it already did)."""
-    return threshold_body(thresholds.reset_threshold(services, served, actor=actor))
+def reset_threshold(
+    services: ServicesDep, served: ModelDep, actor: Actor = None, class_: ClassQuery = None
+) -> Threshold:
+    """Drop the stored threshold so the checkpoint's default applies (also when it already did).
+
+    Multi-class models: `?class=name` is required.
+    """
+    cls = _changed_class(served, class_, "reset")
+    return threshold_body(thresholds.reset_threshold(services, served, actor=actor, cls=cls))
+
+
+def _changed_class(served: ServedModel, name: str | None, verb: str) -> str:
+    """The class a change applies to ("" for a binary model); a multi-class one must name it."""
+    check_class(served, name)
+    if served.multi_class and name is None:
+        raise ProblemError(
+            422,
+            "Which class?",
+            f"model {served.name!r} has a threshold per class; {verb} one at a time with "
+            f"class=NAME, one of {', '.join(served.classes)}",
+            slug="class-required",
+        )
+    return name or ""
 
 
 def threshold_body(active: ActiveThreshold) -> Threshold:
@@ -89,23 +129,27 @@ def threshold_history(
     offset: Annotated[
         int, Query(ge=0, le=HISTORY_MAX_OFFSET, description="Newest changes to skip.")
     ] = 0,
+    class_: ClassQuery = None,
 ) -> ThresholdHistory:
     """The changes of the model's threshold, newest first, whoever or whatever made them.
 
     One page of `limit`; when more follow, a `Link: <...>; rel="next"` header points at them.
+    Multi-class models: `?class=name` is required (each class has its own history).
     """
-    changes = services.store.history(served.name, limit=limit + 1, offset=offset)
+    cls = _changed_class(served, class_, "read the history of")
+    changes = services.store.history(served.name, limit=limit + 1, offset=offset, cls=cls)
     if len(changes) > limit:
         changes = changes[:limit]
         following = request.url.include_query_params(limit=limit, offset=offset + limit)
         response.headers["Link"] = f'<{following}>; rel="next"'
-    return ThresholdHistory(changes=[_change_view(served, change) for change in changes])
+    return ThresholdHistory(changes=[_change_view(served, change, cls) for change in changes])
 
 
-def _change_view(served: ServedModel, change: StoredChange) -> ThresholdChange:
+def _change_view(served: ServedModel, change: StoredChange, cls: str = "") -> ThresholdChange:
     # The store records "back to the default" without a value; the served checkpoint knows its
     # own default, while that of a checkpoint no longer served stays unknown (null).
-    default = served.default_threshold if change.digest == served.digest else None
+    own = served.class_defaults[cls] if cls else served.default_threshold
+    default = own if change.digest == served.digest else None
     return ThresholdChange(
         at=change.at,
         value=default if change.source == "default" else change.value,

@@ -57,10 +57,10 @@ def test_relu_head_threshold_is_not_the_conventional_half(
 def test_multiclass_model_with_calibrated_thresholds_on_unseen_data(
     shipped_weights: Path, tmp_path: Path
 ) -> None:
-    """unet-multiclass (held beside the served models until the service serves classes)."""
+    """unet-multiclass, served beside the binary models."""
     from model.inference.classes import evaluate_class_checkpoint
 
-    checkpoint = shipped_weights / "multiclass" / "unet-multiclass.safetensors"
+    checkpoint = shipped_weights / "unet-multiclass.safetensors"
     data = tmp_path / "unseen"
     write_dataset(data, n=24, seed=602, classes=["nucleus", "debris"])  # 1 and 2 trained it
     result = evaluate_class_checkpoint(checkpoint, data)

@@ -38,7 +38,9 @@ def stored(folder: Path) -> Path:
     with store.engine.begin() as db:  # one transaction: many pages without an fsync per row
         for n in range(150):
             db.execute(
-                text("INSERT INTO active_thresholds VALUES (:m, :d, 0.5, 'manual', NULL, 'now')"),
+                text(
+                    "INSERT INTO active_thresholds VALUES (:m, :d, 0.5, 'manual', NULL, 'now', '')"
+                ),
                 {"m": "m", "d": f"digest-{n:0>200}"},
             )
     store.close()  # the last connection out checkpoints the WAL into the file
@@ -159,7 +161,7 @@ def test_a_release_1_folder_passes_and_upgrades_in_place(tmp_path: Path) -> None
     relu = store.active_threshold("unet-relu", D2)
     assert relu is not None and (relu.value, relu.source) == (2.25, "manual")
     store.close()
-    assert check_file(state / "thresholds.sqlite3", thorough=True).revision == "0002"
+    assert check_file(state / "thresholds.sqlite3", thorough=True).revision == "0003"
 
 
 def test_a_schema_from_a_newer_release_is_refused_by_name(store_location: Path | str) -> None:

@@ -25,8 +25,11 @@ def test_a_release_1_state_folder_upgrades_with_everything_in_it(tmp_path: Path)
     calibrations_before = _rows(path, "calibrations")
 
     store = ThresholdStore(path)
-    # Every row of the first release is there, unchanged.
-    assert {t: _rows(path, t) for t in before} == before
+    # Every row of the first release is there, unchanged, with the class a binary model has ("")
+    # after it (schema 0003: thresholds per class).
+    assert {t: _rows(path, t) for t in before} == {
+        t: [(*row, "") for row in rows] for t, rows in before.items()
+    }
     sigmoid = store.active_threshold("unet-sigmoid", D1)
     assert sigmoid is not None and (sigmoid.value, sigmoid.source) == (0.42, "calibration")
     relu = store.active_threshold("unet-relu", D2)

@@ -51,7 +51,7 @@ def test_backup_of_a_live_database_is_whole_checked_and_opens(
     assert (code, err) == (0, "")
     summary = one_object(out)
     assert summary["backup"] == str(tmp_path / "copy.sqlite3") and summary["integrity"] == "ok"
-    assert summary["revision"] == "0002" and summary["bytes"] > 0
+    assert summary["revision"] == "0003" and summary["bytes"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.sqlite3", "state"]
 
     code, out, err = run(
@@ -62,7 +62,7 @@ def test_backup_of_a_live_database_is_whole_checked_and_opens(
         "database": None,
         "backend": "sqlite",
         "sound": True,
-        "revision": "0002",
+        "revision": "0003",
         "problem": None,
     }
     # The copy is a snapshot: one of the values written, with the history that led to it.
@@ -132,7 +132,7 @@ def test_postgresql_is_checked_and_backed_up_with_pg_dump(
     code, out, err = run(capsys, "state", "check", "--json")
     found = one_object(out)
     assert (code, err) == (0, "")
-    assert found["backend"] == "postgresql" and found["sound"] and found["revision"] == "0002"
+    assert found["backend"] == "postgresql" and found["sound"] and found["revision"] == "0003"
 
     code, out, err = run(capsys, "state", "backup", "somewhere.sqlite3")
     assert code == 2 and out == "" and "pg_dump" in err
