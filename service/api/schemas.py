@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.calibration import CalibrationReport
+from model.calibration import CalibrationReport, MultiClassReport
 
 ThresholdSource = Literal["default", "calibration", "manual"]
 CalibrationStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -402,11 +402,12 @@ class Calibration(CalibrationSummary):
         description="Why a succeeded calibration asked to activate was not: its report has "
         "blocking warnings and force was not given.",
     )
-    report: CalibrationReport | None = Field(
+    report: CalibrationReport | MultiClassReport | None = Field(
         default=None,
         title="Report",
         description="The calibration report (threshold, auc, roc, operating_points, confusion, "
-        "threshold_ci, ...; see the README's calibration report), once succeeded.",
+        "threshold_ci, ...; see the README's calibration report), once succeeded; for a "
+        "multi-class model `{mode, classes: {name: <that report>}, n_images, n_pixels, summary}`.",
     )
 
 

@@ -6,7 +6,7 @@ stored, but becomes active only when the request says `force=true`.
 
 from __future__ import annotations
 
-from model.calibration import CalibrationReport
+from model.calibration import CalibrationReport, MultiClassReport
 from service.inference.registry import ServedModel
 from service.state.store import ThresholdStore
 
@@ -23,10 +23,13 @@ def reference_auc(served: ServedModel, store: ThresholdStore) -> float | None:
     return first[-1] if first else None
 
 
-def blocking_codes(report: CalibrationReport | None) -> list[str]:
-    """The codes of a stored report's blocking warnings (none for reports made before them)."""
+def blocking_codes(report: CalibrationReport | MultiClassReport | None) -> list[str]:
+    """The codes of a stored report's blocking warnings (none for reports made before them);
+    a multi-class report's as `class:code`."""
     if report is None:
         return []
+    if isinstance(report, MultiClassReport):
+        return [f"{name}:{w.code}" for name, w in report.blocking]
     return [w.code for w in report.blocking]
 
 

@@ -20,8 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.data.classes import iter_class_pairs
 from model.data.datasets import EXTENSIONS, find_pairs
-from model.data.decoding import check_image
+from model.data.decoding import check_image, read_labels
 from model.errors import DatasetError, ImageTooLargeError
 from service.calibration.errors import DatasetRejected, Rejection
 from service.settings import Settings
@@ -42,28 +43,68 @@ class Dataset:
     pairs: list[tuple[Path, Path]]
 
 
-def extract_dataset(data: bytes, dest: Path, settings: Settings) -> Dataset:
+def extract_dataset(
+    data: bytes, dest: Path, settings: Settings, classes: ClassSpec | None = None
+) -> Dataset:
     """Check the zip in `data` and extract its `images/` and `masks/` into the empty folder `dest`.
 
     The two folders may sit at the zip's top level or under one top-level folder. Every problem is
-    a DatasetRejected whose message names the entry and what to fix.
+    a DatasetRejected whose message names the entry and what to fix. `classes`: a multi-class
+    model's, whose masks are label images (multiclass) or `masks/<class>/` folders (multilabel).
     """
+    multilabel = classes is not None and classes.mode == "multilabel"
     with _open(data) as archive:
         infos = archive.infolist()
         _check_counts(infos, settings)
         entries = [(info, _safe_parts(info)) for info in infos]
         prefix = _data_prefix([parts for info, parts in entries if not info.is_dir()])
-        selected = _select(entries, prefix)
+        selected = _select(entries, prefix, multilabel)
         budget = settings.max_zip_uncompressed_bytes
         for info, parts in selected:
             budget -= _extract(archive, info, dest.joinpath(*parts), budget, settings)
     root = dest.joinpath(*prefix)
+    if classes is not None:
+        return _class_dataset(root, dest, classes, settings)
     try:
         pairs = find_pairs(root)
     except DatasetError as error:
         raise _invalid(relative(str(error), dest)) from None
     check_image_sizes((path for pair in pairs for path in pair), settings.max_image_pixels, dest)
     return Dataset(root, pairs)
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """What a multi-class model's calibration set must hold: its mode and class names."""
+
+    mode: str  # multilabel or multiclass
+    names: tuple[str, ...]
+
+
+def _class_dataset(root: Path, dest: Path, classes: ClassSpec, settings: Settings) -> Dataset:
+    """A multi-class set, every label image and class mask read once now: what does not fit the
+    model's classes is refused before a job is queued. Pairs are (image, its target's place)."""
+    masks = sorted(p for p in (root / "masks").rglob("*") if p.is_file())
+    images = _images(root) if (root / "images").is_dir() else []
+    check_image_sizes([*images, *masks], settings.max_image_pixels, dest)
+    try:
+        if classes.mode == "multiclass":
+            pairs = find_pairs(root)
+            for _, labels in pairs:
+                read_labels(labels, len(classes.names))
+        else:
+            pairs = [(image, root / "masks") for image in images]
+            # Read through once: every class folder and mask is checked before the job queues.
+            for _ in iter_class_pairs(root, classes.names, classes.mode):
+                pass
+    except DatasetError as error:
+        raise _invalid(relative(str(error), dest)) from None
+    return Dataset(root, pairs)
+
+
+def _images(root: Path) -> list[Path]:
+    folder = root / "images"
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
 def relative(message: str, folder: Path) -> str:
@@ -159,22 +200,31 @@ def _data_prefix(files: list[tuple[str, ...]]) -> tuple[str, ...]:
 
 
 def _select(
-    entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]], prefix: tuple[str, ...]
+    entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
+    prefix: tuple[str, ...],
+    class_folders: bool = False,
 ) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
-    """The image files directly inside images/ and masks/, as (entry, its path's parts)."""
+    """The image files directly inside images/ and masks/ (with `class_folders`, inside the
+    folders of masks/), as (entry, its path's parts)."""
     depth = len(prefix)
     selected: list[tuple[zipfile.ZipInfo, tuple[str, ...]]] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for info, parts in entries:
-        if info.is_dir() or len(parts) != depth + 2 or parts[:depth] != prefix:
+        if info.is_dir() or parts[:depth] != prefix:
             continue
-        folder, name = parts[depth:]
+        inside = parts[depth:]
+        nested = class_folders and len(inside) == 3 and inside[0] == "masks"
+        if len(inside) != 2 and not nested:
+            continue
+        folder, name = inside[0], inside[-1]
         if folder not in DATA_DIRS or name.startswith(".") or not name.lower().endswith(EXTENSIONS):
             continue
-        if (folder, name) in seen:
-            raise _invalid(f"the zip holds {folder}/{name} twice; keep one")
-        seen.add((folder, name))
-        selected.append((info, (*prefix, folder, name)))
+        if nested and inside[1].startswith("."):
+            continue
+        if inside in seen:
+            raise _invalid(f"the zip holds {'/'.join(inside)} twice; keep one")
+        seen.add(inside)
+        selected.append((info, (*prefix, *inside)))
     missing = [folder for folder in DATA_DIRS if all(p[depth] != folder for _, p in selected)]
     if missing:
         where = "/".join((*prefix, missing[0]))

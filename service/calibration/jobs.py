@@ -37,15 +37,17 @@ from model.calibration import (
     CalibrationError,
     CalibrationReport,
     Criterion,
+    MultiClassReport,
     ScoreHistogram,
     build_report,
 )
 from model.data.datasets import load_pair
 from model.errors import DatasetError, ModelOutputError
 from model.inference.calibrate import add_to_histogram, new_histogram
+from service.calibration.classes import calibrate_classes
 from service.calibration.errors import CalibrationsStopping, TooManyCalibrations
 from service.calibration.gate import reference_auc
-from service.calibration.intake import Dataset, extract_dataset, relative
+from service.calibration.intake import ClassSpec, Dataset, extract_dataset, relative
 from service.calibration.writes import STORE_RETRY_S, Progress, until_stored
 from service.inference.engine import InferenceEngine
 from service.inference.errors import DeviceOutOfMemory, EngineNotReady
@@ -170,13 +172,14 @@ class CalibrationJobs:
         self, served: ServedModel, data: bytes, filename: str | None, params: CalibrationParams
     ) -> _Job:
         """In a worker thread: the extracted data set and its queued record, or no folder."""
+        spec = ClassSpec(served.mode, served.classes) if served.multi_class else None
         try:
             workdir = Path(tempfile.mkdtemp(prefix="calibration-", dir=self.uploads))
         except OSError as error:
             raise _unavailable_or(error, self.uploads) from error
         try:
             try:
-                dataset = extract_dataset(data, workdir / "data", self.settings)
+                dataset = extract_dataset(data, workdir / "data", self.settings, spec)
             except OSError as error:  # the uploads folder's disk filled or went read-only
                 raise _unavailable_or(error, self.uploads) from error
             if self._stopping.is_set():  # again: extraction took a while
@@ -300,42 +303,48 @@ class CalibrationJobs:
         name, params = job.served.name, job.params
         await self._claim_run(job)
         started = time.monotonic()
-        hist = await self._count(job)
-        job.finishing = True
-        # Every image is counted: the data set goes now, before the result is stored, so a
-        # client that sees the job finished never finds its upload still on disk.
-        await _discard(job)
-        reference = await until_stored(lambda: reference_auc(job.served, self.store))
-        report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
+        report: CalibrationReport | MultiClassReport
+        if job.served.multi_class:
+            progress = Progress(self.store, job.id, len(job.dataset.pairs))
+            report = await calibrate_classes(
+                self.engine, job.served, job.dataset.root, params.criterion, progress
+            )
+            job.finishing = True
+            await _discard(job)
+        else:
+            hist = await self._count(job)
+            job.finishing = True
+            # Every image is counted: the data set goes now, before the result is stored, so a
+            # client that sees the job finished never finds its upload still on disk.
+            await _discard(job)
+            reference = await until_stored(lambda: reference_auc(job.served, self.store))
+            report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
         # A blocked report is stored but not activated; its record says why (gate.py).
         activate = params.activate and (params.force or not report.blocking)
         active = await until_stored(lambda: self._finish(job, report, activate))
         if active is not None:
-            self.metrics.set_threshold(name, active.value)
+            thresholds = report.thresholds if isinstance(report, MultiClassReport) else {"": 0.0}
+            for cls, value in thresholds.items():
+                self.metrics.set_threshold(name, value if cls else active.value, cls)
         self.metrics.calibrations_succeeded.labels(name).inc()
         log.info(
-            "calibration %s of model %s succeeded in %.1f s: threshold %.6g, AUC %.4f%s",
+            "calibration %s of model %s succeeded in %.1f s%s",
             job.id,
             name,
             time.monotonic() - started,
-            report.threshold,
-            report.auc,
             ", now active" if active is not None else "",
         )
 
     def _finish(
-        self, job: _Job, report: CalibrationReport, activate: bool
+        self, job: _Job, report: CalibrationReport | MultiClassReport, activate: bool
     ) -> ActiveThreshold | None:
         """Store the result; a finish whose commit was reported failed yet landed counts too."""
         try:
             return self.store.jobs.finish_calibration(job.id, report, activate=activate)
         except InvalidTransition:
             record = self.store.get_calibration(job.served.name, job.id)
-            if (
-                record is None
-                or record.status != "succeeded"
-                or record.threshold != report.threshold
-            ):
+            threshold = None if isinstance(report, MultiClassReport) else report.threshold
+            if record is None or record.status != "succeeded" or record.threshold != threshold:
                 raise
             return self.store.current_threshold(job.served.name, job.served.digest)
 

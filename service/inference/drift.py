@@ -179,7 +179,8 @@ class DriftMonitor:
         if calibration_id not in self._profiles:
             record = self.store.get_calibration(model, calibration_id)
             report = None if record is None else record.report
-            profile = None if report is None else report.score_profile
+            # A multi-class report has no one score profile: its model is not watched (README).
+            profile = getattr(report, "score_profile", None)
             self._profiles[calibration_id] = profile
         return self._profiles[calibration_id]
 

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, RowMapping, insert, or_, select, update
 
-from model.calibration import CalibrationReport
+from model.calibration import CalibrationReport, MultiClassReport
 from service.state.errors import CalibrationNotFound, InvalidTransition
 from service.state.records import ActiveThreshold, CalibrationRecord, JobParams, read_report
 from service.state.session import StateDatabase, finite, now_text
@@ -223,10 +223,23 @@ class CalibrationQueue:
             return result.rowcount
 
     def finish_calibration(
-        self, calibration_id: str, report: CalibrationReport, activate: bool | None = None
+        self,
+        calibration_id: str,
+        report: CalibrationReport | MultiClassReport,
+        activate: bool | None = None,
     ) -> ActiveThreshold | None:
         """Store a job's report (its threshold and AUC with it) and, if `activate` (None: as
-        asked at creation), make its threshold the active one."""
+        asked at creation), make its threshold the active one.
+
+        A multi-class report stores no single threshold and the mean of its classes' AUCs, and
+        activates every class's threshold (the answer is then the first class's).
+        """
+        if isinstance(report, MultiClassReport):
+            values: dict[str, float] = report.thresholds
+            aucs = [r.auc for r in report.classes.values() if r.auc is not None]
+            threshold, auc = None, (sum(aucs) / len(aucs) if aucs else None)
+        else:
+            values, threshold, auc = {"": report.threshold}, report.threshold, report.auc
         # One transaction for both: a crash never leaves a succeeded calibration that was meant
         # to be active but is not.
         with self.database.write() as db:
@@ -237,8 +250,8 @@ class CalibrationQueue:
                 .values(
                     status="succeeded",
                     progress=1,
-                    threshold=report.threshold,
-                    auc=report.auc,
+                    threshold=threshold,
+                    auc=auc,
                     report=report.to_json(),
                     finished=now_text(),
                 )
@@ -246,12 +259,16 @@ class CalibrationQueue:
             if not (bool(row["activate"]) if activate is None else activate):
                 return None
             model, digest = row["model"], row["digest"]
-            active = self.thresholds.set_active(
-                db, model, digest, report.threshold, "calibration", calibration_id, None
-            )
+            written = {
+                cls: self.thresholds.set_active(
+                    db, model, digest, value, "calibration", calibration_id, None, cls
+                )
+                for cls, value in values.items()
+            }
             version = self.database.bump(db)
-        self.thresholds.changed(version, (model, digest, ""), active)
-        return active
+        for cls, active in written.items():
+            self.thresholds.changed(version, (model, digest, cls), active)
+        return next(iter(written.values()))
 
     def fail_calibration(self, calibration_id: str, error: str) -> None:
         """Mark a queued or running job failed with a message a person can act on."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from model.calibration import CalibrationReport
+from model.calibration import CalibrationReport, MultiClassReport
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class CalibrationRecord:
     created: datetime
     started: datetime | None
     finished: datetime | None
-    report: CalibrationReport | None = None
+    report: CalibrationReport | MultiClassReport | None = None  # multi-class: per class
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,9 @@ class ThresholdChange:
     reason: str | None
 
 
-def read_report(text: str | None, calibration_id: str) -> CalibrationReport | None:
+def read_report(
+    text: str | None, calibration_id: str
+) -> CalibrationReport | MultiClassReport | None:
     """A stored report as the typed report, or None: none stored, or not one this release reads.
 
     The one place a stored report is rebuilt. A row that holds something else (a hand-made or
@@ -111,6 +113,8 @@ def read_report(text: str | None, calibration_id: str) -> CalibrationReport | No
     if text is None:
         return None
     try:
+        if text.startswith('{"mode"'):  # a multi-class report: `mode` is its first key
+            return MultiClassReport.model_validate_json(text)
         return CalibrationReport.model_validate_json(text)
     except ValidationError as error:
         log.warning(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from model.calibration import CalibrationReport
+from model.calibration import CalibrationReport, MultiClassReport
 from service.calibration.errors import (
     CalibrationBlocked,
     CalibrationFailed,
@@ -25,7 +25,7 @@ from service.container import Services
 from service.inference.registry import ServedModel
 from service.state.errors import CalibrationNotFound, StoreUnavailable
 from service.state.records import ActiveThreshold, CalibrationRecord
-from service.usecases.thresholds import publish_threshold
+from service.usecases.thresholds import publish_threshold, publish_thresholds
 
 
 @dataclass(frozen=True)
@@ -76,15 +76,20 @@ def calibrations(services: Services, served: ServedModel) -> list[CalibrationVie
 
 
 def succeeded_report(
-    services: Services, served: ServedModel, calibration_id: str, what: str
+    services: Services, served: ServedModel, calibration_id: str, what: str, cls: str = ""
 ) -> CalibrationReport:
-    """The report of a succeeded calibration, which `what` needs; CalibrationNotSucceeded else."""
+    """The report of a succeeded calibration, which `what` needs; CalibrationNotSucceeded else.
+
+    A multi-class calibration's: class `cls`'s (the caller checked the model has it).
+    """
     record = _succeeded(_record(services, served, calibration_id), what)
     if record.report is None:  # stored by a release whose report this one cannot read
         raise CalibrationNotSucceeded(
             f"calibration {calibration_id!r} has no report this version can read; "
             "run the calibration again"
         )
+    if isinstance(record.report, MultiClassReport):
+        return record.report.classes[cls or served.classes[0]]
     return record.report
 
 
@@ -108,14 +113,19 @@ def activate_calibration(
             "them in its report.warnings and fix the calibration set, or activate anyway with "
             "?force=true"
         )
+    report = record.report
+    class_values = report.thresholds if isinstance(report, MultiClassReport) else None
     try:
         active = services.store.activate_calibration(
-            served.name, served.digest, calibration_id, actor=actor
+            served.name, served.digest, calibration_id, actor=actor, class_values=class_values
         )
     except CalibrationNotFound:
         _record(services, served, calibration_id)  # raises UnknownCalibration
         raise
-    publish_threshold(services.metrics, served.name, active)
+    if class_values is not None:
+        publish_thresholds(services, served)
+    else:
+        publish_threshold(services.metrics, served.name, active)
     return active
 
 

@@ -12,6 +12,7 @@ from model.calibration.plots import roc_png
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
+from service.api.routes.class_answers import ClassQuery, check_class
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
@@ -172,9 +173,20 @@ def get_calibration(
         **problem_responses(404, 409, 503),
     },
 )
-def get_roc_png(services: ServicesDep, served: ModelDep, calibration_id: CalibrationId) -> Response:
-    """The ROC curve with its AUC and the chosen and the 0.5 operating points marked."""
-    report = usecase.succeeded_report(services, served, calibration_id, "the ROC plot")
+def get_roc_png(
+    services: ServicesDep,
+    served: ModelDep,
+    calibration_id: CalibrationId,
+    class_: ClassQuery = None,
+) -> Response:
+    """The ROC curve with its AUC and the chosen and the 0.5 operating points marked.
+
+    Multi-class models: one class's curve, `?class=name` (default: the first class).
+    """
+    check_class(served, class_)
+    report = usecase.succeeded_report(
+        services, served, calibration_id, "the ROC plot", class_ or ""
+    )
     # A succeeded calibration never changes, so its plot may be cached for good.
     return Response(
         roc_png(report),

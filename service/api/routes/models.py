@@ -6,6 +6,7 @@ import math
 
 from fastapi import APIRouter
 
+from model.calibration import MultiClassReport
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import Architecture, CalibrationWarning, ModelInfo, ModelList, Threshold
@@ -102,6 +103,12 @@ def _active_warnings(
     )
     if record is None or record.report is None:
         return []
+    if isinstance(record.report, MultiClassReport):  # each class's, its name in the message
+        return [
+            CalibrationWarning(**{**w.model_dump(), "message": f"{name}: {w.message}"})
+            for name, report in record.report.classes.items()
+            for w in report.warnings
+        ]
     return [CalibrationWarning(**w.model_dump()) for w in record.report.warnings]
 
 
