@@ -10,7 +10,7 @@ of each class (`report.classes[name]`) and the per-class and macro Dice against 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ async def calibrate_classes(
     engine: InferenceEngine,
     served: ServedModel,
     root: Any,
-    criterion: Criterion,
+    criterion: Criterion | Mapping[str, Criterion],
     progress: Callable[[int], Awaitable[None]],
 ) -> MultiClassReport:
     """The per-class report of `served` on the extracted set at `root`, in one pass."""

@@ -88,6 +88,7 @@ class CalibrationParams:
     criterion: Criterion
     activate: bool = True
     force: bool = False  # activate even with blocking warnings
+    class_criteria: dict[str, Criterion] | None = None  # multi-class: each class's own choice
 
 
 @dataclass
@@ -306,8 +307,9 @@ class CalibrationJobs:
         report: CalibrationReport | MultiClassReport
         if job.served.multi_class:
             progress = Progress(self.store, job.id, len(job.dataset.pairs))
+            criteria = params.class_criteria or params.criterion
             report = await calibrate_classes(
-                self.engine, job.served, job.dataset.root, params.criterion, progress
+                self.engine, job.served, job.dataset.root, criteria, progress
             )
             job.finishing = True
             await _discard(job)

@@ -12,7 +12,7 @@ from model.calibration.plots import roc_png
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
-from service.api.routes.class_answers import ClassQuery, check_class
+from service.api.routes.class_answers import ClassQuery, check_class, class_criteria
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
@@ -120,11 +120,20 @@ async def start_calibration(
         bool,
         Form(description="Activate even when the report has a warning of severity block."),
     ] = False,
+    class_params: Annotated[
+        str | None,
+        Form(
+            description="Multi-class models: JSON of per-class choices that replace `strategy`, "
+            '`target`, `cost_fp`, `cost_fn` for those classes, e.g. `{"debris": {"strategy": '
+            '"target_tpr", "target": 0.9}}`; classes not named use the fields above.'
+        ),
+    ] = None,
 ) -> Calibration:
     """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
     await _refuse_blank_fields(request)
     try:
         criterion = Criterion(strategy.strip().lower(), target, cost_fp, cost_fn)
+        per_class = class_criteria(served, class_params, criterion)
     except CalibrationError as error:
         raise ProblemError(
             422, "Invalid calibration parameters", str(error), slug="invalid-calibration"
@@ -132,7 +141,7 @@ async def start_calibration(
     data = await read_upload(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
-    params = CalibrationParams(criterion, activate, force)
+    params = CalibrationParams(criterion, activate, force, per_class)
     view = await usecase.start_calibration(services, served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (

@@ -8,11 +8,13 @@ overlay. The checks run before the image is read, so a wrong `?class=` costs no 
 from __future__ import annotations
 
 import functools
+import json
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Query
 
+from model.calibration import CalibrationError, Criterion
 from service.api.class_schemas import ClassMask, ClassMasksJson
 from service.api.problems import ProblemError
 from service.inference import encoding
@@ -188,3 +190,50 @@ def class_overlay_png(name: str, result: Segmentation) -> bytes:
     only = np.zeros_like(result.mask)
     only[index] = result.mask[index]
     return encoding.class_overlay_png(result.image, only)
+
+
+def class_criteria(
+    served: ServedModel, text: str | None, default: Criterion
+) -> dict[str, Criterion] | None:
+    """Each class's criterion from the `class_params` form field; CalibrationError if unusable."""
+    if text is None:
+        return None
+    if not served.multi_class:
+        raise CalibrationError(
+            f"model {served.name!r} is binary: it has no classes; drop class_params"
+        )
+    try:
+        given = json.loads(text)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise CalibrationError(
+            'class_params must be a JSON object of objects, e.g. {"debris": {"strategy": '
+            '"target_tpr", "target": 0.9}}'
+        )
+    unknown = [name for name in given if name not in served.classes]
+    if unknown:
+        raise CalibrationError(
+            f"class_params names {', '.join(map(repr, unknown))}; model {served.name!r} has "
+            f"the classes {', '.join(served.classes)}"
+        )
+    allowed = {"strategy", "target", "cost_fp", "cost_fn"}
+    criteria = {}
+    for name in served.classes:
+        choice = given.get(name, {})
+        extra = set(choice) - allowed
+        if extra:
+            raise CalibrationError(
+                f"class_params[{name!r}] has {', '.join(sorted(extra))}; give only "
+                f"{', '.join(sorted(allowed))}"
+            )
+        try:
+            criteria[name] = Criterion(
+                str(choice.get("strategy", default.strategy)).strip().lower(),
+                choice.get("target", default.target if "strategy" not in choice else None),
+                float(choice.get("cost_fp", default.cost_fp)),
+                float(choice.get("cost_fn", default.cost_fn)),
+            )
+        except (TypeError, ValueError) as error:  # CalibrationError is a ValueError too
+            raise CalibrationError(f"class_params[{name!r}]: {error}") from None
+    return criteria

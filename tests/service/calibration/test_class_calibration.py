@@ -132,3 +132,31 @@ def test_multilabel_class_folders_must_be_the_cards_classes(tmp_path: Path) -> N
     message = str(refused.value)
     assert "nucleus, debris" in message and "cell" in message
     assert json.dumps(message)  # one line a problem document can carry
+
+
+def test_each_class_may_have_its_own_strategy(client: TestClient) -> None:
+    data = labelled_zip(4, seed=9205)
+    choices = {"debris": {"strategy": "target_tpr", "target": 0.95}}
+    started = client.post(
+        f"{MULTI}/calibrations",
+        files={"dataset": ("set.zip", data, "application/zip")},
+        data={"strategy": "youden", "class_params": json.dumps(choices), "activate": "false"},
+    )
+    assert started.status_code == 202, started.text
+    job = wait_for_calibration(lambda: client.get(started.headers["location"]).json())
+    classes = job["report"]["classes"]
+    assert classes["nucleus"]["strategy"] == "youden"
+    assert classes["debris"]["strategy"] == "target_tpr" and classes["debris"]["target"] == 0.95
+    assert classes["debris"]["operating_points"]["target_tpr"]["tpr"] >= 0.95
+    for bad, words in (
+        ('{"cell": {}}', "nucleus, debris"),
+        ('{"debris": {"strategy": "nope"}}', "debris"),
+        ('{"debris": {"cost_fp": "x"}}', "debris"),
+        ("[1]", "JSON object"),
+    ):
+        refused = client.post(
+            f"{MULTI}/calibrations",
+            files={"dataset": ("set.zip", data, "application/zip")},
+            data={"class_params": bad},
+        )
+        assert words in assert_problem(refused, 422)["detail"]
