@@ -198,6 +198,14 @@ def _add_import_export(commands: argparse._SubParsersAction[argparse.ArgumentPar
     imp.add_argument("--channel", type=int, default=0, help="the foreground output channel")
     imp.add_argument("--pad-multiple", type=int, default=1, help="input sides must divide by it")
     imp.add_argument("--threshold", type=float, help="default threshold (else 0.5)")
+    imp.add_argument(
+        "--mode",
+        choices=("binary", "multilabel", "multiclass"),
+        default="binary",
+        help="binary (one foreground), multilabel (a channel per class) or multiclass (softmax "
+        "over background and the classes)",
+    )
+    imp.add_argument("--classes", help="multi-class: the class names in channel order, a,b,c")
 
     exp = add_command(
         commands, "export", _export, "export a native checkpoint, with a card to serve it by"
@@ -230,6 +238,10 @@ def _import(args: argparse.Namespace) -> int:
     }
     if args.threshold is not None:
         card["threshold"] = args.threshold
+    if args.mode != "binary" or args.classes:
+        names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
+        card["output"] = {**card["output"], "mode": args.mode, "classes": names}
+        del card["output"]["channel"]  # the classes' channels follow from the mode
     result = import_model(args.path, card, args.out)
     emit(args, result)
     if not args.json:
