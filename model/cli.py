@@ -198,13 +198,8 @@ def _add_import_export(commands: argparse._SubParsersAction[argparse.ArgumentPar
     imp.add_argument("--channel", type=int, default=0, help="the foreground output channel")
     imp.add_argument("--pad-multiple", type=int, default=1, help="input sides must divide by it")
     imp.add_argument("--threshold", type=float, help="default threshold (else 0.5)")
-    imp.add_argument(
-        "--mode",
-        choices=("binary", "multilabel", "multiclass"),
-        default="binary",
-        help="binary (one foreground), multilabel (a channel per class) or multiclass (softmax "
-        "over background and the classes)",
-    )
+    modes = ("binary", "multilabel", "multiclass")
+    imp.add_argument("--mode", choices=modes, default="binary", help="output.mode of the card")
     imp.add_argument("--classes", help="multi-class: the class names in channel order, a,b,c")
 
     exp = add_command(
