@@ -20,7 +20,7 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     settings = Settings()
     host, port = host or settings.host, port or settings.port
-    configure_logging(settings)
+    configure_logging(settings, root=True)
     try:
         check_state(settings)
     except (StateUnsound, MissingDriver) as error:

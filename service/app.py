@@ -161,6 +161,13 @@ async def _serving(
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
+    store.database.on_failure = metrics.store_failed
+    metrics.prepare(
+        [*registry.names(), *registry.failures()],
+        lambda: (
+            {name: True for name in registry.names()} | dict.fromkeys(registry.failures(), False)
+        ),
+    )
     for served in registry:
         active = services.active_threshold(served)
         publish_threshold(metrics, served.name, active)

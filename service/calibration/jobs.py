@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.calibration import (
@@ -99,6 +99,7 @@ class _Job:
     task: asyncio.Task[None] | None = None
     running: bool = False  # it has its model's turn: a stop cancels it
     finishing: bool = False  # every image is counted: a stop lets it store its result
+    began: float = field(default_factory=time.monotonic)  # admitted: its duration counts from here
 
 
 class CalibrationJobs:
@@ -312,7 +313,8 @@ class CalibrationJobs:
         active = await until_stored(lambda: self._finish(job, report, activate))
         if active is not None:
             self.metrics.set_threshold(name, active.value)
-        self.metrics.calibrations_succeeded.labels(name).inc()
+            self.metrics.threshold_changed(name, "calibration")
+        self._ended(job, "succeeded")
         log.info(
             "calibration %s of model %s succeeded in %.1f s: threshold %.6g, AUC %.4f%s",
             job.id,
@@ -381,7 +383,7 @@ class CalibrationJobs:
             except StoreError:
                 log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
             break
-        self.metrics.calibrations_failed.labels(job.served.name).inc()
+        self._ended(job, "failed")
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
 
     async def _fail(self, job: _Job, error: str) -> None:
@@ -392,8 +394,12 @@ class CalibrationJobs:
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
-        self.metrics.calibrations_failed.labels(job.served.name).inc()
+        self._ended(job, "failed")
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
+
+    def _ended(self, job: _Job, outcome: str) -> None:
+        """Count the job's ending and its duration since admission."""
+        self.metrics.calibration_ended(job.served.name, outcome, time.monotonic() - job.began)
 
 
 def _unavailable_or(error: OSError, folder: Path) -> Exception:

@@ -116,6 +116,7 @@ def activate_calibration(
         _record(services, served, calibration_id)  # raises UnknownCalibration
         raise
     publish_threshold(services.metrics, served.name, active)
+    services.metrics.threshold_changed(served.name, "calibration")
     return active
 
 

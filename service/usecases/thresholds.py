@@ -63,6 +63,7 @@ def set_threshold(
     check_threshold(served, value, "value")
     active = services.store.set_manual(served.name, served.digest, value, actor=actor)
     publish_threshold(services.metrics, served.name, active)
+    services.metrics.threshold_changed(served.name, "manual")
     return active
 
 
@@ -73,4 +74,5 @@ def reset_threshold(
     services.store.reset_to_default(served.name, served.digest, actor=actor)
     active = default_threshold(served)
     publish_threshold(services.metrics, served.name, active)
+    services.metrics.threshold_changed(served.name, "default")
     return active
