@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from service.ops.logs import configure_logging
-from service.settings import ENV_PREFIX, Settings
+from service.settings import ENV_PREFIX, Settings, unknown_settings
 from service.state.database import MissingDriver
 from service.state.integrity import StateUnsound, check_state
 
+log = logging.getLogger("service")
+
+EXIT_USAGE = 2  # a setting that does not exist, under UNET_STRICT_SETTINGS
 EXIT_UNSOUND = 1  # the state database must not be served from: the one line on stderr says why
 
 
@@ -21,6 +25,12 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
     settings = Settings()
     host, port = host or settings.host, port or settings.port
     configure_logging(settings, root=True)
+    unknown = unknown_settings(os.environ)
+    if unknown and settings.strict_settings:
+        print(f"unet: cannot start: {'; '.join(unknown)} (UNET_STRICT_SETTINGS)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    for message in unknown:
+        log.warning(message)
     try:
         check_state(settings)
     except (StateUnsound, MissingDriver) as error:

@@ -33,6 +33,7 @@ from service.container import Services
 from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry
+from service.ops import tracing
 from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
+        tracing.configure_tracing()
         read_only = why_read_only(settings.state_dir)
         if read_only is not None:
             log.warning(
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # coordinate through the database, so any number of them may serve.
         async with _serving(app, settings, metrics, read_only):
             yield
+        tracing.shut_down()
 
     app = FastAPI(
         title="U-Net segmentation service",

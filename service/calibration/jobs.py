@@ -50,6 +50,7 @@ from service.calibration.writes import STORE_RETRY_S, Progress, until_stored
 from service.inference.engine import InferenceEngine
 from service.inference.errors import DeviceOutOfMemory, EngineNotReady
 from service.inference.registry import ModelRegistry, ServedModel
+from service.ops import tracing
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.errors import (
@@ -263,6 +264,11 @@ class CalibrationJobs:
                 await asyncio.wait_for(self._lease_round.wait(), timeout=queue.lease_s)
 
     async def _run(self, job: _Job) -> None:
+        """The whole life of one job, traced as one span (its images' passes inside it)."""
+        with tracing.span("calibration", **{"unet.model": job.served.name, "unet.job": job.id}):
+            await self._live(job)
+
+    async def _live(self, job: _Job) -> None:
         """The whole life of one job, from waiting for its model's turn to its stored ending."""
         name = job.served.name
         try:

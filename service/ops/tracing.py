@@ -38,6 +38,8 @@ def configure_tracing() -> bool:
     if trace is None:
         log.warning("OTEL_TRACES_EXPORTER=%s but the `otel` extra is not installed", wanted)
         return False
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        return True  # configured already (by this process's first app, or its host)
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -64,11 +66,11 @@ def configure_tracing() -> bool:
 
 
 def shut_down() -> None:
-    """Export the spans still buffered (at shutdown)."""
+    """Export the spans still buffered (at shutdown; the provider stays for other apps)."""
     if trace is not None:
         provider = trace.get_tracer_provider()
-        if hasattr(provider, "shutdown"):
-            provider.shutdown()
+        if hasattr(provider, "force_flush"):
+            provider.force_flush()
 
 
 def _tracer() -> Any:
