@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -64,6 +66,15 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 
+# The service's own request span (service.api.middleware) covers the whole middleware stack,
+# refusals included; FastAPI's native one (0.165 on) would be a second server span beside it.
+_NO_FASTAPI_SPANS: dict[str, Any] = (
+    {"telemetry": {"tracing": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; models and stores come to life in the lifespan."""
     settings = settings or Settings()
@@ -96,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
         docs_url=None,  # install_docs serves /docs and /redoc from local assets
         redoc_url=None,
+        **_NO_FASTAPI_SPANS,
     )
     install_openapi(app)
     install_problem_handlers(app)

@@ -198,7 +198,7 @@ class RequestMetrics:
                     "route": route,
                     "status": answer.status,
                     "ms": round(elapsed * 1000, 2),
-                    "model": model,
+                    **({"model": model} if model is not None else {}),
                     **answer.fields(),
                 },
             )
