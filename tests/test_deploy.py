@@ -3,7 +3,9 @@ compose refuses to publish beyond loopback without a key."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+SERIES = re.compile(r"\b(?:unet|process|python)_[a-z_]+")
 
 
 def test_the_kubernetes_overlays_validate() -> None:
@@ -75,3 +78,29 @@ def test_compose_publishes_on_loopback_unless_a_key_is_set(tmp_path: Path) -> No
     refused = _compose_start("0.0.0.0", "", tmp_path)
     assert refused.returncode == 1 and "without UNET_API_KEY" in refused.stderr
     assert _compose_start("0.0.0.0", "s3cret", tmp_path).stdout.strip() == "serving"
+
+
+def test_the_dashboard_and_alerts_read_only_series_the_service_exports() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from service.ops.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.prepare(["m"], lambda: {"m": True})
+    metrics.set_drift("m", "ok", 0.0, 0.5, 0.5)
+    metrics.set_threshold("m", 0.5)
+    # Labelled by route, the HTTP families appear with the first request.
+    metrics.latency.labels("POST", "/v1/models/{model}/mask").observe(0.01)
+    exported = {
+        sample.name
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for sample in family.samples
+    } | {"ALERTS"}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "unet-service.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [q["query"] for q in dashboard["templating"]["list"] if "label_values" in q["query"]]
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in SERIES.findall(expr)}
+    assert used and not used - exported, f"not exported: {sorted(used - exported)}"
+    assert {"unet_queue_wait_seconds_bucket", "unet_drift_score_distance"} <= used
