@@ -13,6 +13,7 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from model.network.device import pick_device
 from service.api.auth import KeyBeforeBody
@@ -187,6 +188,11 @@ async def _serving(
         active = services.active_threshold(served)
         publish_threshold(metrics, served.name, active)
         monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
+    scrape = (
+        start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
+        if settings.metrics_port is not None
+        else None
+    )
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
     leases = asyncio.create_task(jobs.keep_leases())
@@ -202,6 +208,9 @@ async def _serving(
         monitor.save_all()
         drift_windows.close()
         store.close()
+        if scrape is not None:
+            scrape[0].shutdown()
+            scrape[0].server_close()
 
 
 def _open_store(
