@@ -187,7 +187,8 @@ class RequestMetrics:
                 span.set_attribute("http.route", route)
                 span.set_attribute("http.response.status_code", answer.status)
             client = scope.get("client")
-            log.info(
+            log.log(
+                logging.DEBUG if route in PROBES else logging.INFO,
                 "%s %s %d",
                 method,
                 scope["path"],
@@ -217,6 +218,8 @@ class RequestMetrics:
 INFERENCE_PATH = re.compile(
     r"/v[12]/models/(?P<model>[^/]+)/(?:versions/[^/]+/)?(?:mask|probabilities|overlay|infer)"
 )
+# Probes and scrapes come every few seconds: their access lines are debug, not info.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 # A 4xx's problem document is read up to here for its type and detail.
 PROBLEM_BYTES = 16 * 1024
 
