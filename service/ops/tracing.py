@@ -49,8 +49,13 @@ def configure_tracing() -> bool:
         if name == "console":
             exporters.append(ConsoleSpanExporter())
         elif name == "otlp":
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+            except ImportError:
+                log.warning("OTEL_TRACES_EXPORTER=otlp needs the `otel` extra's OTLP exporter")
+                continue
             exporters.append(OTLPSpanExporter())
         else:
             log.warning("OTEL_TRACES_EXPORTER: unknown exporter %r (console, otlp)", name)

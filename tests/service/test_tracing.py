@@ -3,6 +3,10 @@ decode, queue wait, inference and encode (the `otel` extra; skipped without it).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +89,23 @@ def test_a_mask_request_is_traced_under_the_clients_traceparent(
     assert [f"{link.context.trace_id:032x}" for link in inference.links] == [TRACE_ID]
     # Warm-up ran outside any request: none of its passes joined this trace.
     assert len([span for span in ours() if span.name == "inference"]) == 1
+
+
+def test_the_console_exporter_is_configured_from_the_environment() -> None:
+    script = (
+        "from service.ops import tracing\n"
+        "assert tracing.configure_tracing()\n"
+        "with tracing.request_span('GET /x', {'traceparent': "
+        f"'00-{TRACE_ID}-{PARENT_ID}-01'}}):\n"
+        "    pass\n"
+        "tracing.shut_down()\n"
+    )
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "unet-test"}
+    ran = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    span = json.loads(ran.stdout)
+    assert span["name"] == "GET /x" and span["context"]["trace_id"] == f"0x{TRACE_ID}"
+    assert span["parent_id"] == f"0x{PARENT_ID}"
+    assert span["resource"]["attributes"]["service.name"] == "unet-test"
