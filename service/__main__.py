@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 
+from service.ops.environment import unknown_settings
 from service.ops.logs import configure_logging
-from service.settings import ENV_PREFIX, Settings, unknown_settings
+from service.settings import ENV_PREFIX, Settings
 from service.state.database import MissingDriver
 from service.state.integrity import StateUnsound, check_state
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, settings_table_markdown, unknown_settings
+from service.ops.environment import unknown_settings
+from service.settings import Settings, settings_table_markdown
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from tests.bad_models import write_card, zero_over_zero
 from tests.helpers import TINY_MODEL, png, until
 from tests.servers import ServiceProcess, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 BROKEN = "zero-over-zero"
 IMAGE = {"image": ("x.png", png(np.full((40, 48), 90, dtype=np.uint8)), "image/png")}
