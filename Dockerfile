@@ -1,5 +1,10 @@
-# The service image: the README's install step (`make install`), run as a non-root user.
-FROM python:3.11-slim
+# The service image: the locked dependencies (deploy/requirements.lock, with hashes), the pinned
+# torch and the package, run as a non-root user.
+# The base image: pin it by digest where you build (README, Deployment: `make pin-base-image`
+# resolves the tag's current digest and writes it here), e.g.
+#   docker build --build-arg BASE_IMAGE=python:3.11-slim@sha256:<digest> .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 # CPU image by default; the compose file's GPU variant builds with TORCH_INDEX="" so that pip
 # takes PyPI's CUDA build of the same pinned torch.
@@ -18,11 +23,18 @@ RUN apt-get update && apt-get install -y --no-install-recommends make \
 
 WORKDIR /app
 COPY --chown=unet:unet pyproject.toml README.md LICENSE Makefile ./
+COPY --chown=unet:unet deploy/requirements.lock ./deploy/requirements.lock
 COPY --chown=unet:unet model ./model
 COPY --chown=unet:unet service ./service
 USER unet
-RUN make install \
-    && if [ -n "$EXTRAS" ]; then .venv/bin/pip install --quiet -e ".[$EXTRAS]"; fi
+# Every dependency from the lock, each checked against its hash; then torch at its pinned
+# version (its own exact pins bring the CUDA libraries of PyPI's build); then the package itself
+# without resolving anything again; `pip check` fails the build if the three disagree.
+RUN python3 -m venv .venv \
+    && .venv/bin/pip install --quiet --require-hashes --no-deps -r deploy/requirements.lock \
+    && .venv/bin/pip install --quiet torch==2.13.0 \
+    && .venv/bin/pip install --quiet --no-deps -e ".${EXTRAS:+[$EXTRAS]}" \
+    && .venv/bin/pip check
 
 ENV UNET_HOST=0.0.0.0 \
     UNET_PORT=8000 \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev serve test lint weights
+.PHONY: install dev serve test lint weights lock pin-base-image check-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ install: $(BIN)/python
 
 # The tests also exercise the optional extras; torch is named on the same line so that no extra
 # can pull another build of it.
-TEST_EXTRAS := dev,ray,monai,onnx
+TEST_EXTRAS := dev,ray,monai,onnx,otel
 
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[$(TEST_EXTRAS)]" torch==2.13.0
@@ -33,3 +33,25 @@ lint: dev
 # Reproduces the shipped checkpoints in model/weights/ (CPU, about 15 minutes a model, three models).
 weights: install
 	$(BIN)/python -m model.cli make-weights
+
+# deploy/requirements.lock: the image's dependencies with their hashes, resolved by pip from the
+# package index (deploy/lock.py says how); rerun after changing pyproject.toml's dependencies.
+lock: $(BIN)/python
+	$(BIN)/pip install --dry-run --ignore-installed --quiet --report .lock-report.json \
+		".[postgres]" torch==2.13.0
+	$(BIN)/python deploy/lock.py .lock-report.json > deploy/requirements.lock
+	rm -f .lock-report.json
+
+# Pins the Dockerfile's base image to the current digest of its tag (needs docker and the
+# registry); commit the result and rerun it to take the base image's security updates.
+BASE_TAG := python:3.11-slim
+pin-base-image:
+	digest=$$(docker buildx imagetools inspect $(BASE_TAG) --format '{{.Manifest.Digest}}') && \
+		sed -i "s|^ARG BASE_IMAGE=.*|ARG BASE_IMAGE=$(BASE_TAG)@$$digest|" Dockerfile
+	grep '^ARG BASE_IMAGE=' Dockerfile
+
+# The deployment files, offline: alert rules (promtool) and the Kubernetes manifests.
+check-deploy: dev
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
+	$(BIN)/python deploy/kubernetes/validate.py

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+from service.ops.environment import unknown_settings
 from service.ops.logs import configure_logging
 from service.settings import ENV_PREFIX, Settings
 from service.state.database import MissingDriver
 from service.state.integrity import StateUnsound, check_state
 
+log = logging.getLogger("service")
+
+EXIT_USAGE = 2  # a setting that does not exist, under UNET_STRICT_SETTINGS
 EXIT_UNSOUND = 1  # the state database must not be served from: the one line on stderr says why
 
 
@@ -20,7 +25,13 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         os.environ[f"{ENV_PREFIX}WORKERS"] = str(workers)
     settings = Settings()
     host, port = host or settings.host, port or settings.port
-    configure_logging(settings)
+    configure_logging(settings, root=True)
+    unknown = unknown_settings(os.environ)
+    if unknown and settings.strict_settings:
+        print(f"unet: cannot start: {'; '.join(unknown)} (UNET_STRICT_SETTINGS)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+    for message in unknown:
+        log.warning(message)
     try:
         check_state(settings)
     except (StateUnsound, MissingDriver) as error:

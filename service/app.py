@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI
+from prometheus_client import start_http_server
 
 from model.network.device import pick_device
 from service.api.auth import KeyBeforeBody
@@ -33,6 +36,7 @@ from service.container import Services
 from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
 from service.inference.registry import ModelRegistry
+from service.ops import tracing
 from service.ops.logs import configure_logging
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -63,6 +67,15 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
 
+# The service's own request span (service.api.middleware) covers the whole middleware stack,
+# refusals included; FastAPI's native one (0.165 on) would be a second server span beside it.
+_NO_FASTAPI_SPANS: dict[str, Any] = (
+    {"telemetry": {"tracing": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; models and stores come to life in the lifespan."""
     settings = settings or Settings()
@@ -71,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings)
+        tracing.configure_tracing()
         read_only = why_read_only(settings.state_dir)
         if read_only is not None:
             log.warning(
@@ -83,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # coordinate through the database, so any number of them may serve.
         async with _serving(app, settings, metrics, read_only):
             yield
+        tracing.shut_down()
 
     app = FastAPI(
         title="U-Net segmentation service",
@@ -93,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=operation_id,
         docs_url=None,  # install_docs serves /docs and /redoc from local assets
         redoc_url=None,
+        **_NO_FASTAPI_SPANS,
     )
     install_openapi(app)
     install_problem_handlers(app)
@@ -161,11 +177,23 @@ async def _serving(
     monitor = DriftMonitor(store, drift_windows, settings, metrics)
     services = Services(settings, registry, store, engine, jobs, metrics, monitor)
     app.state.services = services
+    store.database.on_failure = metrics.store_failed
+    metrics.prepare(
+        [*registry.names(), *registry.failures()],
+        lambda: (
+            {name: True for name in registry.names()} | dict.fromkeys(registry.failures(), False)
+        ),
+    )
     for served in registry:
         publish_thresholds(services, served)
         if not served.multi_class:  # drift is watched for binary models (see the README)
             active = services.active_threshold(served)
             monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
+    scrape = (
+        start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
+        if settings.metrics_port is not None
+        else None
+    )
     # Warm-up runs in the background: /healthz answers at once, /readyz once it is done.
     warmup = asyncio.create_task(engine.start())
     leases = asyncio.create_task(jobs.keep_leases())
@@ -181,6 +209,9 @@ async def _serving(
         monitor.save_all()
         drift_windows.close()
         store.close()
+        if scrape is not None:
+            scrape[0].shutdown()
+            scrape[0].server_close()
 
 
 def _open_store(

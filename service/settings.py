@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "UNET_"
@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Interface to listen on (`0.0.0.0` for all)."
     )
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port to listen on.")
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve the Prometheus metrics on this port of `UNET_HOST` (a scrape "
+        "port kept apart from the API, as Triton does); one worker process only. Unset: "
+        "`/metrics` on the API port alone.",
+    )
     max_upload_bytes: int = Field(
         default=32 * MiB,
         gt=0,
@@ -300,6 +308,11 @@ class Settings(BaseSettings):
         default="info", description="Least severe log level written."
     )
     log_json: bool = Field(default=False, description="Write logs as one JSON object per line.")
+    strict_settings: bool = Field(
+        default=False,
+        description="Refuse to start when the environment holds a `UNET_*` variable that is no "
+        "setting (a typo such as `UNET_WORKRS`); unset, such a variable is a start-up warning.",
+    )
     # Threshold health (drift on live traffic).
     drift_window: int = Field(
         default=200,
@@ -351,6 +364,15 @@ class Settings(BaseSettings):
     ray_retry_after_s: int = Field(
         default=1, ge=0, description="Ray Serve: the `Retry-After` of its overload 503."
     )
+
+    @model_validator(mode="after")
+    def _one_metrics_port_per_process(self) -> Settings:
+        if self.metrics_port is not None and self.workers > 1:
+            raise ValueError(
+                "UNET_METRICS_PORT serves one process's metrics: use it with UNET_WORKERS=1 "
+                "(scrape each replica), or unset it and scrape /metrics"
+            )
+        return self
 
     @field_validator("device")
     @classmethod

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.pacing import BodyClock, BodyPacing
 from service.api.problems import problem_json, send_problem
+from service.ops import tracing
+from service.ops.context import accepted_request_id, bound_request_id
 from service.ops.metrics import Metrics
 
 log = logging.getLogger("service.access")
@@ -115,10 +120,12 @@ async def _send_problem(send: Send, status: int, body: bytes) -> None:
 
 
 class RequestMetrics:
-    """ASGI middleware: count, time and log every request by its route template.
+    """ASGI middleware: count, time, trace and log every request by its route template.
 
-    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware copies
-    every response through a stream and cost about a millisecond per request.
+    It also takes or makes the request's id (`X-Request-ID`, echoed) and binds it for every log
+    line of the request. Plain ASGI rather than `@app.middleware("http")`: Starlette's
+    BaseHTTPMiddleware copies every response through a stream and cost about a millisecond per
+    request.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -130,35 +137,141 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = dict(scope["headers"])
+        request_id = accepted_request_id(headers.get(b"x-request-id"))
+        with (
+            bound_request_id(request_id),
+            tracing.request_span(scope["method"], _trace_headers(headers)) as span,
+        ):
+            await self._serve(scope, receive, send, request_id, span)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, span: Any
+    ) -> None:
         started = time.perf_counter()
         root_path = scope.get("root_path", "")  # a Mount extends it by its prefix
-        status: int | None = None
+        model = self._inference_model(scope)
+        answer = _Answer()
         failed = True
 
+        async def counting_receive() -> Message:
+            message = await receive()
+            answer.bytes_in += len(message.get("body", b""))
+            return message
+
         async def recording_send(message: Message) -> None:
-            nonlocal status
+            answer.note(message)
             if message["type"] == "http.response.start":
-                status = message["status"]
+                echoed = (b"x-request-id", request_id.encode())
+                message["headers"] = [*message.get("headers", []), echoed]
             await send(message)
 
+        if model is not None:
+            self.metrics.in_flight.labels(model).inc()
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, counting_receive, recording_send)
             failed = False
         finally:
-            if status is None:  # no answer: an error (uvicorn answers 500), or the client left
-                status = 500 if failed else CLIENT_CLOSED_REQUEST
+            if answer.status is None:  # no answer: an error (uvicorn's 500), or the client left
+                answer.status = 500 if failed else CLIENT_CLOSED_REQUEST
             elapsed = time.perf_counter() - started
             route = _route_label(scope, root_path)
             method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.requests.labels(method, route, str(answer.status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
-            log.info(
+            if model is not None:
+                self.metrics.in_flight.labels(model).dec()
+                self.metrics.count_request(model, answer.status)
+            if span is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", answer.status)
+            client = scope.get("client")
+            log.log(
+                logging.DEBUG if route in PROBES else logging.INFO,
                 "%s %s %d",
                 method,
                 scope["path"],
-                status,
-                extra={"route": route, "status": status, "ms": round(elapsed * 1000, 2)},
+                answer.status,
+                extra={
+                    "client": client[0] if client else None,
+                    "method": method,
+                    "route": route,
+                    "status": answer.status,
+                    "ms": round(elapsed * 1000, 2),
+                    **({"model": model} if model is not None else {}),
+                    **answer.fields(),
+                },
             )
+
+    def _inference_model(self, scope: Scope) -> str | None:
+        """The known model an inference request (v1 or v2) names, else None (a bounded label)."""
+        if scope["method"] != "POST":
+            return None
+        found = INFERENCE_PATH.match(scope["path"])
+        if found is None or found["model"] not in self.metrics.models:
+            return None
+        return found["model"]
+
+
+# Inference requests counted per model: v1's answers and v2's infer.
+INFERENCE_PATH = re.compile(
+    r"/v[12]/models/(?P<model>[^/]+)/(?:versions/[^/]+/)?(?:mask|probabilities|overlay|infer)"
+)
+# Probes and scrapes come every few seconds: their access lines are debug, not info.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# A 4xx's problem document is read up to here for its type and detail.
+PROBLEM_BYTES = 16 * 1024
+
+
+class _Answer:
+    """What the access line says of the answer: status, sizes, threshold, a 4xx's problem."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.problem: bytes | None = None
+
+    def note(self, message: Message) -> None:
+        """Take in one message the app sends."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = dict(message.get("headers", []))
+            problem = self.headers.get(b"content-type", b"").startswith(b"application/problem")
+            if problem and 400 <= self.status < 500:
+                self.problem = b""
+        elif message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            self.bytes_out += len(body)
+            if self.problem is not None and len(self.problem) < PROBLEM_BYTES:
+                self.problem += body[: PROBLEM_BYTES - len(self.problem)]
+
+    def fields(self) -> dict[str, Any]:
+        """The access line's fields for the answer."""
+        out: dict[str, Any] = {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+        threshold = self.headers.get(b"x-threshold")
+        if threshold is not None:
+            out["threshold"] = float(threshold)
+            out["threshold_source"] = self.headers.get(b"x-threshold-source", b"").decode()
+        if self.problem:
+            try:
+                problem = json.loads(self.problem)
+                out["problem_type"] = problem.get("type")
+                out["problem_detail"] = problem.get("detail")
+            except (ValueError, AttributeError):
+                pass
+        return out
+
+
+def _trace_headers(headers: dict[bytes, bytes]) -> dict[str, str]:
+    """The W3C trace-context headers, for the request span's parent."""
+    return {
+        name: headers[key].decode("latin-1")
+        for name, key in (("traceparent", b"traceparent"), ("tracestate", b"tracestate"))
+        if key in headers
+    }
 
 
 def install_metrics(app: FastAPI, metrics: Metrics) -> None:

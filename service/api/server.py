@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api.problems import MEDIA_TYPE, problem_json
 from service.api.stopping import CutOffAnswers, WorkerConfig, supervise
+from service.ops.logs import log_config
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,7 @@ def run(app: FastAPI, settings: Settings, host: str, port: int) -> None:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level,
+        log_config=log_config(settings),  # uvicorn's lines in the service's format
         access_log=False,  # requests are logged by the service's own structured middleware
     )
 
@@ -362,6 +364,7 @@ def run_workers(factory: str, settings: Settings, host: str, port: int) -> None:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         log_level=settings.log_level,
+        log_config=log_config(settings),
         access_log=False,
     )
     supervise(config)

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from model.calibration import (
@@ -52,6 +52,7 @@ from service.calibration.writes import STORE_RETRY_S, Progress, until_stored
 from service.inference.engine import InferenceEngine
 from service.inference.errors import DeviceOutOfMemory, EngineNotReady
 from service.inference.registry import ModelRegistry, ServedModel
+from service.ops import tracing
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.errors import (
@@ -102,6 +103,7 @@ class _Job:
     task: asyncio.Task[None] | None = None
     running: bool = False  # it has its model's turn: a stop cancels it
     finishing: bool = False  # every image is counted: a stop lets it store its result
+    began: float = field(default_factory=time.monotonic)  # admitted: its duration counts from here
 
 
 class CalibrationJobs:
@@ -266,6 +268,11 @@ class CalibrationJobs:
                 await asyncio.wait_for(self._lease_round.wait(), timeout=queue.lease_s)
 
     async def _run(self, job: _Job) -> None:
+        """The whole life of one job, traced as one span (its images' passes inside it)."""
+        with tracing.span("calibration", **{"unet.model": job.served.name, "unet.job": job.id}):
+            await self._live(job)
+
+    async def _live(self, job: _Job) -> None:
         """The whole life of one job, from waiting for its model's turn to its stored ending."""
         name = job.served.name
         try:
@@ -328,7 +335,8 @@ class CalibrationJobs:
             thresholds = report.thresholds if isinstance(report, MultiClassReport) else {"": 0.0}
             for cls, value in thresholds.items():
                 self.metrics.set_threshold(name, value if cls else active.value, cls)
-        self.metrics.calibrations_succeeded.labels(name).inc()
+            self.metrics.threshold_changed(name, "calibration")
+        self._ended(job, "succeeded")
         log.info(
             "calibration %s of model %s succeeded in %.1f s%s",
             job.id,
@@ -392,7 +400,7 @@ class CalibrationJobs:
             except StoreError:
                 log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
             break
-        self.metrics.calibrations_failed.labels(job.served.name).inc()
+        self._ended(job, "failed")
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
 
     async def _fail(self, job: _Job, error: str) -> None:
@@ -403,8 +411,12 @@ class CalibrationJobs:
             # Already finished by someone else, or the database is unwritable: at the next
             # start-up `fail_interrupted` catches a job left queued or running.
             log.warning("calibration %s could not be marked failed", job.id, exc_info=True)
-        self.metrics.calibrations_failed.labels(job.served.name).inc()
+        self._ended(job, "failed")
         log.info("calibration %s of model %s failed: %s", job.id, job.served.name, error)
+
+    def _ended(self, job: _Job, outcome: str) -> None:
+        """Count the job's ending and its duration since admission."""
+        self.metrics.calibration_ended(job.served.name, outcome, time.monotonic() - job.began)
 
 
 def _unavailable_or(error: OSError, folder: Path) -> Exception:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -30,7 +31,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from service.ops import tracing
+from service.ops.context import Origin, bound_request_ids
 from service.ops.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
@@ -73,7 +78,12 @@ def model_worker_cap(setting: int | None, workers: int, models: int) -> int:
 
 
 class Job:
-    """One request waiting for the model: `units` pieces of work that batch with equal `key`s."""
+    """One request waiting for the model: `units` pieces of work that batch with equal `key`s.
+
+    `kind` says what its times count towards: a `request`'s queue wait and compute time are
+    observed per request, `background` work (calibration images) counts only in the per-batch
+    figures, and `warmup` passes in none.
+    """
 
     def __init__(self, key: Hashable, units: int = 1) -> None:
         self.key = key
@@ -82,6 +92,12 @@ class Job:
         # Set on the event loop, read by worker threads: a plain bool is atomic under the GIL.
         self.cancelled = False
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.kind = "request"
+        self.origin = Origin()  # the request's id and span, for the worker's logs and spans
+        self.queued_ns = 0  # wall clock (ns) when queued; set by Batcher.submit
+        self.started_ns = 0  # when its first unit went into a batch (under the pool's lock)
+        self.compute_s = 0.0  # time of the batches that ran its units so far
+        self.queue_traced = False  # its queue span is recorded (worker threads only)
 
 
 Unit = tuple[Job, int]
@@ -234,6 +250,7 @@ class Batcher:
         if self.stopped:
             raise Stopped("the engine stopped")
         self.check_room()
+        job.queued_ns = time.time_ns()
         with self._pool.lock:
             self.queue.append(job)
             self._pool.lock.notify()  # wakes one idle worker, if there is one
@@ -289,6 +306,11 @@ class Batcher:
         for job, result in finished:
             if job.future.done():  # cancelled or timed out meanwhile
                 continue
+            if job.kind == "request":  # one observation of each per request
+                self._metrics.queue_wait.labels(self.name).observe(
+                    (job.started_ns - job.queued_ns) / 1e9
+                )
+                self._metrics.compute.labels(self.name).observe(job.compute_s)
             if isinstance(result, BaseException):
                 self._drop(job)  # a failed job's remaining units must not run
                 job.future.set_exception(result)
@@ -332,6 +354,8 @@ class Batcher:
             if job.key != key:
                 continue
             count = min(wanted - len(units), job.units - job.claimed)
+            if not job.claimed:
+                job.started_ns = time.time_ns()
             units += [(job, job.claimed + i) for i in range(count)]
             job.claimed += count
             if job.claimed == job.units:
@@ -342,18 +366,45 @@ class Batcher:
 
     def run(self, batch: list[Unit]) -> None:
         """Run one batch and hand its jobs' results (or its error) to the event loop."""
-        self._metrics.batch_size.labels(self.name).observe(len(batch))
         jobs = list(dict.fromkeys(job for job, _ in batch))
-        started = time.perf_counter()
-        try:
-            finished = self._execute(batch)
-        except Exception as error:  # a failed batch fails its jobs, never the worker
-            finished = [(job, error) for job in jobs]
+        if any(job.kind != "warmup" for job in jobs):
+            self._metrics.batch_size.labels(self.name).observe(len(batch))
+        started, started_ns = time.perf_counter(), time.time_ns()
+        with bound_request_ids(job.origin.request_id for job in jobs):
+            log.debug("batch of %d unit(s) for model %s", len(batch), self.name)
+            try:
+                finished = self._execute(batch)
+            except Exception as error:  # a failed batch fails its jobs, never the worker
+                finished = [(job, error) for job in jobs]
         elapsed = time.perf_counter() - started
         self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * elapsed / len(jobs)
+        for job in jobs:
+            job.compute_s += elapsed
+        self._trace(jobs, len(batch), started_ns, started_ns + int(elapsed * 1e9))
         if finished:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 self._loop.call_soon_threadsafe(self._settle, finished)
+
+    def _trace(self, jobs: list[Job], size: int, start_ns: int, end_ns: int) -> None:
+        """Each traced job's queue span (at its first batch) and this batch's inference span,
+        linked to every request in the batch."""
+        spans = [job.origin.span for job in jobs]
+        if not any(spans):
+            return
+        for job in jobs:
+            if job.origin.span is None:
+                continue
+            if not job.queue_traced:
+                tracing.record_span(job.origin.span, "queue", job.queued_ns, job.started_ns)
+                job.queue_traced = True
+            tracing.record_span(
+                job.origin.span,
+                "inference",
+                start_ns,
+                end_ns,
+                links=spans,
+                **{"unet.model": self.name, "unet.batch_size": size, "unet.requests": len(jobs)},
+            )
 
     # Either side ----------------------------------------------------------------------------
 

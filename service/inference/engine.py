@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,9 @@ class InferenceEngine:
         if not wait:
             return await self.run(served, image, _unchanged)
         await self._started.wait()  # a job may start before the engine does
-        result: Prediction = await self._run(served, image, _unchanged, None, wait=True)
+        result: Prediction = await self._run(
+            served, image, _unchanged, None, wait=True, kind="background"
+        )
         return result
 
     async def run(self, served: ServedModel, image: np.ndarray, then: Callable[[Any], T]) -> T:
@@ -282,10 +285,12 @@ class InferenceEngine:
         then: Finish,
         timeout: float | None,
         wait: bool = False,
+        kind: str = "request",
     ) -> Any:
         """Queue one image and wait for its result, at most `timeout` seconds.
 
-        Raises the errors of `service.inference.errors`; `wait` waits for room in the queue.
+        Raises the errors of `service.inference.errors`; `wait` waits for room in the queue;
+        `kind` is the job's (`batching.Job`): what its times count towards.
         """
         batcher = self._batchers.get(served.name)
         if batcher is None:
@@ -301,10 +306,12 @@ class InferenceEngine:
                 if wait:  # for room before a large job's planes are allocated, then again
                     await batcher.wait_for_room()
                     job = await make_job(served, image, self.settings, then)
+                    job.kind = kind
                     await batcher.submit_waiting(job)
                 else:
                     batcher.check_room()
                     job = await make_job(served, image, self.settings, then)
+                    job.kind = kind
                     batcher.submit(job)
                 return await job.future
         except QueueFull as full:
@@ -412,10 +419,9 @@ class InferenceEngine:
         tile = np.zeros((served.in_channels, side, side), dtype=np.float32)
         # No deadline: a slow first pass (allocations, kernel selection) is what warm-up is for;
         # and waiting for room, since a small UNET_QUEUE_SIZE may not hold the whole batch.
-        await asyncio.gather(
-            *(self._run(served, typical, _unchanged, None, wait=True) for _ in range(count))
-        )
-        await self._run(served, tile, _unchanged, None, wait=True)
+        warm = functools.partial(self._run, then=_unchanged, timeout=None, wait=True, kind="warmup")
+        await asyncio.gather(*(warm(served, typical) for _ in range(count)))
+        await warm(served, tile)
 
     @torch.inference_mode()
     def _execute(self, served: ServedModel, units: list[Unit]) -> list[tuple[Job, Any]]:
@@ -424,19 +430,21 @@ class InferenceEngine:
         if not live:
             return []
         crops = np.stack([crop(job, index) for job, index in live])
-        with self.metrics.inference.labels(served.name).time():
-            logits = self._forward(served, crops)
-            whole = [row for row, (job, _) in enumerate(live) if isinstance(job, ImageJob)]
-            tiles = [row for row, (job, _) in enumerate(live) if isinstance(job, TiledJob)]
-            # Indexing copies; the common batch is all whole images or all tiles.
-            ours = logits if len(whole) == len(live) else logits[whole]
-            # A multi-class model's job gets every class's map (K, H, W), in class order.
-            maps = to_class_predictions if served.multi_class else to_predictions
-            predictions: list[Prediction] | list[ClassPrediction] = (
-                maps(served.network, ours) if whole else []
-            )
-            ours = logits if len(tiles) == len(live) else logits[tiles]
-            tile_logits = ours.cpu().numpy() if tiles else None
+        started = time.perf_counter()
+        logits = self._forward(served, crops)
+        whole = [row for row, (job, _) in enumerate(live) if isinstance(job, ImageJob)]
+        tiles = [row for row, (job, _) in enumerate(live) if isinstance(job, TiledJob)]
+        # Indexing copies; the common batch is all whole images or all tiles.
+        ours = logits if len(whole) == len(live) else logits[whole]
+        # A multi-class model's job gets every class's map (K, H, W), in class order.
+        maps = to_class_predictions if served.multi_class else to_predictions
+        predictions: list[Prediction] | list[ClassPrediction] = (
+            maps(served.network, ours) if whole else []
+        )
+        ours = logits if len(tiles) == len(live) else logits[tiles]
+        tile_logits = ours.cpu().numpy() if tiles else None
+        if any(job.kind != "warmup" for job, _ in live):  # warm-up passes are not traffic
+            self.metrics.inference.labels(served.name).observe(time.perf_counter() - started)
         finished: list[tuple[Job, Any]] = [
             (live[row][0], prediction) for row, prediction in zip(whole, predictions, strict=True)
         ]

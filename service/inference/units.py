@@ -18,6 +18,7 @@ from model.inference.predict import ClassPrediction, Prediction, check_finite
 from model.inference.tiling import TiledImage
 from service.inference.batching import Job
 from service.inference.registry import ServedModel
+from service.ops import tracing
 from service.settings import Settings
 
 # A request's own post-processing of its prediction (thresholding, encoding), run in the worker
@@ -97,10 +98,14 @@ def crop(job: Job, index: int) -> np.ndarray:
 
 
 def finish(job: Job, prediction: Prediction | ClassPrediction) -> Any:
-    """The job's post-processing of its finished prediction; an error becomes its result."""
+    """The job's post-processing of its finished prediction; an error becomes its result.
+
+    Traced as the request's `encode` span: the drift watch and the caller's encoding.
+    """
     assert isinstance(job, ImageJob | TiledJob), f"not a job of this engine: {job!r}"
     try:
-        check_finite(Prediction(prediction.output, prediction.logits))
-        return job.finish(prediction)
+        with tracing.child_span(job.origin.span, "encode"):
+            check_finite(Prediction(prediction.output, prediction.logits))
+            return job.finish(prediction)
     except Exception as error:  # fails this request only, not the others of its batch
         return error

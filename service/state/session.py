@@ -51,6 +51,8 @@ class StateDatabase:
         self.location = location
         self.path = Path(location) if isinstance(location, Path) else None
         self.read_only_because = read_only_because
+        # Told the operation (read, write, commit) of every failure: the store-error counter.
+        self.on_failure: Callable[[str], None] = lambda operation: None
         if read_only_because is not None and self.path is not None:
             self.engine = open_read_only(self.path)
             self.writer = self.engine
@@ -78,6 +80,7 @@ class StateDatabase:
         except SQLAlchemyError as error:
             if not is_outage(error):
                 raise
+            self.on_failure("read")
             raise self.outage.failed(error) from error
         self.outage.answered()
 
@@ -99,16 +102,20 @@ class StateDatabase:
             cause = (error.orig or error) if isinstance(error, DBAPIError) else error
             where = str(self.path.parent) if self.path is not None else "the database"
             translated = unavailable(cause, where)
+            operation = "commit" if committing else "write"
             if translated is not None:
+                self.on_failure(operation)
                 raise translated from error
             if not is_outage(error):
                 raise
             assert isinstance(error, DBAPIError)
+            self.on_failure(operation)
             self.outage.failed(error)
-            raise self.outage.error("commit" if committing else "write") from error
+            raise self.outage.error(operation) from error
         except SQLAlchemyError as error:
             if not is_outage(error):
                 raise
+            self.on_failure("commit" if committing else "write")
             self.outage.failed(error)
             raise self.outage.error("commit" if committing else "write") from error
         self.outage.answered()

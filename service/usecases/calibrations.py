@@ -126,6 +126,7 @@ def activate_calibration(
         publish_thresholds(services, served)
     else:
         publish_threshold(services.metrics, served.name, active)
+    services.metrics.threshold_changed(served.name, "calibration")
     return active
 
 

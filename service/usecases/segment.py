@@ -31,6 +31,7 @@ from model.errors import DatasetError, ImageTooLargeError
 from model.inference.predict import ClassPrediction, Prediction
 from service.container import Services
 from service.inference.registry import ServedModel
+from service.ops import tracing
 from service.state.errors import StoreUnavailable
 from service.usecases.thresholds import check_threshold
 
@@ -254,10 +255,11 @@ async def decode(served: ServedModel, image: ImageSource, max_pixels: int) -> np
         return image_from_bytes(data, served.input, name, max_pixels)
 
     try:
-        header = read_header(data, name)
-        if header.width * header.height <= INLINE_PIXELS:
-            return decoded()
-        return await to_thread.run_sync(decoded)
+        with tracing.span("decode", **{"unet.model": served.name, "unet.bytes": len(data)}):
+            header = read_header(data, name)
+            if header.width * header.height <= INLINE_PIXELS:
+                return decoded()
+            return await to_thread.run_sync(decoded)
     except ImageTooLargeError as error:
         raise ImageTooLarge(str(error)) from None
     except DatasetError as error:

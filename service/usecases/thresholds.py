@@ -80,6 +80,7 @@ def set_threshold(
     check_threshold(served, value, "value")
     active = services.store.set_manual(served.name, served.digest, value, actor=actor, cls=cls)
     publish_threshold(services.metrics, served.name, active, cls)
+    services.metrics.threshold_changed(served.name, "manual")
     return active
 
 
@@ -90,4 +91,5 @@ def reset_threshold(
     services.store.reset_to_default(served.name, served.digest, actor=actor, cls=cls)
     active = default_threshold(served, cls)
     publish_threshold(services.metrics, served.name, active, cls)
+    services.metrics.threshold_changed(served.name, "default")
     return active

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from service.ops.environment import unknown_settings
 from service.settings import Settings, settings_table_markdown
 
 
@@ -81,3 +84,20 @@ def test_table_lists_every_setting_once() -> None:
         assert field.description, f"{name} needs a description"
     assert "| `UNET_PORT` | `8000` |" in table
     assert "| `UNET_API_KEY` | unset |" in table
+
+
+def test_an_unknown_variable_is_named_with_the_closest_setting() -> None:
+    said = unknown_settings({"UNET_WORKRS": "2", "UNET_WORKERS": "2", "UNET_DB_PASSWORD": "x"})
+    assert said == ["UNET_WORKRS is not a setting and is ignored; did you mean UNET_WORKERS?"]
+    (far,) = unknown_settings({"UNET_ZZZ": "1", "PATH": "/bin"})
+    assert far.startswith("UNET_ZZZ is not a setting") and "README" in far
+
+
+def test_strict_settings_refuse_to_start_on_a_typo(tmp_path: Path) -> None:
+    env = {**os.environ, "UNET_STRICT_SETTINGS": "true", "UNET_WORKRS": "2"}
+    env["UNET_STATE_DIR"] = str(tmp_path / "state")
+    ran = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 2
+    assert "UNET_WORKRS" in ran.stderr and "did you mean UNET_WORKERS?" in ran.stderr
