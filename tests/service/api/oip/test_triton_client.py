@@ -6,6 +6,7 @@ mask, bit for bit, for both shipped models.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import io
 import json
@@ -133,6 +134,19 @@ def test_wide_pixels_and_files_are_read_as_v1_reads_uploads(
         infer(client, "unet-sigmoid", files, "BYTES"),
         [v1(service, "unet-sigmoid", png(image)), expected],
     )
+
+
+def test_files_in_json_are_base64_text(service: str, client: triton.InferenceServerClient) -> None:
+    image = cells(26, 38, seed=9)
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, image)
+    files = [png(image), tiff.getvalue()]
+    with pytest.raises(InferenceServerException, match="UTF-8"):  # JSON cannot hold raw files
+        infer(client, "unet-sigmoid", np.array(files, dtype=object), "BYTES", binary=False)
+    text = np.array([base64.b64encode(file).decode() for file in files], dtype=object)
+    expected = v1(service, "unet-sigmoid", files[0])
+    result = infer(client, "unet-sigmoid", text, "BYTES", binary=False)
+    assert_same_as_v1(result, [expected, expected])
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
