@@ -18,6 +18,8 @@ from model.data.decoding import image_from_array
 from model.errors import DatasetError
 from service.api.dependencies import ServicesDep
 from service.api.errors import DOMAIN_ERRORS
+from service.api.oip.body import read_body
+from service.api.oip.compression import MIN_BYTES, chosen_encoding, compress
 from service.api.oip.errors import OipError, from_error
 from service.api.oip.schemas import (
     ModelMetadata,
@@ -262,7 +264,7 @@ async def _infer(
     settings = services.settings
     try:
         served = _served(services, model, version)
-        body = await request.body()
+        body = await read_body(request)
         parsed = await _off_loop(len(body) > INLINE_BYTES, lambda: _parse(request, body, settings))
         tensor = _image_input(parsed)
         threshold = _threshold(parsed, served)
@@ -278,6 +280,12 @@ async def _infer(
         answer, header_length = await _off_loop(
             size > INLINE_PIXELS, lambda: encode_response(document, outputs)
         )
+        encoding = chosen_encoding(request.headers.get("accept-encoding"))
+        if len(answer) < MIN_BYTES:
+            encoding = None
+        elif encoding is not None:
+            plain, chosen = answer, encoding
+            answer = await _off_loop(len(plain) > INLINE_BYTES, lambda: compress(plain, chosen))
     except TensorError as error:
         return OipError(error.status, str(error)).response()
     except OipError as error:
@@ -285,7 +293,13 @@ async def _infer(
     except (ProblemError, *DOMAIN_ERRORS) as error:
         return from_error(error).response()
     first = results[0]
-    headers = {"X-Threshold": repr(first.threshold), "X-Threshold-Source": first.provenance.source}
+    headers = {
+        "X-Threshold": repr(first.threshold),
+        "X-Threshold-Source": first.provenance.source,
+        "Vary": "Accept-Encoding",
+    }
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
     if first.provenance.stale:
         headers["X-Threshold-Stale"] = "true"
     if header_length is None:

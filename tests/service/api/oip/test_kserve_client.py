@@ -76,8 +76,8 @@ def assert_same_as_v1(response: Any, expected: list[tuple[np.ndarray, ...]]) -> 
     for index, (v1_scores, v1_mask, v1_threshold) in enumerate(expected):
         assert np.array_equal(scores[index, 0], v1_scores)  # bit for bit
         assert np.array_equal(mask[index, 0], v1_mask)
-    assert outputs["threshold"].tolist() == [np.float32(expected[0][2])]
-    assert response.parameters["threshold"] == expected[0][2]
+        assert outputs["threshold"].tolist() == [np.float32(v1_threshold)]
+        assert response.parameters["threshold"] == v1_threshold
 
 
 def test_health(service: str) -> None:

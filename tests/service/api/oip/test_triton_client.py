@@ -7,9 +7,11 @@ mask, bit for bit, for both shipped models.
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,14 +152,60 @@ def test_files_in_json_are_base64_text(service: str, client: triton.InferenceSer
 
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_compressed_requests(
+def test_compressed_requests_and_answers(
     service: str, client: triton.InferenceServerClient, algorithm: str
 ) -> None:
     image = cells(40, 48, seed=3)
     result = infer(
-        client, "unet-relu", image[None], "UINT8", request_compression_algorithm=algorithm
+        client,
+        "unet-relu",
+        image[None],
+        "UINT8",
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
     )
     assert_same_as_v1(result, [v1(service, "unet-relu", png(image))])
+
+
+def test_an_answer_is_compressed_only_when_asked(service: str) -> None:
+    image = cells(64, 64, seed=3)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": [1, 64, 64],
+                    "parameters": {"binary_data_size": image.size},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    host, port = service.split(":")
+    answers = {}
+    for accept in (None, "gzip", "deflate;q=0.5, gzip;q=0.1"):
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        if accept is not None:
+            headers["Accept-Encoding"] = accept
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)  # inflates nothing
+        connection.request("POST", "/v2/models/unet-relu/infer", header + image.tobytes(), headers)
+        answer = connection.getresponse()
+        answers[accept] = (answer.status, dict(answer.getheaders()), answer.read())
+        connection.close()
+    status, plain_headers, plain = answers[None]
+    assert status == 200 and "content-encoding" not in {k.lower() for k in plain_headers}
+    status, headers, zipped = answers["gzip"]
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(zipped) == plain and len(zipped) < len(plain)
+    # The header length is the JSON's before compression, as tritonclient splits the answer.
+    assert (
+        headers["inference-header-content-length"]
+        == plain_headers["inference-header-content-length"]
+    )
+    status, headers, deflated = answers["deflate;q=0.5, gzip;q=0.1"]
+    assert status == 200 and headers["content-encoding"] == "deflate"
+    assert zlib.decompress(deflated) == plain
 
 
 def test_a_threshold_for_this_request_and_outputs_by_default(
