@@ -15,9 +15,10 @@ numpy mask:
   decoded with Pillow.
 
 Short runs of the three, interleaved round by round at each concurrency, so the load the
-machine's other users put on it lands on all three alike; read the ratios. Prints one JSON object
-on stdout (each run's figures and the medians' ratios); progress goes to stderr. Needs the
-optional extras `.[kserve]` and `.[dev]` (tritonclient).
+machine's other users put on it lands on all three alike; read the ratios, and the CPU each
+server spends per image (from /proc), which that load moves less than the rate. Prints one JSON
+object on stdout (each run's figures and the medians' ratios); progress goes to stderr. Needs
+the optional extras `.[kserve]` and `.[dev]` (tritonclient).
 """
 
 from __future__ import annotations
@@ -128,6 +129,23 @@ def kserve_server(checkpoint: Path, workdir: Path) -> Iterator[tuple[str, int]]:
                 process.wait(timeout=30)
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds process `pid` has used so far (user and system, every thread), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(send: Send, concurrency: int, seconds: float, server_pid: int) -> dict[str, Any]:
+    """`drive`'s figures, and the CPU milliseconds per image of the server and of this client:
+    on a shared machine the rate follows the other users' load, the CPU spent per image less."""
+    server, client = cpu_s(server_pid), time.process_time()
+    figures = drive(send, concurrency, seconds)
+    images = max(figures["images"], 1)
+    figures["server_cpu_ms_per_image"] = round(1000 * (cpu_s(server_pid) - server) / images, 1)
+    figures["client_cpu_ms_per_image"] = round(1000 * (time.process_time() - client) / images, 1)
+    return figures
+
+
 def ratios(runs: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
     """Median images/s of the service's v2 over KServe's v2 and over its own v1."""
     rate = {
@@ -138,10 +156,19 @@ def ratios(runs: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
         )
         for protocol in PROTOCOLS
     }
+    cpu = {
+        protocol: statistics.median(
+            r["server_cpu_ms_per_image"]
+            for r in runs
+            if r["protocol"] == protocol and r["concurrency"] == concurrency
+        )
+        for protocol in PROTOCOLS
+    }
     return {
         "service_v2_over_kserve_v2": round(rate["service_v2_binary"] / rate["kserve_v2_binary"], 2),
         "service_v2_over_service_v1": round(rate["service_v2_binary"] / rate["service_v1_png"], 2),
         **{f"median_{p}_images_per_s": round(r, 2) for p, r in rate.items()},
+        **{f"median_{p}_server_cpu_ms_per_image": round(c, 1) for p, c in cpu.items()},
     }
 
 
@@ -174,13 +201,16 @@ def main() -> None:
                         f"{service.base}/v1/models/{args.model}/mask", png(image), shape
                     ),
                 }
+                pids = {"service": service.process.pid, "kserve": pid}
                 for send in senders.values():  # warm each path once
                     drive(send, 1, 1.0)
                 for concurrency in args.concurrency:
                     for round_ in range(args.rounds):
                         for protocol, send in senders.items():
+                            server = pids[protocol.split("_")[0]]
+                            figures = measured(send, concurrency, args.seconds, server)
                             row = {"concurrency": concurrency, "round": round_}
-                            row |= {"protocol": protocol, **drive(send, concurrency, args.seconds)}
+                            row |= {"protocol": protocol, **figures}
                             log(json.dumps(row))
                             runs.append(row)
                 memory = {"service": service.memory_kib(), "kserve": memory_kib(pid)}
