@@ -13,8 +13,9 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
 # The tests also exercise the optional extras; torch is named on the same line so that no extra
-# can pull another build of it.
-TEST_EXTRAS := dev,ray,monai,onnx,otel
+# can pull another build of it. kserve: the v2 tests through KServe's own client (it pins
+# protobuf below 7, which Ray accepts; `pip check` is clean with all of them).
+TEST_EXTRAS := dev,ray,monai,onnx,otel,kserve
 
 dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[$(TEST_EXTRAS)]" torch==2.13.0

@@ -74,7 +74,8 @@ def _v2_body(image: np.ndarray) -> tuple[bytes, int]:
 def v2_request(base: str, model: str, image: np.ndarray) -> tuple[Send, int]:
     """A v2 infer of `image` as a binary UINT8 tensor asking for the mask as raw bytes."""
     body, length = _v2_body(image)
-    headers = {"Inference-Header-Content-Length": str(length)}
+    # identity: httpx asks for gzip by default, which v1's PNG answer never gets
+    headers = {"Inference-Header-Content-Length": str(length), "Accept-Encoding": "identity"}
     url = f"{base}/v2/models/{model}/infer"
 
     def send(client: httpx.Client) -> httpx.Response:

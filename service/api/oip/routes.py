@@ -12,14 +12,24 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from anyio import to_thread
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
 from model.data.decoding import image_from_array
 from model.errors import DatasetError
 from service.api.dependencies import ServicesDep
 from service.api.errors import DOMAIN_ERRORS
+from service.api.oip.body import read_body
+from service.api.oip.compression import MIN_BYTES, chosen_encoding, compress
 from service.api.oip.errors import OipError, from_error
-from service.api.oip.schemas import ModelMetadata, OipErrorBody, ServerMetadata, TensorMetadata
+from service.api.oip.schemas import (
+    ModelMetadata,
+    ModelReady,
+    OipErrorBody,
+    ServerLive,
+    ServerMetadata,
+    ServerReady,
+    TensorMetadata,
+)
 from service.api.oip.segmenting import Segmented, segment_batch
 from service.api.oip.tensors import (
     BYTES,
@@ -52,7 +62,6 @@ HEADER_ALLOWANCE = 64 * 1024  # the JSON header beside the tensors, as multipart
 T = TypeVar("T")
 
 ModelName = Annotated[str, Path(description="Model name: a checkpoint's file stem.")]
-Version = Annotated[str, Path(description="The model's version: its checkpoint's SHA-256.")]
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -84,6 +93,57 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": OipErrorBody, "description": '`{"error": ...}`'} for s in statuses}
 
 
+def _version(request: Request) -> str | None:
+    """The `{version}` of a `.../versions/{version}/...` path; None on the plain one."""
+    return request.path_params.get("version")
+
+
+PathVersion = Annotated[str | None, Depends(_version)]
+VERSION_PARAMETER: dict[str, Any] = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "description": "The model's version: its checkpoint's SHA-256 (any other is a 404).",
+    "schema": {"type": "string"},
+}
+E = TypeVar("E", bound=Callable[..., Any])
+
+
+def model_route(
+    method: str, tail: str, names: tuple[str, str], summary: str, **options: Any
+) -> Callable[[E], E]:
+    """Serve an endpoint at `/models/{model}{tail}` and `/models/{model}/versions/{version}{tail}`.
+
+    The protocol gives each model path both forms; one endpoint answers both, reading the
+    version (None on the plain form) from `PathVersion`.
+    """
+    plain, versioned = names
+    extra = options.pop("openapi_extra", {})
+
+    def declare(endpoint: E) -> E:
+        router.add_api_route(
+            f"/models/{{model}}{tail}",
+            endpoint,
+            methods=[method],
+            name=plain,
+            summary=summary,
+            openapi_extra=extra or None,
+            **options,
+        )
+        router.add_api_route(
+            f"/models/{{model}}/versions/{{version}}{tail}",
+            endpoint,
+            methods=[method],
+            name=versioned,
+            summary=f"{summary}, of a version",
+            openapi_extra={**extra, "parameters": [VERSION_PARAMETER]},
+            **options,
+        )
+        return endpoint
+
+    return declare
+
+
 @router.get("", name="server-metadata", summary="Server metadata")
 async def server_metadata(request: Request) -> ServerMetadata:
     """Name, version and the protocol extensions served (`binary_tensor_data`)."""
@@ -92,110 +152,64 @@ async def server_metadata(request: Request) -> ServerMetadata:
     )
 
 
-@router.get(
-    "/health/live",
-    name="server-live",
-    summary="Liveness",
-    response_class=Response,
-    responses={200: {"description": "The server is live (empty body)"}},
-)
-async def server_live() -> Response:
+@router.get("/health/live", name="server-live", summary="Liveness")
+async def server_live() -> ServerLive:
     """200 while the process serves."""
-    return Response(status_code=200)
+    return ServerLive(live=True)
 
 
-@router.get(
-    "/health/ready",
-    name="server-ready",
-    summary="Readiness",
-    response_class=Response,
-    responses={200: {"description": "Every loadable model is warm (empty body)"}, **errors(400)},
-)
-async def server_ready(request: Request) -> Response:
+@router.get("/health/ready", name="server-ready", summary="Readiness", responses=errors(400))
+async def server_ready(request: Request) -> ServerReady:
     """200 once every loadable model is warm, as `/readyz`; 400 (not ready) before."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None or not services.engine.ready:
-        return OipError(400, "not ready: the models are still loading or warming up").response()
-    return Response(status_code=200)
+        raise OipError(400, "not ready: the models are still loading or warming up")
+    return ServerReady(ready=True)
 
 
-@router.get(
-    "/models/{model}",
-    name="model-metadata",
-    summary="Model metadata",
+@model_route(
+    "GET",
+    "",
+    ("model-metadata", "model-version-metadata"),
+    "Model metadata",
     responses=errors(404, 503),
     response_model_exclude_none=True,
 )
-async def model_metadata(services: ServicesDep, model: ModelName) -> ModelMetadata:
-    """The model's versions, platform and tensors; -1 marks a dimension of any size."""
-    return _metadata(services, model, None)
-
-
-@router.get(
-    "/models/{model}/versions/{version}",
-    name="model-version-metadata",
-    summary="Model metadata, of a version",
-    responses=errors(404, 503),
-    response_model_exclude_none=True,
-)
-async def model_version_metadata(
-    services: ServicesDep, model: ModelName, version: Version
+async def model_metadata(
+    services: ServicesDep, model: ModelName, version: PathVersion
 ) -> ModelMetadata:
-    """As `GET /v2/models/{model}`, for the version the model serves (404 for any other)."""
+    """The model's versions, platform and tensors; -1 marks a dimension of any size."""
     return _metadata(services, model, version)
 
 
-@router.get(
-    "/models/{model}/ready",
-    name="model-ready",
-    summary="Model readiness",
-    response_class=Response,
-    responses={200: {"description": "Ready (empty body)"}, **errors(400, 404, 503)},
+@model_route(
+    "GET",
+    "/ready",
+    ("model-ready", "model-version-ready"),
+    "Model readiness",
+    responses=errors(400, 404, 503),
 )
-async def model_ready(services: ServicesDep, model: ModelName) -> Response:
+async def model_ready(services: ServicesDep, model: ModelName, version: PathVersion) -> ModelReady:
     """200 once the model is warm; 400 (not ready) before."""
-    return _ready(services, model, None)
+    served = _served(services, model, version)
+    if not services.engine.ready or services.engine.backend(served.name) is None:
+        raise OipError(400, f"model {model!r} is not ready: it is still warming up")
+    return ModelReady(name=served.name, ready=True)
 
 
-@router.get(
-    "/models/{model}/versions/{version}/ready",
-    name="model-version-ready",
-    summary="Model readiness, of a version",
-    response_class=Response,
-    responses={200: {"description": "Ready (empty body)"}, **errors(400, 404, 503)},
-)
-async def model_version_ready(
-    services: ServicesDep, model: ModelName, version: Version
-) -> Response:
-    """As `GET /v2/models/{model}/ready`, for the version the model serves."""
-    return _ready(services, model, version)
-
-
-@router.post(
-    "/models/{model}/infer",
-    name="infer",
-    summary="Segment images",
+@model_route(
+    "POST",
+    "/infer",
+    ("infer", "infer-version"),
+    "Segment images",
     response_class=Response,
     openapi_extra=INFER_BODY,
-    responses={**INFER_ANSWERS, **errors(400, 404, 408, 413, 503)},
+    responses={**INFER_ANSWERS, **errors(400, 404, 408, 413, 503, 507)},
 )
-async def infer(request: Request, services: ServicesDep, model: ModelName) -> Response:
+async def infer(
+    request: Request, services: ServicesDep, model: ModelName, version: PathVersion
+) -> Response:
     """Masks, probabilities and the threshold for the images of input `image`."""
-    return await _infer(request, services, model, None)
-
-
-@router.post(
-    "/models/{model}/versions/{version}/infer",
-    name="infer-version",
-    summary="Segment images, with a version",
-    response_class=Response,
-    openapi_extra=INFER_BODY,
-    responses={**INFER_ANSWERS, **errors(400, 404, 408, 413, 503)},
-)
-async def infer_version(
-    request: Request, services: ServicesDep, model: ModelName, version: Version
-) -> Response:
-    """As `POST /v2/models/{model}/infer`, for the version the model serves."""
     return await _infer(request, services, model, version)
 
 
@@ -244,20 +258,13 @@ def _metadata(services: Services, model: str, version: str | None) -> ModelMetad
     )
 
 
-def _ready(services: Services, model: str, version: str | None) -> Response:
-    served = _served(services, model, version)
-    if not services.engine.ready or services.engine.backend(served.name) is None:
-        return OipError(400, f"model {model!r} is not ready: it is still warming up").response()
-    return Response(status_code=200)
-
-
 async def _infer(
     request: Request, services: ServicesDep, model: str, version: str | None
 ) -> Response:
     settings = services.settings
     try:
         served = _served(services, model, version)
-        body = await request.body()
+        body = await read_body(request)
         parsed = await _off_loop(len(body) > INLINE_BYTES, lambda: _parse(request, body, settings))
         tensor = _image_input(parsed)
         threshold = _threshold(parsed, served)
@@ -273,6 +280,12 @@ async def _infer(
         answer, header_length = await _off_loop(
             size > INLINE_PIXELS, lambda: encode_response(document, outputs)
         )
+        encoding = chosen_encoding(request.headers.get("accept-encoding"))
+        if len(answer) < MIN_BYTES:
+            encoding = None
+        elif encoding is not None:
+            plain, chosen = answer, encoding
+            answer = await _off_loop(len(plain) > INLINE_BYTES, lambda: compress(plain, chosen))
     except TensorError as error:
         return OipError(error.status, str(error)).response()
     except OipError as error:
@@ -280,7 +293,13 @@ async def _infer(
     except (ProblemError, *DOMAIN_ERRORS) as error:
         return from_error(error).response()
     first = results[0]
-    headers = {"X-Threshold": repr(first.threshold), "X-Threshold-Source": first.provenance.source}
+    headers = {
+        "X-Threshold": repr(first.threshold),
+        "X-Threshold-Source": first.provenance.source,
+        "Vary": "Accept-Encoding",
+    }
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
     if first.provenance.stale:
         headers["X-Threshold-Stale"] = "true"
     if header_length is None:

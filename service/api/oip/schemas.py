@@ -23,6 +23,25 @@ class ServerMetadata(BaseModel):
     extensions: list[str] = Field(description="Protocol extensions the server supports.")
 
 
+class ServerLive(BaseModel):
+    """`GET /v2/health/live`: the status says it (Triton's clients read only that)."""
+
+    live: bool = Field(description="Always true: a server that is not live does not answer.")
+
+
+class ServerReady(BaseModel):
+    """`GET /v2/health/ready`: 200 with this once every loadable model is warm."""
+
+    ready: bool = Field(description="True; before, the answer is a 400 `{error}`.")
+
+
+class ModelReady(BaseModel):
+    """`GET /v2/models/{model}/ready`: 200 with this once the model is warm."""
+
+    name: str
+    ready: bool = Field(description="True; before, the answer is a 400 `{error}`.")
+
+
 class TensorMetadata(BaseModel):
     """A tensor's name, datatype and shape; -1 marks a dimension of any size."""
 

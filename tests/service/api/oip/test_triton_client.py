@@ -6,9 +6,12 @@ mask, bit for bit, for both shipped models.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import http.client
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,12 +21,11 @@ import numpy as np
 import pytest
 import tifffile
 import tritonclient.http as triton
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from model.data.synth import generate_pair, pair_rng
 from tests.helpers import dataset_files, make_zip, png, until
 from tests.servers import ServiceProcess
+from tests.service.api.oip.answers import cells, v1
 
 MODELS = ["unet-sigmoid", "unet-relu"]
 KEY = "v2-key"
@@ -45,24 +47,6 @@ def client(service: str) -> Iterator[triton.InferenceServerClient]:
     triton_client = triton.InferenceServerClient(url=service, network_timeout=300)
     yield triton_client
     triton_client.close()
-
-
-def cells(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A synthetic microscopy image, uint8 (height, width)."""
-    side = max(height, width)
-    return np.ascontiguousarray(generate_pair(pair_rng(4242, seed), side)[0][:height, :width])
-
-
-def v1(service: str, model: str, data: bytes, name: str = "x.png") -> tuple[np.ndarray, ...]:
-    """v1's probabilities (npy), mask (PNG, as 0/1) and threshold for one uploaded file."""
-    base = f"http://{service}/v1/models/{model}"
-    with httpx.Client(timeout=300) as http:
-        scores = http.post(f"{base}/probabilities", files={"image": (name, data)})
-        mask = http.post(f"{base}/mask", files={"image": (name, data)})
-    assert scores.status_code == mask.status_code == 200, scores.text + mask.text
-    threshold = float(mask.headers["x-threshold"])
-    plane = np.asarray(Image.open(io.BytesIO(mask.content)))
-    return np.load(io.BytesIO(scores.content)), (plane // 255).astype(np.uint8), threshold
 
 
 def infer(
@@ -154,15 +138,74 @@ def test_wide_pixels_and_files_are_read_as_v1_reads_uploads(
     )
 
 
+def test_files_in_json_are_base64_text(service: str, client: triton.InferenceServerClient) -> None:
+    image = cells(26, 38, seed=9)
+    tiff = io.BytesIO()
+    tifffile.imwrite(tiff, image)
+    files = [png(image), tiff.getvalue()]
+    with pytest.raises(InferenceServerException, match="UTF-8"):  # JSON cannot hold raw files
+        infer(client, "unet-sigmoid", np.array(files, dtype=object), "BYTES", binary=False)
+    text = np.array([base64.b64encode(file).decode() for file in files], dtype=object)
+    expected = v1(service, "unet-sigmoid", files[0])
+    result = infer(client, "unet-sigmoid", text, "BYTES", binary=False)
+    assert_same_as_v1(result, [expected, expected])
+
+
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
-def test_compressed_requests(
+def test_compressed_requests_and_answers(
     service: str, client: triton.InferenceServerClient, algorithm: str
 ) -> None:
     image = cells(40, 48, seed=3)
     result = infer(
-        client, "unet-relu", image[None], "UINT8", request_compression_algorithm=algorithm
+        client,
+        "unet-relu",
+        image[None],
+        "UINT8",
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
     )
     assert_same_as_v1(result, [v1(service, "unet-relu", png(image))])
+
+
+def test_an_answer_is_compressed_only_when_asked(service: str) -> None:
+    image = cells(64, 64, seed=3)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": [1, 64, 64],
+                    "parameters": {"binary_data_size": image.size},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    host, port = service.split(":")
+    answers = {}
+    for accept in (None, "gzip", "deflate;q=0.5, gzip;q=0.1"):
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        if accept is not None:
+            headers["Accept-Encoding"] = accept
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)  # inflates nothing
+        connection.request("POST", "/v2/models/unet-relu/infer", header + image.tobytes(), headers)
+        answer = connection.getresponse()
+        answers[accept] = (answer.status, dict(answer.getheaders()), answer.read())
+        connection.close()
+    status, plain_headers, plain = answers[None]
+    assert status == 200 and "content-encoding" not in {k.lower() for k in plain_headers}
+    status, headers, zipped = answers["gzip"]
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(zipped) == plain and len(zipped) < len(plain)
+    # The header length is the JSON's before compression, as tritonclient splits the answer.
+    assert (
+        headers["inference-header-content-length"]
+        == plain_headers["inference-header-content-length"]
+    )
+    status, headers, deflated = answers["deflate;q=0.5, gzip;q=0.1"]
+    assert status == 200 and headers["content-encoding"] == "deflate"
+    assert zlib.decompress(deflated) == plain
 
 
 def test_a_threshold_for_this_request_and_outputs_by_default(
