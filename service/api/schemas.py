@@ -218,6 +218,7 @@ class ModelInfo(BaseModel):
                     "warnings": [],
                     "drift_status": "no_reference",
                     "backend": "onnxruntime",
+                    "precision": "fp32",
                 }
             ]
         }
@@ -261,6 +262,11 @@ class ModelInfo(BaseModel):
         None,
         description="What runs the network's passes (UNET_BACKEND); null while the engine "
         "starts and has not chosen yet, and for a model that failed to load.",
+    )
+    precision: Literal["fp32", "int8"] | None = Field(
+        None,
+        description="The served network's precision (UNET_PRECISION): `int8` is a quantised "
+        "model with its own digest and thresholds; null for a model that failed to load.",
     )
 
 

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -97,6 +97,10 @@ class ServedModel:
     network: Predictor
     digest: str
     device: torch.device
+    precision: Literal["fp32", "int8"] = (
+        "fp32"  # `int8`: served by `quantized`, with its own digest
+    )
+    quantized: Path | None = None  # the INT8 ONNX file (service.inference.precision)
 
     @property
     def card(self) -> ModelCard:
@@ -246,6 +250,10 @@ class ModelRegistry:
         """Stop serving model `name` (it failed after loading, e.g. in warm-up) with `reason`."""
         self._models.pop(name, None)
         self._fail(name, reason)
+
+    def replace(self, served: ServedModel) -> None:
+        """Serve `served` in place of the model of the same name (another precision)."""
+        self._models[served.name] = served
 
     def get(self, name: str) -> ServedModel | None:
         """The model called `name` (in any Unicode normalisation), or None."""

@@ -43,6 +43,7 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         warnings=_active_warnings(services, served, active.calibration_id),
         drift_status=services.drift.status(served.name, active.calibration_id),
         backend=services.engine.backend(served.name),
+        precision=served.precision,
     )
 
 
@@ -66,7 +67,7 @@ def list_models(services: ServicesDep) -> ModelList:
     registry = services.registry
     models = [model_info(services, served) for served in registry]
     models += [
-        ModelInfo(name=name, available=False, error=error, backend=None)
+        ModelInfo(name=name, available=False, error=error, backend=None, precision=None)
         for name, error in registry.failures().items()
     ]
     return ModelList(models=sorted(models, key=lambda info: info.name))
