@@ -27,6 +27,7 @@ from model.cards.gate import GateReport, evaluate_gate
 from model.cards.quantize import QuantSettings, quantize_onnx, split_folder
 from model.cards.sources import load_predictor
 from model.cards.sources.native import NativePredictor
+from model.cards.sources.onnx import ort_session
 from model.cards.to_onnx import cached_export
 from model.data.synth import write_dataset
 from model.errors import QuantizationError
@@ -68,7 +69,11 @@ def serve_in_int8(served: ServedModel, state_dir: Path) -> ServedModel:
     Never raises for a model that cannot be quantised: it serves in fp32 with one log line.
     """
     if not isinstance(served.network, NativePredictor):
-        log.info("model %s: precision fp32 (only native checkpoints are quantised)", served.name)
+        log.info(
+            "model %s: precision %s (as its card says; only native checkpoints are quantised)",
+            served.name,
+            served.precision,
+        )
         return served
     try:
         path, report, fresh = _cached(served, state_dir / "int8")
@@ -101,7 +106,7 @@ def _cached(served: ServedModel, folder: Path) -> tuple[Path, GateReport, bool]:
     recorded = _read(verdict)
     if recorded is not None and recorded.get("settings") == SETTINGS.to_dict():
         report = _report(recorded["gate"])
-        if not report.passed or path.is_file():
+        if not report.passed or _loads(path):
             return path, report, False
     assert isinstance(served.network, NativePredictor)  # checked by the caller
     network = served.network.network
@@ -114,6 +119,13 @@ def _cached(served: ServedModel, folder: Path) -> tuple[Path, GateReport, bool]:
     card_path = path.with_suffix(".json")
     _write(card_path, card)
     report = evaluate_gate(served.network, load_predictor(card_path), split.held_out)
+    # The card records what `unet quantize` records: serving it from a model folder says int8.
+    card["quantization"] = SETTINGS.to_dict() | {
+        "data": str(data),
+        "held_out_images": len(split.held_out),
+        "gate": report.to_dict(),
+    }
+    _write(card_path, card)
     _write(verdict, {"settings": SETTINGS.to_dict(), "data": str(data), "gate": report.to_dict()})
     if not report.passed:
         path.unlink(missing_ok=True)
@@ -142,6 +154,16 @@ def calibration_data(served: ServedModel, folder: Path) -> Path:
     if not (out / "masks" / f"{n - 1:04d}.png").is_file():
         write_dataset(out, n=n, seed=int(seed.group(1)))
     return out
+
+
+def _loads(path: Path) -> bool:
+    """Whether ONNX Runtime loads the cached file (a truncated one is quantised again)."""
+    try:
+        ort_session(path, 1)
+    except Exception:  # missing, truncated, or from an ONNX Runtime that cannot read it
+        path.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _report(figures: dict[str, Any]) -> GateReport:

@@ -283,4 +283,7 @@ def _load(
         raise CardError(f"{card_path}: the card is a link out of the model folder; copy it in")
     network = load_predictor(card_path, device, max_bytes)
     digest = model_digest(card_path, network.card)
-    return ServedModel(name, card_path, network, digest, device)
+    # A card `unet quantize` wrote is INT8 already: served as it is, reported as what it is.
+    quantized = bool((network.card.model_extra or {}).get("quantization"))
+    precision: Literal["fp32", "int8"] = "int8" if quantized else "fp32"
+    return ServedModel(name, card_path, network, digest, device, precision)

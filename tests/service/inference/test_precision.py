@@ -226,3 +226,26 @@ def test_a_model_that_names_no_data_serves_in_fp32_with_one_line_saying_why(
         assert info["digest"] == checkpoint_digest(folder / f"{MODEL}.safetensors")
     why = [line for line in precision_log.records if "not int8" in line]
     assert len(why) == 1 and "names no calibration data" in why[0], why
+
+
+def test_a_quantised_card_served_from_the_model_folder_reports_int8(
+    models: Path, quantised: Path, tmp_path: Path
+) -> None:
+    digest = checkpoint_digest(models / f"{MODEL}.safetensors")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    card = json.loads((quantised / "int8" / f"{digest}.json").read_text())
+    assert card["quantization"]["gate"]["passed"] is True
+    card["source"]["path"] = "int8-sigmoid.onnx"
+    (folder / "int8-sigmoid.json").write_text(json.dumps(card))
+    shutil.copy(quantised / "int8" / f"{digest}.onnx", folder / "int8-sigmoid.onnx")
+    with client(folder, tmp_path / "state") as started:
+        ready(started)
+        (info,) = started.get("/v1/models").json()["models"]
+        assert (info["name"], info["precision"]) == ("int8-sigmoid", "int8")
+        response = started.post(
+            "/v1/models/int8-sigmoid/mask",
+            files={"image": ("x.png", nuclei(64, 80), "image/png")},
+        )
+        assert response.status_code == 200, response.text
+        assert float(response.headers["X-Threshold"]) == pytest.approx(card["threshold"])
