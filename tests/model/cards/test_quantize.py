@@ -16,6 +16,7 @@ from model.cli import main
 from model.data.synth import write_dataset
 from tests.helpers import scripted
 
+pytestmark = pytest.mark.slow  # each quantisation takes 20-60 s on two shared cores
 WEIGHTS = Path(__file__).resolve().parents[3] / "model" / "weights"
 N_IMAGES = 24  # 16 calibrate the quantiser, 8 are held out
 

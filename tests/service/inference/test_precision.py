@@ -26,6 +26,7 @@ from service.inference.precision import int8_digest
 from service.settings import Settings
 from tests.helpers import png, until
 
+pytestmark = pytest.mark.slow  # each quantisation takes 20-60 s on two shared cores
 MODEL = "unet-sigmoid"
 # 301 x 257 is served whole; 400 x 333 passes the tile threshold and is served in tiles.
 WHOLE, TILED = (301, 257), (400, 333)
@@ -249,3 +250,52 @@ def test_a_quantised_card_served_from_the_model_folder_reports_int8(
         )
         assert response.status_code == 200, response.text
         assert float(response.headers["X-Threshold"]) == pytest.approx(card["threshold"])
+
+
+def test_a_model_the_gate_refuses_serves_in_fp32_and_is_not_quantised_again(
+    models: Path, tmp_path: Path, precision_log: Lines, monkeypatch: Any
+) -> None:
+    from model.data.synth import write_dataset
+
+    folder = tmp_path / "models"
+    shutil.copytree(models, folder)
+    # The data its JSON names: the quantiser's 16 images are blank, so real ones saturate.
+    write_dataset(folder / "val", n=22, seed=2)
+    for index in range(16):
+        Image.fromarray(np.zeros((128, 128), np.uint8)).save(
+            folder / "val" / "images" / f"{index:04d}.png"
+        )
+    meta = json.loads((folder / f"{MODEL}.json").read_text())
+    meta["training"]["val_data"] = "val"
+    (folder / f"{MODEL}.json").write_text(json.dumps(meta))
+    digest = checkpoint_digest(folder / f"{MODEL}.safetensors")
+    for attempt in range(2):
+        with client(folder, tmp_path / "state", precision="int8") as started:
+            ready(started)
+            (info,) = started.get("/v1/models").json()["models"]
+            assert (info["precision"], info["digest"]) == ("fp32", digest)
+        if attempt == 0:  # the refusal is cached with its figures: a restart does not redo it
+            import onnxruntime.quantization
+
+            def no_second_quantisation(*args: Any, **kwargs: Any) -> None:
+                raise AssertionError("quantised again although the gate's verdict is cached")
+
+            monkeypatch.setattr(onnxruntime.quantization, "quantize_static", no_second_quantisation)
+    why = [line for line in precision_log.records if "not int8" in line]
+    assert len(why) == 2 and all("fell by" in line for line in why), why
+    assert not (tmp_path / "state" / "int8" / f"{digest}.onnx").exists()
+
+
+def test_a_cached_int8_file_that_no_longer_loads_is_quantised_again(
+    models: Path, quantised: Path, tmp_path: Path, precision_log: Lines
+) -> None:
+    state = tmp_path / "state"
+    shutil.copytree(quantised, state)
+    digest = checkpoint_digest(models / f"{MODEL}.safetensors")
+    (state / "int8" / f"{digest}.onnx").write_bytes(b"truncated")
+    with client(models, state, precision="int8") as started:
+        ready(started)
+        (info,) = started.get("/v1/models").json()["models"]
+        assert info["precision"] == "int8"
+    assert (state / "int8" / f"{digest}.onnx").stat().st_size > 1000
+    assert [line for line in precision_log.records if "precision int8 (quantised to" in line]
