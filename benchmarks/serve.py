@@ -4,6 +4,7 @@
         [--side 256] [--concurrency 1 4 16] [--requests 64] [--seconds 60] [--device auto]
         [--large-side 2048] [--no-overload]
     python benchmarks/serve.py --workers 1 2 [--side 32] [--concurrency 16] [--requests 3000]
+    python benchmarks/serve.py --precision [--blocks 3] [--block-s 8] [--dice-images 32]
 
 In one run it measures:
 
@@ -20,6 +21,10 @@ In one run it measures:
 * the same service with batching off (`UNET_MAX_BATCH=1`, `UNET_BATCH_WAIT_MS=0`);
 * overload: a server with a tiny queue driven far past capacity must answer 503 with
   `Retry-After` (never hang), and answer normally again once the load drops.
+
+With `--precision` it compares INT8 (`UNET_PRECISION=int8`) with fp32 and nothing else: the
+in-process ceilings and the service on each, interleaved, and the mean Dice of both shipped
+models on unseen images (benchmarks/precision.py).
 
 With `--workers N M ...` it measures only the service with `UNET_WORKERS` = N, M, ... worker
 processes on one port, in one run, at the largest `--concurrency`; with tiny images (`--side
@@ -275,7 +280,20 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", help="compare these UNET_WORKERS counts, nothing else"
     )
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="compare INT8 with fp32 (benchmarks/precision.py), nothing else",
+    )
+    parser.add_argument("--blocks", type=int, default=3, help="--precision: interleaved blocks")
+    parser.add_argument("--block-s", type=float, default=8, help="--precision: seconds a block")
+    parser.add_argument("--dice-images", type=int, default=32, help="--precision: unseen images")
     args = parser.parse_args()
+    if args.precision:
+        from benchmarks.precision import compare_precisions
+
+        print(json.dumps(compare_precisions(args), indent=2))
+        return
     if args.workers:
         print(json.dumps(compare_workers(args), indent=2))
         return

@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from model.cards.command import add_quantize
 from model.network.activations import ACTIVATIONS
 from model.network.blocks import NORMS
 from model.network.heads import HEADS
 
 DESCRIPTION = (
-    "The model's commands: synth, train, evaluate, calibrate, make-weights, import, export."
+    "The model's commands: synth, train, evaluate, calibrate, make-weights, import, export, "
+    "quantize."
 )
 EXIT_USAGE = 2  # bad input, like argparse's own usage errors
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -140,6 +142,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     _add_make_weights(commands)
     _add_import_export(commands)
+    add_quantize(commands, add_command)
 
 
 def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

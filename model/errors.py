@@ -39,6 +39,10 @@ class ExportError(RuntimeError):
     """The network could not be exported to ONNX; the message says why."""
 
 
+class QuantizationError(ValueError):
+    """A model that cannot be quantised, or whose quantisation the accuracy gate refuses."""
+
+
 class ModelOutputError(ValueError):
     """A network answered something no mask or score can be read from."""
 

@@ -35,6 +35,7 @@ from service.calibration.jobs import CalibrationJobs
 from service.container import Services
 from service.inference.drift import DriftMonitor
 from service.inference.engine import InferenceEngine
+from service.inference.precision import apply_precision
 from service.inference.registry import ModelRegistry
 from service.ops import tracing
 from service.ops.logs import configure_logging
@@ -165,6 +166,15 @@ async def _serving(
             max_model_bytes=settings.max_model_bytes,
             load_timeout_s=settings.model_load_timeout_s,
         )
+    )
+    # Before the store: an INT8 model has its own digest, and so its own thresholds.
+    await to_thread.run_sync(
+        apply_precision,
+        registry,
+        settings.precision,
+        settings.backend,
+        device.type,
+        settings.state_dir,
     )
     store = await to_thread.run_sync(_open_store, settings, registry, read_only)
     engine = InferenceEngine(registry, settings, metrics)

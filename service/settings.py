@@ -304,6 +304,12 @@ class Settings(BaseSettings):
         "into the state folder), `torch`, or `auto` (onnxruntime when the model exports, torch "
         "otherwise). GPUs always run torch.",
     )
+    precision: Literal["fp32", "int8"] = Field(
+        default="fp32",
+        description="`int8`: serve native checkpoints as static INT8 ONNX models, quantised once "
+        "per checkpoint into the state folder and served only if the accuracy gate passes (else "
+        "fp32, with a log line saying why). CPU and ONNX Runtime only.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Least severe log level written."
     )
@@ -382,7 +388,7 @@ class Settings(BaseSettings):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
         return value
 
-    @field_validator("autocast", "backend", "log_level", mode="before")
+    @field_validator("autocast", "backend", "log_level", "precision", mode="before")
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value

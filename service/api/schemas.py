@@ -218,6 +218,7 @@ class ModelInfo(BaseModel):
                     "warnings": [],
                     "drift_status": "no_reference",
                     "backend": "onnxruntime",
+                    "precision": "fp32",
                 }
             ]
         }
@@ -274,6 +275,11 @@ class ModelInfo(BaseModel):
         default=None,
         description="Multi-class: the active threshold of each class (`threshold` is then "
         "null); null for binary.",
+    )
+    precision: Literal["fp32", "int8"] | None = Field(
+        None,
+        description="The served network's precision (UNET_PRECISION): `int8` is a quantised "
+        "model with its own digest and thresholds; null for a model that failed to load.",
     )
 
 

@@ -42,6 +42,7 @@ from service.inference.backends import (
     Backend,
     BackendName,
     CoreShare,
+    OrtBackend,
     TorchBackend,
     onnx_backend,
 )
@@ -357,6 +358,10 @@ class InferenceEngine:
         if native is None:
             log.info("model %s: runs on its %s source", served.name, served.card.source.format)
             return torch_backend
+        if served.quantized is not None:  # chosen with the digest, before the store opened
+            log.info("model %s: backend onnxruntime, precision int8", served.name)
+            threads, workers = plan.torch_threads or 1, plan.limits.workers
+            return OrtBackend(served.quantized, native, threads, self._cores, workers)
         if wanted == TORCH or plan.device.type != "cpu":
             if wanted == ONNXRUNTIME:
                 log.warning(
@@ -364,7 +369,7 @@ class InferenceEngine:
                     served.name,
                     plan.device,
                 )
-            log.info("model %s: backend torch on %s", served.name, plan.device)
+            log.info("model %s: backend torch on %s, precision fp32", served.name, plan.device)
             return torch_backend
         try:
             ort_backend, exported = onnx_backend(
@@ -384,7 +389,7 @@ class InferenceEngine:
             )
             return torch_backend
         log.info(
-            "model %s: backend onnxruntime (%s %s)",
+            "model %s: backend onnxruntime (%s %s), precision fp32",
             served.name,
             "exported to" if exported else "cached at",
             self.settings.state_dir / "onnx" / f"{served.digest}.onnx",

@@ -20,7 +20,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -98,6 +98,10 @@ class ServedModel:
     network: Predictor
     digest: str
     device: torch.device
+    precision: Literal["fp32", "int8"] = (
+        "fp32"  # `int8`: served by `quantized`, with its own digest
+    )
+    quantized: Path | None = None  # the INT8 ONNX file (service.inference.precision)
 
     @property
     def card(self) -> ModelCard:
@@ -268,6 +272,10 @@ class ModelRegistry:
         self._models.pop(name, None)
         self._fail(name, reason)
 
+    def replace(self, served: ServedModel) -> None:
+        """Serve `served` in place of the model of the same name (another precision)."""
+        self._models[served.name] = served
+
     def get(self, name: str) -> ServedModel | None:
         """The model called `name` (in any Unicode normalisation), or None."""
         return self._models.get(model_name(name))
@@ -296,4 +304,7 @@ def _load(
         raise CardError(f"{card_path}: the card is a link out of the model folder; copy it in")
     network = load_predictor(card_path, device, max_bytes)
     digest = model_digest(card_path, network.card)
-    return ServedModel(name, card_path, network, digest, device)
+    # A card `unet quantize` wrote is INT8 already: served as it is, reported as what it is.
+    quantized = bool((network.card.model_extra or {}).get("quantization"))
+    precision: Literal["fp32", "int8"] = "int8" if quantized else "fp32"
+    return ServedModel(name, card_path, network, digest, device, precision)

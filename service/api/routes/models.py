@@ -60,6 +60,7 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         drift_status=services.drift.status(served.name, active.calibration_id),
         backend=services.engine.backend(served.name),
         mode="binary",
+        precision=served.precision,
     )
 
 
@@ -89,6 +90,7 @@ def _multi_class_info(services: Services, served: ServedModel) -> ModelInfo:
         mode=served.mode,  # type: ignore[arg-type]
         classes=list(served.classes),
         class_thresholds=thresholds,
+        precision=served.precision,
     )
 
 
@@ -118,7 +120,7 @@ def list_models(services: ServicesDep) -> ModelList:
     registry = services.registry
     models = [model_info(services, served) for served in registry]
     models += [
-        ModelInfo(name=name, available=False, error=error, backend=None)
+        ModelInfo(name=name, available=False, error=error, backend=None, precision=None)
         for name, error in registry.failures().items()
     ]
     return ModelList(models=sorted(models, key=lambda info: info.name))
