@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api.oip.errors import is_oip
 from service.api.problems import MEDIA_TYPE, problem_json
 from service.api.stopping import CutOffAnswers, WorkerConfig, supervise
 from service.ops.logs import log_config
@@ -94,13 +96,23 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop parsing a request that is being refused."""
 
 
-def problem_bytes(status: int, slug: str, detail: str, retry_after: int | None = None) -> bytes:
-    """A complete HTTP/1.1 problem response that closes the connection, as raw bytes."""
+def problem_bytes(
+    status: int, slug: str, detail: str, retry_after: int | None = None, target: bytes = b""
+) -> bytes:
+    """A complete HTTP/1.1 problem response that closes the connection, as raw bytes.
+
+    `target`: the request line's target, as far as it arrived; on the Open Inference Protocol's
+    paths the answer is its `{"error": detail}` instead of a problem document.
+    """
     phrase = HTTPStatus(status).phrase
-    body = problem_json(status, phrase, detail, slug=slug)
+    path = target.split(b"?", 1)[0].decode("latin-1")
+    if is_oip(path):
+        body, media_type = json.dumps({"error": detail}).encode(), "application/json"
+    else:
+        body, media_type = problem_json(status, phrase, detail, slug=slug), MEDIA_TYPE
     head = [
         f"HTTP/1.1 {status} {phrase}",
-        f"content-type: {MEDIA_TYPE}",
+        f"content-type: {media_type}",
         f"content-length: {len(body)}",
         "connection: close",
     ]
@@ -199,6 +211,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     "too-many-headers",
                     f"the request has more than {limits.max_header_count} headers "
                     "(UNET_MAX_HEADER_COUNT); send fewer",
+                    target=self._target(),
                 )
                 raise _Refused  # httptools turns it into a parser error: parsing stops
             if name.lower() == b"x-forwarded-for":
@@ -282,7 +295,12 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                 "request-head-too-large",
                 f"the request line and headers are larger than {limits.max_header_bytes} bytes "
                 "(UNET_MAX_HEADER_BYTES); send fewer or shorter headers",
+                target=self._target(),
             )
+
+        def _target(self) -> bytes:
+            """The request target as far as it arrived (empty before the first request)."""
+            return bytes(getattr(self, "url", b"") or b"")
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:
@@ -306,6 +324,7 @@ def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
                     "request-head-timeout",
                     f"the request head did not arrive within {limits.head_timeout_s} s "
                     "(UNET_HEAD_TIMEOUT_S); send it in one go",
+                    target=self._target(),
                 )
             )
 
