@@ -42,9 +42,13 @@ def configure_tracing() -> bool:
         return True  # configured already (by this process's first app, or its host)
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
 
-    exporters = []
+    exporters: list[SpanExporter] = []
     for name in (part.strip() for part in wanted.split(",")):
         if name == "console":
             exporters.append(ConsoleSpanExporter())
