@@ -101,7 +101,9 @@ def deployment(
     log = folder / "service.log"
     env = {"UNET_LOG_JSON": "true", "UNET_LOG_LEVEL": "debug", "UNET_WORKRS": "2"}
     with log.open("w") as stderr:
-        service = ServiceProcess(models, folder / "state", env=env, stderr=stderr)
+        service = ServiceProcess(
+            models, folder / "state", env=env, stderr=stderr, ready_within_s=180
+        )
     port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -48,9 +48,12 @@ def test_a_stopped_postgresql_refuses_changes_and_serves_the_last_thresholds(
 ) -> None:
     url, control = database
     store = ThresholdStore(url, recheck_s=0.0)
+    failed: list[str] = []  # what the service counts as unet_store_errors_total{operation}
+    store.database.on_failure = failed.append
     store.set_manual("m", DIGEST, 0.3)
     assert store.active_threshold("m", DIGEST).value == 0.3  # type: ignore[union-attr]
     assert store.active_threshold("m", "unknown") is None
+    assert failed == []
     control.stop()
     with pytest.raises(StoreFailing, match="nothing was changed"):
         store.set_manual("m", DIGEST, 0.4)
@@ -63,6 +66,7 @@ def test_a_stopped_postgresql_refuses_changes_and_serves_the_last_thresholds(
     with pytest.raises(StoreFailing):
         store.active_threshold("m", "never-seen")
     assert store.state().startswith("failing since ")
+    assert "read" in failed and {"write", "commit"} & set(failed)
     failing_lines = [r for r in caplog.records if "is failing" in r.getMessage()]
     assert len(failing_lines) == 1 and failing_lines[0].exc_info is None  # one line, no trace
     control.start()
