@@ -35,7 +35,7 @@ from model.cards.sources import Predictor, load_predictor
 from model.cards.sources.onnx import OnnxPredictor
 from model.data.decoding import image_from_bytes
 from model.inference.predict import predict
-from service.inference.engine import usable_cores
+from service.inference.plan import usable_cores
 
 SHIPPED = Path(__file__).resolve().parents[1] / "model" / "weights" / "unet-sigmoid.json"
 

@@ -23,7 +23,7 @@ from model import UNet
 from model.cards.sources.onnx import ort_session
 from model.cards.to_onnx import INPUT_NAME
 from service.inference.backends import CoreShare, OrtBackend
-from service.inference.engine import usable_cores
+from service.inference.plan import usable_cores
 
 
 def _timed_runs(run: Callable[[], int], images: int, seconds: float) -> float:

@@ -66,7 +66,7 @@ from model.cards.checkpoint import checkpoint_digest, checkpoint_paths
 from model.cards.to_onnx import cached_export
 from model.data.synth import generate_pair
 from model.network.device import pick_device
-from service.inference.engine import plan_engine, usable_cores
+from service.inference.plan import plan_engine, usable_cores
 from service.settings import Settings
 
 DEFAULT_CHECKPOINT = Path("model/weights/unet-sigmoid.safetensors")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from model.data.synth import generate_pair, pair_rng
-from service.inference.engine import usable_cores
+from service.inference.plan import usable_cores
 from tests.helpers import TINY_MODEL, png, until
 from tests.servers import ServiceProcess
 

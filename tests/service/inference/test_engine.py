@@ -17,8 +17,9 @@ from model import UNet, UNetConfig, save
 from model.inference.predict import predict
 from model.inference.tiling import predict_tiled
 from service.api.errors import problem_for
-from service.inference.engine import CoreShare, InferenceEngine, plan_engine, usable_cores
+from service.inference.engine import CoreShare, InferenceEngine
 from service.inference.errors import EngineBusy, EngineNotReady, EngineTimeout
+from service.inference.plan import plan_engine, usable_cores
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings

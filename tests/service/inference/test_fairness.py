@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import UNet, UNetConfig, save
-from service.inference import engine as engine_module
+from service.inference import plan as plan_module
 from service.inference.batching import (
     Batcher,
     BatchLimits,
@@ -23,7 +23,8 @@ from service.inference.batching import (
     WorkerPool,
     model_worker_cap,
 )
-from service.inference.engine import InferenceEngine, plan_engine
+from service.inference.engine import InferenceEngine
+from service.inference.plan import plan_engine
 from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -101,7 +102,7 @@ async def engine_on(
     registry: ModelRegistry, values: Settings, cores: int, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[InferenceEngine]:
     """A warmed-up engine planned as if the machine had `cores` usable cores."""
-    monkeypatch.setattr(engine_module, "usable_cores", lambda: cores)
+    monkeypatch.setattr(plan_module, "usable_cores", lambda: cores)
     async with running_engine(registry, values) as engine:
         yield engine
 
@@ -184,7 +185,7 @@ def test_per_model_cap_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert [model_worker_cap(None, workers, 2) for workers in (1, 2, 4)] == [1, 1, 3]
     assert [model_worker_cap(None, workers, 1) for workers in (1, 2, 4)] == [1, 2, 4]
     assert model_worker_cap(3, 2, 2) == 2 and model_worker_cap(1, 4, 1) == 1
-    monkeypatch.setattr(engine_module, "usable_cores", lambda: 4)
+    monkeypatch.setattr(plan_module, "usable_cores", lambda: 4)
     cpu = plan_engine(settings(tmp_path), torch.device("cpu"), models=3)
     assert (cpu.limits.workers, cpu.limits.per_model) == (4, 3)
     cuda = plan_engine(settings(tmp_path), torch.device("cuda"), models=2)
