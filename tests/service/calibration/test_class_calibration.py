@@ -74,6 +74,8 @@ def test_a_calibration_reports_each_class_and_activates_each_threshold(
         assert active[name]["value"] == report["classes"][name]["threshold"]
     history = client.get(f"{MULTI}/threshold/history", params={"class": "debris"}).json()
     assert [c["source"] for c in history["changes"]] == ["calibration"]
+    listed = client.get(f"{MULTI}/calibrations").json()["calibrations"]
+    assert [(c["id"], c["active"]) for c in listed] == [(job["id"], True)]
     roc = client.get(f"{location}/roc.png", params={"class": "debris"})
     assert roc.status_code == 200 and Image.open(io.BytesIO(roc.content)).format == "PNG"
     assert_problem(client.get(f"{location}/roc.png", params={"class": "cell"}), 404)
