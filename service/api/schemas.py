@@ -272,8 +272,8 @@ class ModelInfo(BaseModel):
     )
     class_thresholds: dict[str, Threshold] | None = Field(
         default=None,
-        description="Multi-class: the active threshold of each class (`threshold` is then "
-        "null); null for binary.",
+        description="Multi-class: the active threshold of each class (`threshold` and "
+        "`default_threshold` are then the first class's); null for binary.",
     )
 
 

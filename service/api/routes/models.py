@@ -80,8 +80,10 @@ def _multi_class_info(services: Services, served: ServedModel) -> ModelInfo:
         card=served.card.model_dump(mode="json"),
         outputs_probabilities=served.is_probability,
         output_range=(low if math.isfinite(low) else None, high if math.isfinite(high) else None),
-        threshold=None,
-        default_threshold=None,
+        # The first class's, so a client that reads one threshold reads a real one; every
+        # class's is in `class_thresholds`.
+        threshold=next(iter(thresholds.values())),
+        default_threshold=served.class_defaults[served.classes[0]],
         digest=served.digest,
         warnings=warnings,
         drift_status="no_reference",
