@@ -196,7 +196,10 @@ async def _serving(
     )
     for served in registry:
         publish_thresholds(services, served)
-        if not served.multi_class:  # drift is watched for binary models (see the README)
+        if served.multi_class:  # a window per class
+            for name, each in services.class_thresholds(served).items():
+                monitor.report(served.name, each.calibration_id, name)
+        else:
             active = services.active_threshold(served)
             monitor.report(served.name, active.calibration_id)  # restores the window, sets gauges
     scrape = (

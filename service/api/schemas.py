@@ -273,8 +273,8 @@ class ModelInfo(BaseModel):
     )
     class_thresholds: dict[str, Threshold] | None = Field(
         default=None,
-        description="Multi-class: the active threshold of each class (`threshold` is then "
-        "null); null for binary.",
+        description="Multi-class: the active threshold of each class (`threshold` and "
+        "`default_threshold` are then the first class's); null for binary.",
     )
     precision: Literal["fp32", "int8"] | None = Field(
         None,

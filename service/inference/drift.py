@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from model.calibration.drift import DriftStatus, psi, sample, status_of, summarise
-from model.calibration.schema import ScoreProfile
+from model.calibration.schema import MultiClassReport, ScoreProfile
 from model.inference.predict import Prediction
 from service.ops.metrics import Metrics
 from service.settings import Settings
@@ -94,14 +94,19 @@ class DriftMonitor:
         self.store, self.saved, self.metrics = store, windows, metrics
         self.size, self.min_images = settings.drift_window, settings.drift_min_images
         self._windows: dict[str, _Window | None] = {}
-        self._profiles: dict[str, ScoreProfile | None] = {}
+        self._profiles: dict[tuple[str, str], ScoreProfile | None] = {}
         self._lock = threading.Lock()
 
-    def watch(self, model: str, calibration_id: str | None) -> Callable[[Prediction], Prediction]:
+    def watch(
+        self, model: str, calibration_id: str | None, cls: str = ""
+    ) -> Callable[[Prediction], Prediction]:
         """What the inference worker calls with each served prediction of `model` (on the loop).
 
         `calibration_id` is the active threshold's calibration; a new one starts a new window.
+        `cls`: a multi-class model's class, watched in a window of its own against its class's
+        profile (the prediction is then that class's map).
         """
+        model = _key(model, cls)
         window = self._window(model, calibration_id)
         if window is None:
             return _unchanged
@@ -123,8 +128,9 @@ class DriftMonitor:
 
         return observe
 
-    def report(self, model: str, calibration_id: str | None) -> DriftView:
-        """The drift answer: status and the figures behind it."""
+    def report(self, model: str, calibration_id: str | None, cls: str = "") -> DriftView:
+        """The drift answer: status and the figures behind it (of class `cls`)."""
+        model = _key(model, cls)
         window = self._window(model, calibration_id)
         if window is None:
             view = DriftView("no_reference", 0, self.size, None, None, None, None)
@@ -134,9 +140,9 @@ class DriftMonitor:
         self._publish(model, view)
         return view
 
-    def status(self, model: str, calibration_id: str | None) -> DriftStatus:
+    def status(self, model: str, calibration_id: str | None, cls: str = "") -> DriftStatus:
         """Just the status of `report`."""
-        return self.report(model, calibration_id).status
+        return self.report(model, calibration_id, cls).status
 
     def save_all(self) -> None:
         """Save every window (at shutdown)."""
@@ -176,13 +182,15 @@ class DriftMonitor:
         """The score profile of a stored calibration (cached; None for older reports)."""
         if calibration_id is None:
             return None
-        if calibration_id not in self._profiles:
-            record = self.store.get_calibration(model, calibration_id)
-            report = None if record is None else record.report
-            # A multi-class report has no one score profile: its model is not watched (README).
+        name, _, cls = model.partition("/")
+        if (calibration_id, cls) not in self._profiles:
+            record = self.store.get_calibration(name, calibration_id)
+            report: Any = None if record is None else record.report
+            if isinstance(report, MultiClassReport):  # each class has its own profile
+                report = report.classes.get(cls)
             profile = getattr(report, "score_profile", None)
-            self._profiles[calibration_id] = profile
-        return self._profiles[calibration_id]
+            self._profiles[(calibration_id, cls)] = profile
+        return self._profiles[(calibration_id, cls)]
 
     def _view(self, window: _Window) -> DriftView:
         """The answer for one window (call with the lock held)."""
@@ -202,12 +210,14 @@ class DriftMonitor:
         )
 
     def _publish(self, model: str, view: DriftView) -> None:
+        name, _, cls = model.partition("/")
         self.metrics.set_drift(
-            model,
+            name,
             view.status,
             view.score_distance,
             view.served_fraction,
             view.calibration_fraction,
+            cls,
         )
 
     def _save(self, model: str, calibration_id: str, state: dict[str, Any]) -> None:
@@ -219,3 +229,8 @@ class DriftMonitor:
 
 def _unchanged(prediction: Prediction) -> Prediction:
     return prediction
+
+
+def _key(model: str, cls: str) -> str:
+    """A window's name: the model's, or `model/class` (a model's name never holds a slash)."""
+    return f"{model}/{cls}" if cls else model

@@ -27,12 +27,7 @@ import torch
 from anyio import to_thread
 
 from model.cards.sources.native import NativePredictor
-from model.inference.predict import (
-    ClassPrediction,
-    Prediction,
-    to_class_predictions,
-    to_predictions,
-)
+from model.inference.predict import Prediction
 from service.inference.backends import (
     ONNXRUNTIME,
     TORCH,
@@ -54,7 +49,16 @@ from service.inference.batching import (
 from service.inference.errors import DeviceOutOfMemory, EngineBusy, EngineNotReady, EngineTimeout
 from service.inference.plan import plan_engine
 from service.inference.registry import ModelRegistry, ServedModel
-from service.inference.units import Finish, ImageJob, TiledJob, crop, finish, make_job, needs_tiles
+from service.inference.units import (
+    Finish,
+    ImageJob,
+    TiledJob,
+    crop,
+    finish,
+    make_job,
+    needs_tiles,
+    whole_predictions,
+)
 from service.ops.metrics import Metrics
 from service.settings import Settings
 
@@ -192,11 +196,8 @@ class InferenceEngine:
         return result
 
     async def run(self, served: ServedModel, image: np.ndarray, then: Callable[[Any], T]) -> T:
-        """`then(prediction)` for one (C, H, W) normalised image, run in the inference worker.
-
-        The prediction is a Prediction (H, W) for a binary model, a ClassPrediction (K, H, W)
-        for a multi-class one.
-        """
+        """`then(prediction)` for one (C, H, W) image, in the inference worker (multi-class
+        models: a ClassPrediction, every class's map)."""
         timeout = self.settings.request_timeout_s
         if not self._started.is_set():
             # Start-up (choosing a backend, maybe an export) takes seconds; a request that comes
@@ -375,11 +376,7 @@ class InferenceEngine:
         tiles = [row for row, (job, _) in enumerate(live) if isinstance(job, TiledJob)]
         # Indexing copies; the common batch is all whole images or all tiles.
         ours = logits if len(whole) == len(live) else logits[whole]
-        # A multi-class model's job gets every class's map (K, H, W), in class order.
-        maps = to_class_predictions if served.multi_class else to_predictions
-        predictions: list[Prediction] | list[ClassPrediction] = (
-            maps(served.network, ours) if whole else []
-        )
+        predictions = whole_predictions(served, ours) if whole else []
         ours = logits if len(tiles) == len(live) else logits[tiles]
         tile_logits = ours.cpu().numpy() if tiles else None
         if any(job.kind != "warmup" for job, _ in live):  # warm-up passes are not traffic

@@ -12,9 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from anyio import to_thread
 
-from model.inference.predict import ClassPrediction, Prediction, check_finite
+from model.inference.predict import (
+    ClassPrediction,
+    Prediction,
+    check_finite,
+    to_class_predictions,
+    to_predictions,
+)
 from model.inference.tiling import TiledImage
 from service.inference.batching import Job
 from service.inference.registry import ServedModel
@@ -109,3 +116,13 @@ def finish(job: Job, prediction: Prediction | ClassPrediction) -> Any:
             return job.finish(prediction)
     except Exception as error:  # fails this request only, not the others of its batch
         return error
+
+
+def whole_predictions(
+    served: ServedModel, logits: torch.Tensor
+) -> list[Prediction] | list[ClassPrediction]:
+    """One prediction per whole image of a batch's logits: a multi-class model's jobs get every
+    class's map (K, H, W) in class order, a binary model's its foreground (H, W)."""
+    if served.multi_class:
+        return to_class_predictions(served.network, logits)
+    return to_predictions(served.network, logits)

@@ -231,6 +231,19 @@ class Metrics:
             states=["ok", "warn", "alert", "no_reference"],
             registry=r,
         )
+        self.drift_class_distance = Gauge(
+            "unet_drift_class_score_distance",
+            "PSI of a class's served scores against the active calibration's (NaN: no data)",
+            ["model", "class"],
+            registry=r,
+        )
+        self.drift_class_status = Enum(
+            "unet_drift_class_status",
+            "Drift of a class's served scores from the active calibration",
+            ["model", "class"],
+            states=["ok", "warn", "alert", "no_reference"],
+            registry=r,
+        )
         self.drift_foreground = Gauge(
             "unet_drift_foreground_fraction",
             "Mean share of pixels at or above the active calibration's threshold",
@@ -289,8 +302,15 @@ class Metrics:
         distance: float | None,
         served: float | None,
         calibration: float | None,
+        cls: str = "",
     ) -> None:
-        """Publish `model`'s drift: its status, PSI and foreground fractions (None: unknown)."""
+        """Publish `model`'s drift: its status, PSI and foreground fractions (None: unknown);
+        a multi-class model's class `cls` on the class-labelled series."""
+        if cls:
+            self.drift_class_status.labels(model, cls).state(status)
+            psi = math.nan if distance is None else distance
+            self.drift_class_distance.labels(model, cls).set(psi)
+            return
         self.drift_status.labels(model).state(status)
         self.drift_distance.labels(model).set(math.nan if distance is None else distance)
         for source, value in (("served", served), ("calibration", calibration)):

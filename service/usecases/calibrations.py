@@ -60,7 +60,7 @@ async def start_calibration(
 def calibration(services: Services, served: ServedModel, calibration_id: str) -> CalibrationView:
     """One calibration with its report; UnknownCalibration if the model has none of that id."""
     record = _record(services, served, calibration_id)
-    active_id = services.active_threshold(served).calibration_id
+    active_id = _active_calibration(services, served)
     blocked = None
     codes = blocking_codes(record.report)
     if codes and record.activate and not record.params.force:
@@ -70,7 +70,7 @@ def calibration(services: Services, served: ServedModel, calibration_id: str) ->
 
 def calibrations(services: Services, served: ServedModel) -> list[CalibrationView]:
     """Every calibration of the model, newest first, without reports."""
-    active_id = services.active_threshold(served).calibration_id
+    active_id = _active_calibration(services, served)
     records = services.store.list_calibrations(served.name)
     return [CalibrationView(record, record.id == active_id) for record in records]
 
@@ -128,6 +128,14 @@ def activate_calibration(
         publish_threshold(services.metrics, served.name, active)
     services.metrics.threshold_changed(served.name, "calibration")
     return active
+
+
+def _active_calibration(services: Services, served: ServedModel) -> str | None:
+    """The calibration whose threshold is in force (multi-class: for every class), or None."""
+    if not served.multi_class:
+        return services.active_threshold(served).calibration_id
+    found = {a.calibration_id for a in services.class_thresholds(served).values()}
+    return found.pop() if len(found) == 1 else None
 
 
 def _record(services: Services, served: ServedModel, calibration_id: str) -> CalibrationRecord:

@@ -232,8 +232,8 @@ async def _segment_classes(
 ) -> Encoded[T]:
     """A multi-class model's K maps, cut at each class's threshold (or the request's, for all).
 
-    Drift is not watched for multi-class models: their calibrations keep a report per class,
-    not the one score profile the drift window compares with (see the README).
+    Each class's map joins its own drift window, against its class's profile in the calibration
+    in force for that class.
     """
     active = await services.class_thresholds_async(served)
     if threshold is not None:
@@ -242,8 +242,28 @@ async def _segment_classes(
         cuts = tuple(Cut(a.value, a.source, a.stale) for a in active.values())
     calibrations = {a.calibration_id for a in active.values()}
     calibration_id = calibrations.pop() if len(calibrations) == 1 else None
-    stages = _Finish(served, cuts, pixels, _itself, encode, calibration_id)
+    try:
+        watches = [
+            services.drift.watch(served.name, a.calibration_id, name) for name, a in active.items()
+        ]
+        observe: Callable[[Prediction], Prediction] = _EachClass(watches)
+    except StoreUnavailable:
+        observe = _itself
+    stages = _Finish(served, cuts, pixels, observe, encode, calibration_id)
     return await services.engine.run(served, pixels, stages)
+
+
+@dataclass(frozen=True)
+class _EachClass:
+    """The drift watch of every class: class k's map joins class k's window."""
+
+    watches: list[Callable[[Prediction], Prediction]]
+
+    def __call__(self, prediction: Prediction) -> Prediction:
+        """Observe each class's map (a ClassPrediction's planes), in class order."""
+        for k, watch in enumerate(self.watches):
+            watch(Prediction(prediction.output[k], prediction.logits[k]))
+        return prediction
 
 
 async def decode(served: ServedModel, image: ImageSource, max_pixels: int) -> np.ndarray:
@@ -280,8 +300,7 @@ class _Finish(Generic[T]):
     def __call__(self, prediction: Prediction | ClassPrediction) -> Encoded[T]:
         """The encoded segmentation of the finished (finite) prediction."""
         served = self.served
-        if isinstance(prediction, Prediction):
-            self.observe(prediction)
+        self.observe(prediction)  # type: ignore[arg-type]  # a class watch reads K planes
         multi = served.multi_class
         result = Segmentation(
             served.name,

@@ -9,7 +9,14 @@ from fastapi import APIRouter
 from model.calibration import MultiClassReport
 from service.api.dependencies import ModelDep, ServicesDep
 from service.api.problems import problem_responses
-from service.api.schemas import Architecture, CalibrationWarning, ModelInfo, ModelList, Threshold
+from service.api.schemas import (
+    Architecture,
+    CalibrationWarning,
+    DriftStatus,
+    ModelInfo,
+    ModelList,
+    Threshold,
+)
 from service.container import Services
 from service.inference.registry import ServedModel
 
@@ -81,17 +88,32 @@ def _multi_class_info(services: Services, served: ServedModel) -> ModelInfo:
         card=served.card.model_dump(mode="json"),
         outputs_probabilities=served.is_probability,
         output_range=(low if math.isfinite(low) else None, high if math.isfinite(high) else None),
-        threshold=None,
-        default_threshold=None,
+        # The first class's, so a client that reads one threshold reads a real one; every
+        # class's is in `class_thresholds`.
+        threshold=next(iter(thresholds.values())),
+        default_threshold=served.class_defaults[served.classes[0]],
         digest=served.digest,
         warnings=warnings,
-        drift_status="no_reference",
+        drift_status=_worst_drift(services, served, thresholds),
         backend=services.engine.backend(served.name),
         mode=served.mode,  # type: ignore[arg-type]
         classes=list(served.classes),
         class_thresholds=thresholds,
         precision=served.precision,
     )
+
+
+def _worst_drift(
+    services: Services, served: ServedModel, thresholds: dict[str, Threshold]
+) -> DriftStatus:
+    """A multi-class model's drift status: its worst class's (alert over warn over ok)."""
+    found = {
+        services.drift.status(served.name, t.calibration_id, name) for name, t in thresholds.items()
+    }
+    for status in ("alert", "warn", "ok"):
+        if status in found:
+            return status
+    return "no_reference"
 
 
 def _active_warnings(

@@ -70,7 +70,9 @@ def test_model_info_lists_mode_classes_and_a_threshold_per_class(
     assert multi["mode"] == "multiclass" and multi["classes"] == CLASSES
     recorded = json.loads((shipped_weights / "unet-multiclass.json").read_text())
     defaults = recorded["default_threshold"]["classes"]
-    assert multi["threshold"] is None
+    # A client that reads one threshold reads the first class's.
+    assert multi["threshold"] == multi["class_thresholds"]["nucleus"]
+    assert multi["default_threshold"] == defaults["nucleus"]
     assert {name: t["value"] for name, t in multi["class_thresholds"].items()} == defaults
     assert {t["source"] for t in multi["class_thresholds"].values()} == {"default"}
     assert client.get(MULTI).json() == multi

@@ -74,6 +74,8 @@ def test_a_calibration_reports_each_class_and_activates_each_threshold(
         assert active[name]["value"] == report["classes"][name]["threshold"]
     history = client.get(f"{MULTI}/threshold/history", params={"class": "debris"}).json()
     assert [c["source"] for c in history["changes"]] == ["calibration"]
+    listed = client.get(f"{MULTI}/calibrations").json()["calibrations"]
+    assert [(c["id"], c["active"]) for c in listed] == [(job["id"], True)]
     roc = client.get(f"{location}/roc.png", params={"class": "debris"})
     assert roc.status_code == 200 and Image.open(io.BytesIO(roc.content)).format == "PNG"
     assert_problem(client.get(f"{location}/roc.png", params={"class": "cell"}), 404)
@@ -160,3 +162,28 @@ def test_each_class_may_have_its_own_strategy(client: TestClient) -> None:
             data={"class_params": bad},
         )
         assert words in assert_problem(refused, 422)["detail"]
+
+
+def test_each_class_is_watched_for_drift_against_its_own_profile(client: TestClient) -> None:
+    data = labelled_zip(4, seed=9206)
+    started = client.post(
+        f"{MULTI}/calibrations", files={"dataset": ("set.zip", data, "application/zip")}
+    )
+    job = wait_for_calibration(lambda: client.get(started.headers["location"]).json())
+    assert job["status"] == "succeeded"
+    before = client.get(f"{MULTI}/drift", params={"class": "debris"}).json()
+    assert before["n_images"] == 0 and before["calibration_id"] == job["id"]
+    for i in range(3):
+        image, _ = generate_labelled(pair_rng(9207, i), 96)
+        answer = client.post(f"{MULTI}/mask", files={"image": ("x.png", png(image), "image/png")})
+        assert answer.status_code == 200
+    for name in CLASSES:
+        drift = client.get(f"{MULTI}/drift", params={"class": name}).json()
+        assert drift["n_images"] == 3 and drift["calibration_id"] == job["id"]
+        assert drift["score_distance"] is not None
+    assert client.get(MULTI).json()["drift_status"] in ("ok", "warn", "alert")
+    metrics = client.get("/metrics").text
+    assert 'unet_drift_class_score_distance{class="debris",model="unet-multiclass"}' in metrics
+    refused = assert_problem(client.get(f"{MULTI}/drift"), 422)
+    assert "class=NAME" in refused["detail"]
+    assert_problem(client.get(f"{MULTI}/drift", params={"class": "cell"}), 404)
