@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from model.calibration.conformal import guaranteed_threshold
 from model.calibration.drift import score_profile
 from model.calibration.health import assess
 from model.calibration.histogram import ScoreHistogram
@@ -55,6 +56,7 @@ from model.calibration.schema import (
     UnboundedQuantisation,
 )
 from model.calibration.strategies import (
+    GUARANTEE_STRATEGIES,
     STRATEGIES,
     TARGET_STRATEGIES,
     Criterion,
@@ -83,14 +85,22 @@ def build_report(
     idx, pos, neg = hist.nonempty()
     tp, fp = cumulative_counts(pos, neg)
     n_pos, n_neg = float(tp[-1]), float(fp[-1])
-    # Raises the ROC-undefined error when a class is missing.
-    chosen = select(tp, fp, criterion)
-
     edges = hist.fine.lower_edges(idx)
     bin_thresholds = edges.copy()
     bin_thresholds[0] = hist.score_min  # exact too, and finite where the lowest edge is -inf
     above_all = float(np.nextafter(hist.score_max, np.inf))
     thresholds = np.concatenate([[above_all], bin_thresholds[::-1]])
+
+    guarantee = None
+    if criterion.strategy in GUARANTEE_STRATEGIES:
+        # The ROC needs both classes all the same: f1 raises the ROC-undefined error if not.
+        select(tp, fp, criterion.with_strategy("f1"))
+        cut, guarantee = guaranteed_threshold(hist.per_image, hist.coarse, above_all, criterion)
+        # A coarse edge is a fine edge: the same pixels, at the lowest fine edge at or above it.
+        chosen = int(np.count_nonzero(edges >= cut))
+    else:
+        # Raises the ROC-undefined error when a class is missing.
+        chosen = select(tp, fp, criterion)
 
     fpr, tpr, auc, ap = _sklearn_roc(bin_thresholds, pos, neg)
     threshold = float(thresholds[chosen])
@@ -101,6 +111,8 @@ def build_report(
         )
 
     points: dict[str, OperatingPoint] = {}
+    if guarantee is not None:
+        points[criterion.strategy] = point(chosen, float(thresholds[chosen]))
     for name in STRATEGIES:
         if name in TARGET_STRATEGIES and name != criterion.strategy:
             continue
@@ -151,6 +163,7 @@ def build_report(
         ),
         quantisation=_quantisation(hist, b_chosen, threshold),
         score_profile=score_profile(hist, threshold),
+        guarantee=guarantee,
     )
     return report.model_copy(update={"warnings": assess(report, criterion, reference_auc)})
 
@@ -166,7 +179,8 @@ def calibrate_arrays(
     reference_auc: float | None = None,
 ) -> CalibrationReport:
     """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
-    hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed)
+    per_image = criterion.strategy in GUARANTEE_STRATEGIES
+    hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed, per_image=per_image)
     for scores, mask in pairs:
         hist.update(scores, mask, logits=logits)
     return build_report(hist, criterion, reference_auc)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from model.calibration import (
+    GUARANTEE_STRATEGIES,
     CalibrationError,
     CalibrationReport,
     Criterion,
@@ -41,11 +42,17 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
-def new_histogram(network: UNet | Predictor, n_bootstrap: int = 200) -> ScoreHistogram:
-    """An empty histogram for the scores of `network`'s head, with `n_bootstrap` replicates."""
+def new_histogram(
+    network: UNet | Predictor, n_bootstrap: int = 200, criterion: Criterion | None = None
+) -> ScoreHistogram:
+    """An empty histogram for the scores of `network`'s head, with `n_bootstrap` replicates.
+
+    It keeps per-image counts when `criterion` is a guaranteed strategy, which needs them.
+    """
     head = as_predictor(network).head
     scale = "probability" if is_probability(head) else "unbounded"
-    return ScoreHistogram(scale, n_bootstrap=n_bootstrap)
+    per_image = criterion is not None and criterion.strategy in GUARANTEE_STRATEGIES
+    return ScoreHistogram(scale, n_bootstrap=n_bootstrap, per_image=per_image)
 
 
 def calibrate_model(
@@ -59,7 +66,7 @@ def calibrate_model(
     `reference_auc` is the model's known AUC, for the `auc_drop` warning.
     """
     predictor = as_predictor(network)
-    hist = new_histogram(predictor)
+    hist = new_histogram(predictor, criterion=criterion)
     for name, image, mask in pairs:
         add_to_histogram(hist, predictor.head, predict(predictor, image), mask, name)
     return build_report(hist, criterion, reference_auc)
