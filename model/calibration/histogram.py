@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from model.calibration.binning import SCALES, BinLayout
 from model.calibration.bootstrap import ImageResampler
 from model.calibration.conformal import PerImageCounts
+from model.calibration.recalibration import PixelSample
 from model.errors import CalibrationError
 
 # Pixels per step of the pass: small enough that a dozen int32 temporaries stay in cache.
@@ -77,6 +78,7 @@ class ScoreHistogram:
         max_images_kept: int = 256,
         seed: int = 0,
         per_image: bool = False,
+        sample_pixels: bool = False,
     ) -> None:
         """An empty histogram; `scale` is "probability" (scores in [0, 1]) or "unbounded".
 
@@ -84,7 +86,8 @@ class ScoreHistogram:
         up to `max_images_kept` per-image histograms (a uniform sample) give the spread of
         per-image optimal thresholds; `seed` makes both reproducible. With `per_image`, every
         image's coarse histogram is kept too (`self.per_image`, 4 bytes per coarse code per image)
-        for the guaranteed strategies.
+        for the guaranteed strategies. With `sample_pixels`, a uniform sample of each image's
+        pixels is kept (`self.sample`, `model.calibration.recalibration`) to fit a recalibration.
         """
         lay = layouts(scale)
         self.scale = scale
@@ -101,6 +104,7 @@ class ScoreHistogram:
             2 * self.coarse.n_bins, n_bootstrap=n_bootstrap, capacity=max_images_kept, seed=seed
         )
         self.per_image = PerImageCounts(2 * self.coarse.n_bins) if per_image else None
+        self.sample = PixelSample(seed=seed) if sample_pixels else None
         self.n_images = 0
         self.n_pixels = 0
         self.score_min = np.inf
@@ -201,6 +205,8 @@ class ScoreHistogram:
         self.resampler.add(coarse)
         if self.per_image is not None:
             self.per_image.add(coarse)
+        if self.sample is not None:
+            self.sample.add(s, y, as_logit=self.is_probability and not logits)
         self.n_images += 1
         self.n_pixels += s.size
         self.saw_logits |= logits
@@ -293,6 +299,7 @@ class ScoreHistogram:
         """Memory held by the histogram, in bytes; fixed when it is made."""
         buffer = 0 if self._buffer is None else self._buffer.nbytes
         kept = 0 if self.per_image is None else self.per_image.nbytes
+        kept += 0 if self.sample is None else self.sample.nbytes
         return self._counts.nbytes + buffer + self.resampler.nbytes + kept
 
 

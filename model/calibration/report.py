@@ -43,6 +43,7 @@ from model.calibration.conformal import guaranteed_threshold
 from model.calibration.drift import score_profile
 from model.calibration.health import assess
 from model.calibration.histogram import ScoreHistogram
+from model.calibration.recalibration import fit_recalibration
 from model.calibration.reliability import calibration_quality
 from model.calibration.schema import (
     CalibrationReport,
@@ -50,6 +51,7 @@ from model.calibration.schema import (
     OperatingPoint,
     PerImageSpread,
     ProbabilityQuantisation,
+    Recalibration,
     ReliabilityRow,
     Roc,
     ScoreRange,
@@ -73,12 +75,17 @@ _MIN_REPLICATES = 20
 
 
 def build_report(
-    hist: ScoreHistogram, criterion: Criterion = Criterion(), reference_auc: float | None = None
+    hist: ScoreHistogram,
+    criterion: Criterion = Criterion(),
+    reference_auc: float | None = None,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """The calibration report of a filled histogram, its threshold chosen by `criterion`.
 
     Its `warnings` (`model.calibration.health`) compare the AUC with `reference_auc`, the
-    model's known AUC, when given; its `score_profile` is the reference for drift.
+    model's known AUC, when given; its `score_profile` is the reference for drift. With
+    `recalibrate` (temperature, platt or isotonic; the histogram kept a pixel sample) it also
+    fits and judges a recalibration (`model.calibration.recalibration`).
     """
     if hist.n_images == 0:
         raise CalibrationError("the calibration set is empty: give at least one image and mask")
@@ -164,6 +171,7 @@ def build_report(
         quantisation=_quantisation(hist, b_chosen, threshold),
         score_profile=score_profile(hist, threshold),
         guarantee=guarantee,
+        recalibration=_recalibration(hist, recalibrate),
     )
     return report.model_copy(update={"warnings": assess(report, criterion, reference_auc)})
 
@@ -177,13 +185,19 @@ def calibrate_arrays(
     n_bootstrap: int = 200,
     seed: int = 0,
     reference_auc: float | None = None,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
-    per_image = criterion.strategy in GUARANTEE_STRATEGIES
-    hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed, per_image=per_image)
+    hist = ScoreHistogram(
+        scale,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        per_image=criterion.strategy in GUARANTEE_STRATEGIES,
+        sample_pixels=recalibrate is not None,
+    )
     for scores, mask in pairs:
         hist.update(scores, mask, logits=logits)
-    return build_report(hist, criterion, reference_auc)
+    return build_report(hist, criterion, reference_auc, recalibrate)
 
 
 def _sklearn_roc(
@@ -309,6 +323,18 @@ def _quantisation(
             "logits_binned": hist.saw_logits,
         }
     )
+
+
+def _recalibration(hist: ScoreHistogram, method: str | None) -> Recalibration | None:
+    """The fitted recalibration, if one was asked for."""
+    if method is None:
+        return None
+    if hist.sample is None:
+        raise CalibrationError(
+            f"recalibrate={method} needs a pixel sample: fill the histogram with sample_pixels=True"
+        )
+    feature = "logit" if hist.is_probability else "score"
+    return fit_recalibration(hist.sample, method, feature)
 
 
 def _finite(value: float | None) -> float | None:
