@@ -25,12 +25,14 @@ from typing import Generic, Literal, Protocol, TypeVar
 import numpy as np
 from anyio import to_thread
 
+from model.calibration.recalibration import MonotoneMap
 from model.data.decoding import image_from_bytes, read_header
 from model.errors import DatasetError, ImageTooLargeError
 from model.inference.predict import Prediction
 from service.container import Services
 from service.inference.registry import ServedModel
 from service.state.errors import StoreUnavailable
+from service.usecases.recalibrated import NONE, CalibrationExtras, guarantee_state
 from service.usecases.thresholds import check_threshold
 
 # Decoding a 256 x 256 PNG takes under a millisecond, less than what handing it to a thread and
@@ -84,6 +86,7 @@ class Cut:
     value: float
     source: CutSource
     stale: bool = False  # the store is failing: the threshold in force is the last one known
+    guarantee: str | None = None  # present / withdrawn (drift alert); None: none claimed
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,15 @@ class Segmentation:
     image: np.ndarray  # float32 (C, H, W), the model's input
     scores: np.ndarray  # float32 (H, W), the head's output
     calibration_id: str | None = None  # the calibration in force, which drift watches against
+    # With a recalibration in force, `scores` and `cut` are on its scale; the mask is cut on the
+    # head's own output at the head's own threshold, so it is the same as without.
+    raw: tuple[np.ndarray, float] | None = None
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
         """Boolean (H, W): foreground where the score is at or above the cut."""
+        if self.raw is not None:
+            return self.raw[0] >= self.raw[1]
         return self.scores >= self.cut.value
 
     @property
@@ -167,17 +175,34 @@ async def _segment(
 ) -> Encoded[T]:
     """Segment decoded input at an already checked `threshold` (None: the one in force)."""
     active = await services.active_threshold_async(served)
+    extras = await _extras(services, served.name, active.calibration_id)
+    rescale = extras.rescale
     if threshold is not None:
+        raw_cut = threshold if rescale is None else rescale.inverse(threshold)
         cut = Cut(threshold, "request")
     else:
-        cut = Cut(active.value, active.source, active.stale)
+        raw_cut = active.value
+        shown = active.value if rescale is None else rescale.threshold(active.value)
+        state = guarantee_state(extras, services.drift.status(served.name, active.calibration_id))
+        cut = Cut(shown, active.source, active.stale, state)
     # Drift watches every served image against the active calibration, whatever the cut.
     try:
         observe = services.drift.watch(served.name, active.calibration_id)
     except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
         observe = _itself
-    stages = _Finish(served, cut, pixels, observe, encode, active.calibration_id)
+    stages = _Finish(served, cut, pixels, observe, encode, active.calibration_id, rescale, raw_cut)
     return await services.engine.run(served, pixels, stages)
+
+
+async def _extras(services: Services, model: str, calibration_id: str | None) -> CalibrationExtras:
+    """What the calibration in force adds; its first read goes to the store off the loop."""
+    known = services.extras.cached(model, calibration_id)
+    if known is not None:
+        return known
+    try:
+        return await to_thread.run_sync(services.extras.of, model, calibration_id)
+    except StoreUnavailable:
+        return NONE  # served as the head answers until the store is back
 
 
 async def decode(served: ServedModel, image: ImageSource, max_pixels: int) -> np.ndarray:
@@ -209,17 +234,23 @@ class _Finish(Generic[T]):
     observe: Callable[[Prediction], Prediction]
     encode: Encode[T]
     calibration_id: str | None
+    rescale: MonotoneMap | None = None  # the recalibration in force, applied to the scores
+    raw_cut: float | None = None  # the cut on the head's own scale
 
     def __call__(self, prediction: Prediction) -> Encoded[T]:
         """The encoded segmentation of the finished (finite) prediction."""
         self.observe(prediction)
+        scores, raw = prediction.output, None
+        if self.rescale is not None and self.raw_cut is not None:
+            scores, raw = self.rescale.probabilities(scores), (scores, self.raw_cut)
         result = Segmentation(
             self.served.name,
             self.served.digest,
             self.cut,
             self.pixels,
-            prediction.output,
+            scores,
             self.calibration_id,
+            raw,
         )
         return Encoded(result, self.encode(result))
 

@@ -89,6 +89,8 @@ def _threshold_headers(cut: Cut) -> dict[str, str]:
     headers = {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
     if cut.stale:
         headers["X-Threshold-Stale"] = "true"
+    if cut.guarantee is not None:
+        headers["X-Threshold-Guarantee"] = cut.guarantee
     return headers
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.problems import problem_responses
+from service.api.routes.models import shown_threshold
 from service.api.schemas import Threshold, ThresholdChange, ThresholdHistory, ThresholdUpdate
 from service.inference.registry import ServedModel
 from service.state.store import ActiveThreshold
@@ -32,7 +33,10 @@ HISTORY_MAX_OFFSET = 2**31 - 1
 @router.get("", name="get", summary="The active threshold", responses=PROBLEMS)
 def get_threshold(services: ServicesDep, served: ModelDep) -> Threshold:
     """The threshold in force and its source: default, calibration or manual."""
-    return threshold_body(thresholds.read_threshold(services, served))
+    active = thresholds.read_threshold(services, served)
+    # On the recalibrated scale while a calibration with a recalibration is in force.
+    shown = shown_threshold(services, served.name, active.calibration_id, active.value)
+    return threshold_body(active, shown)
 
 
 @router.put(
@@ -61,10 +65,10 @@ def reset_threshold(services: ServicesDep, served: ModelDep, actor: Actor = None
     return threshold_body(thresholds.reset_threshold(services, served, actor=actor))
 
 
-def threshold_body(active: ActiveThreshold) -> Threshold:
-    """A threshold in force as the API shows it."""
+def threshold_body(active: ActiveThreshold, value: float | None = None) -> Threshold:
+    """A threshold in force as the API shows it (`value`: as shown, if not the stored one)."""
     return Threshold(
-        value=active.value,
+        value=active.value if value is None else value,
         source=active.source,
         calibration_id=active.calibration_id,
         updated=active.updated,
