@@ -125,19 +125,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     calibrate.add_argument(
         "--strategy", default="f1", help="how the threshold is chosen (default: f1, i.e. Dice)"
     )
-    calibrate.add_argument(
-        "--target",
-        type=float,
-        help="for target_tpr/target_fpr/target_precision; alpha for fnr_control/fdr_control",
-    )
-    calibrate.add_argument(
-        "--delta", type=float, help="fdr_control: the guarantee holds with probability 1 - delta"
-    )
-    calibrate.add_argument(
-        "--recalibrate",
-        choices=("temperature", "platt", "isotonic"),
-        help="also fit a recalibration of the probabilities, judged on held-out images",
-    )
+    calibrate.add_argument("--target", type=float, help="target_* rate; fnr/fdr_control alpha")
+    calibrate.add_argument("--delta", type=float, help="fdr_control: 1 - the confidence")
+    calibrate.add_argument("--recalibrate", choices=("temperature", "platt", "isotonic"))
     calibrate.add_argument("--cost-fp", type=float, default=1.0, help="cost of a false positive")
     calibrate.add_argument("--cost-fn", type=float, default=1.0, help="cost of a false negative")
     calibrate.add_argument("--plot", type=Path, help="also write the ROC curve as a PNG here")
@@ -361,53 +351,27 @@ def _evaluate_classes(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from model.calibration import Criterion
+    from model.calibration.conformal import describe_guarantee
+    from model.calibration.recalibration import describe_recalibration as describe
     from model.inference.calibrate import calibrate_checkpoint
 
     criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn, args.delta)
     if _multi_class(args.checkpoint):
         return _calibrate_classes(args, criterion)
-    report = calibrate_checkpoint(
-        args.checkpoint,
-        args.data,
-        criterion,
-        progress=not args.json,
-        recalibrate=args.recalibrate,
-    )
+    progress, recalibrate = not args.json, args.recalibrate
+    report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress, recalibrate)
     if args.plot:
         from model.calibration.plots import roc_png
 
         args.plot.write_bytes(roc_png(report))
     emit(args, report.to_dict())
-    if not args.json:
-        _print_guarantee(report)
+    if not args.json:  # the guarantee and the recalibration in words, under the summary
+        for line in describe_guarantee(report.guarantee) + describe(report.recalibration):
+            print(line)
     # On stderr, so that --json keeps stdout to the one JSON object.
     for warning in report.warnings:
         print(f"{warning.severity}: {warning.code}: {warning.message}", file=sys.stderr)
     return EXIT_BLOCKED if args.strict and report.blocking else 0
-
-
-def _print_guarantee(report: Any) -> None:
-    """The guarantee and the recalibration in words, under the summary."""
-    g = report.guarantee
-    if g is not None:
-        delta = "" if g.delta is None else f", delta {g.delta:g}"
-        print(
-            f"guarantee: {g.risk.upper()} <= {g.alpha:g}{delta} on {g.n_images} images "
-            f"(calibration risk {g.calibration_risk:.4f}; per image: median "
-            f"{g.per_image.median:.4f}, 90th percentile {g.per_image.p90:.4f}, "
-            f"{g.per_image.above_2alpha:.1%} above {2 * g.alpha:g})"
-        )
-        print(f"  {g.statement}")
-        print(f"  empty images: {g.empty_policy}")
-    r = report.recalibration
-    if r is not None:
-        q = r.heldout
-        print(
-            f"recalibration ({r.method}, {r.n_heldout_images} held-out images): ECE "
-            f"{r.ece_before:.4f} -> {r.ece_after:.4f} [{q.ece_after.low:.4f}, "
-            f"{q.ece_after.high:.4f}], Brier {r.brier_before:.4f} -> {r.brier_after:.4f}, "
-            f"AUC {r.auc_before:.4f} (unchanged)"
-        )
 
 
 def _calibrate_classes(args: argparse.Namespace, criterion: Any) -> int:

@@ -281,3 +281,18 @@ def guaranteed_threshold(
         return choose_fnr(curves, alpha)
     delta = criterion.delta if criterion.delta is not None else 0.1
     return choose_fdr(curves, alpha, delta, criterion.procedure)
+
+
+def describe_guarantee(g: Guarantee | None) -> list[str]:
+    """The guarantee in a few lines of text (none without one), for a terminal."""
+    if g is None:
+        return []
+    delta = "" if g.delta is None else f", delta {g.delta:g}"
+    return [
+        f"guarantee: {g.risk.upper()} <= {g.alpha:g}{delta} on {g.n_images} images "
+        f"(calibration risk {g.calibration_risk:.4f}; per image: median "
+        f"{g.per_image.median:.4f}, 90th percentile {g.per_image.p90:.4f}, "
+        f"{g.per_image.above_2alpha:.1%} above {2 * g.alpha:g})",
+        f"  {g.statement}",
+        f"  empty images: {g.empty_policy}",
+    ]

@@ -315,3 +315,16 @@ def fit_recalibration(
         heldout=overall,
         foreground=foreground,
     )
+
+
+def describe_recalibration(r: Recalibration | None) -> list[str]:
+    """The recalibration's held-out figures in one line of text (none without one)."""
+    if r is None:
+        return []
+    q = r.heldout
+    return [
+        f"recalibration ({r.method}, {r.n_heldout_images} held-out images): ECE "
+        f"{r.ece_before:.4f} -> {r.ece_after:.4f} [{q.ece_after.low:.4f}, "
+        f"{q.ece_after.high:.4f}], Brier {r.brier_before:.4f} -> {r.brier_after:.4f}, "
+        f"AUC {r.auc_before:.4f} (unchanged)"
+    ]

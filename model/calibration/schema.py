@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 Severity = Literal["info", "warn", "block"]
 
@@ -239,15 +239,21 @@ class CalibrationReport(_Frozen):
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON values (lists, not tuples), in the documented schema."""
-        return self.model_dump(mode="json", exclude=self._absent())
+        return self.model_dump(mode="json")
 
     def to_json(self) -> str:
         """The report as one line of JSON."""
-        return self.model_dump_json(exclude=self._absent())
+        return self.model_dump_json()
 
-    def _absent(self) -> set[str]:
-        # A report without a guarantee or recalibration keeps the keys it always had.
-        return {k for k in ("guarantee", "recalibration") if getattr(self, k) is None}
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A report without a guarantee or a recalibration keeps exactly the keys it always had,
+        # wherever it is serialised (the CLI, the store, the API's response models).
+        data: dict[str, Any] = handler(self)
+        for key in ("guarantee", "recalibration"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:
