@@ -127,9 +127,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     calibrate.add_argument(
         "--strategy", default="f1", help="how the threshold is chosen (default: f1, i.e. Dice)"
     )
-    calibrate.add_argument(
-        "--target", type=float, help="for target_tpr/target_fpr/target_precision"
-    )
+    calibrate.add_argument("--target", type=float, help="target_* rate; fnr/fdr_control alpha")
+    calibrate.add_argument("--delta", type=float, help="fdr_control: 1 - the confidence")
+    calibrate.add_argument("--recalibrate", choices=("temperature", "platt", "isotonic"))
     calibrate.add_argument("--cost-fp", type=float, default=1.0, help="cost of a false positive")
     calibrate.add_argument("--cost-fn", type=float, default=1.0, help="cost of a false negative")
     calibrate.add_argument("--plot", type=Path, help="also write the ROC curve as a PNG here")
@@ -361,17 +361,23 @@ def _evaluate_classes(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from model.calibration import Criterion
+    from model.calibration.conformal import describe_guarantee
+    from model.calibration.recalibration import describe_recalibration as describe
     from model.inference.calibrate import calibrate_checkpoint
 
-    criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn)
+    criterion = Criterion(args.strategy, args.target, args.cost_fp, args.cost_fn, args.delta)
     if _multi_class(args.checkpoint):
         return _calibrate_classes(args, criterion)
-    report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress=not args.json)
+    progress, recalibrate = not args.json, args.recalibrate
+    report = calibrate_checkpoint(args.checkpoint, args.data, criterion, progress, recalibrate)
     if args.plot:
         from model.calibration.plots import roc_png
 
         args.plot.write_bytes(roc_png(report))
     emit(args, report.to_dict())
+    if not args.json:  # the guarantee and the recalibration in words, under the summary
+        for line in describe_guarantee(report.guarantee) + describe(report.recalibration):
+            print(line)
     # On stderr, so that --json keeps stdout to the one JSON object.
     for warning in report.warnings:
         print(f"{warning.severity}: {warning.code}: {warning.message}", file=sys.stderr)

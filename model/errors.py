@@ -55,6 +55,10 @@ class CalibrationError(ValueError):
     """Calibration input or parameters that give no threshold; the message says what to fix."""
 
 
+class GuaranteeError(CalibrationError):
+    """A guaranteed strategy that cannot certify any threshold on this set; says what is short."""
+
+
 class LabelError(DatasetError, CalibrationError):
     """A label image or class mask that does not fit the model's classes; says what was expected."""
 

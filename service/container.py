@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.calibration.jobs import CalibrationJobs
 from service.inference.drift import DriftMonitor
@@ -11,6 +11,7 @@ from service.inference.registry import ModelRegistry, ServedModel
 from service.ops.metrics import Metrics
 from service.settings import Settings
 from service.state.store import ActiveThreshold, ThresholdStore
+from service.usecases.recalibrated import ExtrasCache
 
 
 @dataclass
@@ -24,6 +25,11 @@ class Services:
     jobs: CalibrationJobs
     metrics: Metrics
     drift: DriftMonitor
+    # What active calibrations add to answers (recalibration map, guarantee), read once each.
+    extras: ExtrasCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.extras = ExtrasCache(self.store)
 
     def active_threshold(self, served: ServedModel) -> ActiveThreshold:
         """The threshold in force, read from the database now (what a client reads back).

@@ -26,10 +26,18 @@ from model.calibration.schema import (
     MultiClassReport,
     OperatingPoint,
 )
-from model.calibration.strategies import STRATEGIES, TARGET_STRATEGIES, Criterion
+from model.calibration.strategies import (
+    ALL_STRATEGIES,
+    GUARANTEE_STRATEGIES,
+    STRATEGIES,
+    TARGET_STRATEGIES,
+    Criterion,
+)
 from model.errors import CalibrationError
 
 __all__ = [
+    "ALL_STRATEGIES",
+    "GUARANTEE_STRATEGIES",
     "SCALES",
     "STRATEGIES",
     "TARGET_STRATEGIES",

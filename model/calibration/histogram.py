@@ -21,6 +21,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from model.calibration.binning import SCALES, BinLayout
 from model.calibration.bootstrap import ImageResampler
+from model.calibration.conformal import PerImageCounts
+from model.calibration.recalibration import PixelSample
 from model.errors import CalibrationError
 
 # Pixels per step of the pass: small enough that a dozen int32 temporaries stay in cache.
@@ -75,12 +77,17 @@ class ScoreHistogram:
         n_bootstrap: int = 200,
         max_images_kept: int = 256,
         seed: int = 0,
+        per_image: bool = False,
+        sample_pixels: bool = False,
     ) -> None:
         """An empty histogram; `scale` is "probability" (scores in [0, 1]) or "unbounded".
 
         `n_bootstrap` Poisson-bootstrap replicates over images give the threshold's interval;
         up to `max_images_kept` per-image histograms (a uniform sample) give the spread of
-        per-image optimal thresholds; `seed` makes both reproducible.
+        per-image optimal thresholds; `seed` makes both reproducible. With `per_image`, every
+        image's coarse histogram is kept too (`self.per_image`, 4 bytes per coarse code per image)
+        for the guaranteed strategies. With `sample_pixels`, a uniform sample of each image's
+        pixels is kept (`self.sample`, `model.calibration.recalibration`) to fit a recalibration.
         """
         lay = layouts(scale)
         self.scale = scale
@@ -96,6 +103,8 @@ class ScoreHistogram:
         self.resampler = ImageResampler(
             2 * self.coarse.n_bins, n_bootstrap=n_bootstrap, capacity=max_images_kept, seed=seed
         )
+        self.per_image = PerImageCounts(2 * self.coarse.n_bins) if per_image else None
+        self.sample = PixelSample(seed=seed) if sample_pixels else None
         self.n_images = 0
         self.n_pixels = 0
         self.score_min = np.inf
@@ -194,6 +203,10 @@ class ScoreHistogram:
         elif p_hi == self.score_max:
             self.n_at_max += n_hi
         self.resampler.add(coarse)
+        if self.per_image is not None:
+            self.per_image.add(coarse)
+        if self.sample is not None:
+            self.sample.add(s, y, as_logit=self.is_probability and not logits)
         self.n_images += 1
         self.n_pixels += s.size
         self.saw_logits |= logits
@@ -285,7 +298,9 @@ class ScoreHistogram:
     def nbytes(self) -> int:
         """Memory held by the histogram, in bytes; fixed when it is made."""
         buffer = 0 if self._buffer is None else self._buffer.nbytes
-        return self._counts.nbytes + buffer + self.resampler.nbytes
+        kept = 0 if self.per_image is None else self.per_image.nbytes
+        kept += 0 if self.sample is None else self.sample.nbytes
+        return self._counts.nbytes + buffer + self.resampler.nbytes + kept
 
 
 def _sigmoid(z: float | np.floating) -> float:

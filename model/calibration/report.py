@@ -39,9 +39,11 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from model.calibration.conformal import guaranteed_threshold
 from model.calibration.drift import score_profile
 from model.calibration.health import assess
 from model.calibration.histogram import ScoreHistogram
+from model.calibration.recalibration import fit_recalibration
 from model.calibration.reliability import calibration_quality
 from model.calibration.schema import (
     CalibrationReport,
@@ -49,12 +51,14 @@ from model.calibration.schema import (
     OperatingPoint,
     PerImageSpread,
     ProbabilityQuantisation,
+    Recalibration,
     ReliabilityRow,
     Roc,
     ScoreRange,
     UnboundedQuantisation,
 )
 from model.calibration.strategies import (
+    GUARANTEE_STRATEGIES,
     STRATEGIES,
     TARGET_STRATEGIES,
     Criterion,
@@ -71,26 +75,39 @@ _MIN_REPLICATES = 20
 
 
 def build_report(
-    hist: ScoreHistogram, criterion: Criterion = Criterion(), reference_auc: float | None = None
+    hist: ScoreHistogram,
+    criterion: Criterion = Criterion(),
+    reference_auc: float | None = None,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """The calibration report of a filled histogram, its threshold chosen by `criterion`.
 
     Its `warnings` (`model.calibration.health`) compare the AUC with `reference_auc`, the
-    model's known AUC, when given; its `score_profile` is the reference for drift.
+    model's known AUC, when given; its `score_profile` is the reference for drift. With
+    `recalibrate` (temperature, platt or isotonic; the histogram kept a pixel sample) it also
+    fits and judges a recalibration (`model.calibration.recalibration`).
     """
     if hist.n_images == 0:
         raise CalibrationError("the calibration set is empty: give at least one image and mask")
     idx, pos, neg = hist.nonempty()
     tp, fp = cumulative_counts(pos, neg)
     n_pos, n_neg = float(tp[-1]), float(fp[-1])
-    # Raises the ROC-undefined error when a class is missing.
-    chosen = select(tp, fp, criterion)
-
     edges = hist.fine.lower_edges(idx)
     bin_thresholds = edges.copy()
     bin_thresholds[0] = hist.score_min  # exact too, and finite where the lowest edge is -inf
     above_all = float(np.nextafter(hist.score_max, np.inf))
     thresholds = np.concatenate([[above_all], bin_thresholds[::-1]])
+
+    guarantee = None
+    if criterion.strategy in GUARANTEE_STRATEGIES:
+        # The ROC needs both classes all the same: f1 raises the ROC-undefined error if not.
+        select(tp, fp, criterion.with_strategy("f1"))
+        cut, guarantee = guaranteed_threshold(hist.per_image, hist.coarse, above_all, criterion)
+        # A coarse edge is a fine edge: the same pixels, at the lowest fine edge at or above it.
+        chosen = int(np.count_nonzero(edges >= cut))
+    else:
+        # Raises the ROC-undefined error when a class is missing.
+        chosen = select(tp, fp, criterion)
 
     fpr, tpr, auc, ap = _sklearn_roc(bin_thresholds, pos, neg)
     threshold = float(thresholds[chosen])
@@ -101,6 +118,8 @@ def build_report(
         )
 
     points: dict[str, OperatingPoint] = {}
+    if guarantee is not None:
+        points[criterion.strategy] = point(chosen, float(thresholds[chosen]))
     for name in STRATEGIES:
         if name in TARGET_STRATEGIES and name != criterion.strategy:
             continue
@@ -151,6 +170,8 @@ def build_report(
         ),
         quantisation=_quantisation(hist, b_chosen, threshold),
         score_profile=score_profile(hist, threshold),
+        guarantee=guarantee,
+        recalibration=_recalibration(hist, recalibrate),
     )
     return report.model_copy(update={"warnings": assess(report, criterion, reference_auc)})
 
@@ -164,12 +185,19 @@ def calibrate_arrays(
     n_bootstrap: int = 200,
     seed: int = 0,
     reference_auc: float | None = None,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """Calibrate on (score map, mask) pairs in one streaming pass and return the report."""
-    hist = ScoreHistogram(scale, n_bootstrap=n_bootstrap, seed=seed)
+    hist = ScoreHistogram(
+        scale,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        per_image=criterion.strategy in GUARANTEE_STRATEGIES,
+        sample_pixels=recalibrate is not None,
+    )
     for scores, mask in pairs:
         hist.update(scores, mask, logits=logits)
-    return build_report(hist, criterion, reference_auc)
+    return build_report(hist, criterion, reference_auc, recalibrate)
 
 
 def _sklearn_roc(
@@ -295,6 +323,18 @@ def _quantisation(
             "logits_binned": hist.saw_logits,
         }
     )
+
+
+def _recalibration(hist: ScoreHistogram, method: str | None) -> Recalibration | None:
+    """The fitted recalibration, if one was asked for."""
+    if method is None:
+        return None
+    if hist.sample is None:
+        raise CalibrationError(
+            f"recalibrate={method} needs a pixel sample: fill the histogram with sample_pixels=True"
+        )
+    feature = "logit" if hist.is_probability else "score"
+    return fit_recalibration(hist.sample, method, feature)
 
 
 def _finite(value: float | None) -> float | None:

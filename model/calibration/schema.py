@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 Severity = Literal["info", "warn", "block"]
 
@@ -130,6 +130,73 @@ class ScoreProfile(_Frozen):
     foreground_fraction: float
 
 
+class PerImageRisk(_Frozen):
+    """The spread a guarantee does not cover: the per-image loss at the chosen threshold."""
+
+    median: float
+    p90: float
+    above_2alpha: float  # share of images whose loss exceeds 2 alpha
+    n_excluded: int  # images the empty-image policy set apart (see `empty_policy`)
+
+
+class Guarantee(_Frozen):
+    """What a guaranteed strategy (fnr_control, fdr_control) certifies, and on what."""
+
+    risk: Literal["fnr", "fdr"]
+    alpha: float
+    delta: float | None  # fdr_control: the guarantee holds with probability 1 - delta
+    n_images: int  # images the risk is computed on
+    bound: float  # B, the largest value the per-image loss can take
+    empty_policy: str
+    calibration_risk: float  # mean per-image loss on the calibration set at the threshold
+    per_image: PerImageRisk
+    statement: str
+
+
+class Interval(_Frozen):
+    """A value and its 95% bootstrap interval over held-out images."""
+
+    value: float
+    low: float
+    high: float
+
+
+class RecalibrationQuality(_Frozen):
+    """ECE and Brier on held-out pixels, before and after the fitted map."""
+
+    ece_before: Interval
+    ece_after: Interval
+    brier_before: Interval
+    brier_after: Interval
+
+
+class Recalibration(_Frozen):
+    """A monotone map from the head's scores to calibrated probabilities, fitted on images.
+
+    `knots_x` (the feature: logit for probability heads, the raw score otherwise) and `knots_y`
+    (the calibrated logit) define a strictly increasing piecewise-linear map, extended with the
+    end slopes; `temperature` and `platt` are the one-segment case.
+    """
+
+    method: Literal["temperature", "platt", "isotonic"]
+    feature: Literal["logit", "score"]
+    knots_x: tuple[float, ...]
+    knots_y: tuple[float, ...]
+    slope_low: float
+    slope_high: float
+    ece_before: float
+    ece_after: float
+    brier_before: float
+    brier_after: float
+    auc_before: float
+    auc_after: float
+    n_fit_images: int
+    n_heldout_images: int
+    n_heldout_pixels: int
+    heldout: RecalibrationQuality
+    foreground: RecalibrationQuality
+
+
 class CalibrationReport(_Frozen):
     """A calibration's threshold and the evidence for it."""
 
@@ -156,6 +223,9 @@ class CalibrationReport(_Frozen):
     # Defaults: reports stored before threshold health carry neither.
     warnings: tuple[HealthWarning, ...] = ()
     score_profile: ScoreProfile | None = None
+    # Only for the guaranteed strategies, and for calibrations that fit a recalibration.
+    guarantee: Guarantee | None = None
+    recalibration: Recalibration | None = None
 
     @property
     def blocking(self) -> tuple[HealthWarning, ...]:
@@ -174,6 +244,16 @@ class CalibrationReport(_Frozen):
     def to_json(self) -> str:
         """The report as one line of JSON."""
         return self.model_dump_json()
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A report without a guarantee or a recalibration keeps exactly the keys it always had,
+        # wherever it is serialised (the CLI, the store, the API's response models).
+        data: dict[str, Any] = handler(self)
+        for key in ("guarantee", "recalibration"):
+            if data.get(key, 0) is None:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationReport:

@@ -43,7 +43,19 @@ STRATEGIES: tuple[str, ...] = (
     "cost",
 )
 TARGET_STRATEGIES: tuple[str, ...] = ("target_tpr", "target_fpr", "target_precision")
-_TARGET_NAMES = {"target_tpr": "TPR", "target_fpr": "FPR", "target_precision": "precision"}
+# Per-image risks with a finite-sample guarantee (`model.calibration.conformal`); their target is
+# alpha. They need per-image counts, so `select` on pooled counts cannot choose for them.
+GUARANTEE_STRATEGIES: tuple[str, ...] = ("fnr_control", "fdr_control")
+ALL_STRATEGIES: tuple[str, ...] = STRATEGIES + GUARANTEE_STRATEGIES
+LTT_PROCEDURES: tuple[str, ...] = ("fixed_sequence", "holm")
+DEFAULT_DELTA = 0.1
+_TARGET_NAMES = {
+    "target_tpr": "TPR",
+    "target_fpr": "FPR",
+    "target_precision": "precision",
+    "fnr_control": "alpha (the per-image false negative rate to control)",
+    "fdr_control": "alpha (the per-image false discovery rate to control)",
+}
 
 
 @dataclass(frozen=True)
@@ -62,14 +74,19 @@ class Criterion:
     target: float | None = None
     cost_fp: float = 1.0
     cost_fn: float = 1.0
+    # fdr_control only: the guarantee holds with probability 1 - delta (default 0.1), certified by
+    # Learn-then-Test with this procedure over the threshold grid.
+    delta: float | None = None
+    procedure: str = "fixed_sequence"
 
     def __post_init__(self) -> None:
         strategy, target = self.strategy, self.target
-        if strategy not in STRATEGIES:
+        if strategy not in ALL_STRATEGIES:
             raise CalibrationError(
-                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+                f"unknown strategy {strategy!r}; choose one of {', '.join(ALL_STRATEGIES)}"
             )
-        if strategy in TARGET_STRATEGIES:
+        self._check_guarantee()
+        if strategy in TARGET_STRATEGIES or strategy in GUARANTEE_STRATEGIES:
             if target is None:
                 raise CalibrationError(
                     f"strategy {strategy!r} needs a target {_TARGET_NAMES[strategy]} in (0, 1)"
@@ -83,7 +100,7 @@ class Criterion:
         elif target is not None:
             raise CalibrationError(
                 f"strategy {strategy!r} takes no target; targets apply to "
-                f"{', '.join(TARGET_STRATEGIES)}"
+                f"{', '.join(TARGET_STRATEGIES + GUARANTEE_STRATEGIES)}"
             )
         c_fp = _as_float(self.cost_fp, "cost_fp")
         c_fn = _as_float(self.cost_fn, "cost_fn")
@@ -100,10 +117,32 @@ class Criterion:
         object.__setattr__(self, "cost_fp", c_fp)
         object.__setattr__(self, "cost_fn", c_fn)
 
+    def _check_guarantee(self) -> None:
+        """Checks delta and the procedure, and gives fdr_control its default delta."""
+        if self.delta is not None and self.strategy != "fdr_control":
+            raise CalibrationError(
+                f"strategy {self.strategy!r} takes no delta; delta applies to fdr_control"
+            )
+        if self.procedure not in LTT_PROCEDURES:
+            raise CalibrationError(
+                f"unknown procedure {self.procedure!r}; choose one of {', '.join(LTT_PROCEDURES)}"
+            )
+        if self.strategy != "fdr_control":
+            return
+        delta = DEFAULT_DELTA if self.delta is None else _as_float(self.delta, "delta")
+        if not 0.0 < delta < 1.0:
+            raise CalibrationError(
+                f"delta must lie strictly between 0 and 1 for 'fdr_control', got {self.delta!r}"
+            )
+        object.__setattr__(self, "delta", delta)
+
     def with_strategy(self, strategy: str) -> Criterion:
         """The same costs under another strategy; its target only if that strategy takes one."""
-        target = self.target if strategy == self.strategy else None
-        return Criterion(strategy, target, self.cost_fp, self.cost_fn)
+        same = strategy == self.strategy
+        target = self.target if same else None
+        delta = self.delta if same else None
+        procedure = self.procedure if same else "fixed_sequence"
+        return Criterion(strategy, target, self.cost_fp, self.cost_fn, delta, procedure)
 
 
 def _as_float(value: object, name: str) -> float:
@@ -139,6 +178,10 @@ def select(tp: NDArray[np.float64], fp: NDArray[np.float64], criterion: Criterio
     """
     strategy, target = criterion.strategy, criterion.target
     cost_fp, cost_fn = criterion.cost_fp, criterion.cost_fn
+    if strategy in GUARANTEE_STRATEGIES:
+        raise CalibrationError(
+            f"strategy {strategy!r} chooses on per-image counts, not pooled ones"
+        )
     n_pos, n_neg = float(tp[-1]), float(fp[-1])
     if n_pos <= 0 or n_neg <= 0:
         missing, present = (

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from model.calibration import (
+    GUARANTEE_STRATEGIES,
     CalibrationError,
     CalibrationReport,
     Criterion,
@@ -41,11 +42,26 @@ def add_to_histogram(
         hist.update(prediction.output, mask)
 
 
-def new_histogram(network: UNet | Predictor, n_bootstrap: int = 200) -> ScoreHistogram:
-    """An empty histogram for the scores of `network`'s head, with `n_bootstrap` replicates."""
+def new_histogram(
+    network: UNet | Predictor,
+    n_bootstrap: int = 200,
+    criterion: Criterion | None = None,
+    recalibrate: str | None = None,
+) -> ScoreHistogram:
+    """An empty histogram for the scores of `network`'s head, with `n_bootstrap` replicates.
+
+    It keeps per-image counts when `criterion` is a guaranteed strategy, which needs them, and a
+    pixel sample when a `recalibrate` method is to be fitted.
+    """
     head = as_predictor(network).head
     scale = "probability" if is_probability(head) else "unbounded"
-    return ScoreHistogram(scale, n_bootstrap=n_bootstrap)
+    per_image = criterion is not None and criterion.strategy in GUARANTEE_STRATEGIES
+    return ScoreHistogram(
+        scale,
+        n_bootstrap=n_bootstrap,
+        per_image=per_image,
+        sample_pixels=recalibrate is not None,
+    )
 
 
 def calibrate_model(
@@ -53,16 +69,18 @@ def calibrate_model(
     pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
     criterion: Criterion = Criterion(),
     reference_auc: float | None = None,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """The calibration report of `network` on (name, image, mask) triples, in one pass.
 
-    `reference_auc` is the model's known AUC, for the `auc_drop` warning.
+    `reference_auc` is the model's known AUC, for the `auc_drop` warning; `recalibrate` fits
+    that recalibration (temperature, platt, isotonic) and reports it.
     """
     predictor = as_predictor(network)
-    hist = new_histogram(predictor)
+    hist = new_histogram(predictor, criterion=criterion, recalibrate=recalibrate)
     for name, image, mask in pairs:
         add_to_histogram(hist, predictor.head, predict(predictor, image), mask, name)
-    return build_report(hist, criterion, reference_auc)
+    return build_report(hist, criterion, reference_auc, recalibrate)
 
 
 def calibrate_checkpoint(
@@ -70,10 +88,13 @@ def calibrate_checkpoint(
     data: Path,
     criterion: Criterion = Criterion(),
     progress: bool = False,
+    recalibrate: str | None = None,
 ) -> CalibrationReport:
     """The calibration report of the model whose card (or checkpoint) is `checkpoint` on `data`."""
     predictor = load_predictor(checkpoint)
     pairs = iter_pairs(data, predictor.input, progress, desc="calibrate")
     meta = checkpoint_meta(predictor)
     reference = meta.reference_auc if meta is not None else None
-    return calibrate_model(predictor, pairs, criterion, reference_auc=reference)
+    return calibrate_model(
+        predictor, pairs, criterion, reference_auc=reference, recalibrate=recalibrate
+    )

@@ -19,7 +19,8 @@ class CalibrationWarning(BaseModel):
 
     code: str = Field(
         description="auc_below_chance, auc_drop, few_positives, wide_interval, images_disagree, "
-        "tied_scores, not_a_probability or worse_than_fixed."
+        "tied_scores, not_a_probability or worse_than_fixed; in ModelInfo also "
+        "guarantee_withdrawn."
     )
     severity: Literal["info", "warn", "block"] = Field(
         description="block: the calibration is not activated unless force=true."
@@ -257,6 +258,12 @@ class ModelInfo(BaseModel):
     )
     drift_status: DriftStatus | None = Field(
         default=None, description="GET /v1/models/{model}/drift has the figures."
+    )
+    guarantee: Literal["present", "withdrawn (drift alert)"] | None = Field(
+        default=None,
+        description="Whether the active calibration's guarantee (fnr_control, fdr_control) is "
+        "claimed: withdrawn while the drift status is alert; null when none was certified. "
+        "Inference answers say the same in X-Threshold-Guarantee.",
     )
     backend: Literal["torch", "onnxruntime"] | None = Field(
         None,

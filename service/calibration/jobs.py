@@ -90,6 +90,7 @@ class CalibrationParams:
     activate: bool = True
     force: bool = False  # activate even with blocking warnings
     class_criteria: dict[str, Criterion] | None = None  # multi-class: each class's own choice
+    recalibrate: str | None = None  # fit this recalibration (temperature, platt, isotonic)
 
 
 @dataclass
@@ -194,6 +195,8 @@ class CalibrationJobs:
                 n_images=len(dataset.pairs),
                 force=params.force,
             )
+            # Only a guaranteed strategy or a recalibration adds keys to the stored params.
+            details = details.model_copy(update=_guarantee_params(params))
             record = self.store.jobs.new_calibration(
                 served.name,
                 served.digest,
@@ -327,7 +330,9 @@ class CalibrationJobs:
             # client that sees the job finished never finds its upload still on disk.
             await _discard(job)
             reference = await until_stored(lambda: reference_auc(job.served, self.store))
-            report = await asyncio.to_thread(build_report, hist, params.criterion, reference)
+            report = await asyncio.to_thread(
+                build_report, hist, params.criterion, reference, params.recalibrate
+            )
         # A blocked report is stored but not activated; its record says why (gate.py).
         activate = params.activate and (params.force or not report.blocking)
         active = await until_stored(lambda: self._finish(job, report, activate))
@@ -361,7 +366,9 @@ class CalibrationJobs:
     async def _count(self, job: _Job) -> ScoreHistogram:
         """The model's scores over every pair of the data set, counted against its masks."""
         served = job.served
-        hist = new_histogram(served.network)
+        hist = new_histogram(
+            served.network, criterion=job.params.criterion, recalibrate=job.params.recalibrate
+        )
         progress = Progress(self.store, job.id, len(job.dataset.pairs))
         for done, (image_path, mask_path) in enumerate(job.dataset.pairs, start=1):
             image, mask = await asyncio.to_thread(
@@ -417,6 +424,16 @@ class CalibrationJobs:
     def _ended(self, job: _Job, outcome: str) -> None:
         """Count the job's ending and its duration since admission."""
         self.metrics.calibration_ended(job.served.name, outcome, time.monotonic() - job.began)
+
+
+def _guarantee_params(params: CalibrationParams) -> dict[str, float | str]:
+    """The stored params only a guaranteed strategy or a recalibration adds (none otherwise)."""
+    extra: dict[str, float | str] = {}
+    if params.criterion.delta is not None:
+        extra["delta"] = params.criterion.delta
+    if params.recalibrate is not None:
+        extra["recalibrate"] = params.recalibrate
+    return extra
 
 
 def _unavailable_or(error: OSError, folder: Path) -> Exception:

@@ -37,14 +37,17 @@ class JobParams(BaseModel):
     dataset: str = ""
     n_images: int = 0
     force: bool = False  # activate even with blocking warnings
+    delta: float | None = None  # fdr_control: the guarantee's 1 - confidence
+    recalibrate: str | None = None  # temperature, platt or isotonic: the map fitted with it
 
     def published(self) -> dict[str, Any]:
         """The params as the API has always shown them: the keys the record holds."""
         return self.model_dump(mode="json", exclude_unset=True)
 
     def to_json(self) -> str:
-        """The params as stored: every key this release writes."""
-        return self.model_dump_json()
+        """The params as stored: every key this release writes (delta, recalibrate if given)."""
+        absent = {k for k in ("delta", "recalibrate") if getattr(self, k) is None}
+        return self.model_dump_json(exclude=absent)
 
     @classmethod
     def from_json(cls, text: str) -> JobParams:

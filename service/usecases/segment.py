@@ -26,6 +26,7 @@ import numpy as np
 from anyio import to_thread
 
 from model.calibration.decision import decide
+from model.calibration.recalibration import MonotoneMap
 from model.data.decoding import image_from_bytes, read_header
 from model.errors import DatasetError, ImageTooLargeError
 from model.inference.predict import ClassPrediction, Prediction
@@ -33,6 +34,7 @@ from service.container import Services
 from service.inference.registry import ServedModel
 from service.ops import tracing
 from service.state.errors import StoreUnavailable
+from service.usecases.recalibrated import NONE, CalibrationExtras, guarantee_state
 from service.usecases.thresholds import check_threshold
 
 # Decoding a 256 x 256 PNG takes under a millisecond, less than what handing it to a thread and
@@ -86,6 +88,7 @@ class Cut:
     value: float
     source: CutSource
     stale: bool = False  # the store is failing: the threshold in force is the last one known
+    guarantee: str | None = None  # present / withdrawn (drift alert); None: none claimed
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class Segmentation:
     classes: tuple[str, ...] = ()  # a multi-class model's class names; () for binary
     cuts: tuple[Cut, ...] = ()  # one per class, in class order; () for binary
     mode: str = "binary"  # binary, multilabel or multiclass
+
+    # With a recalibration in force, `scores` and `cut` are on its scale; the mask is cut on the
+    # head's own output at the head's own threshold, so it is the same as without.
+    raw: tuple[np.ndarray, float] | None = None
 
     @property
     def multi_class(self) -> bool:
@@ -130,6 +137,8 @@ class Segmentation:
         Multi-class: (K, H, W), class k where the decision rule labels it k (multiclass) or
         where its own map passes its own cut (multilabel, where classes may overlap).
         """
+        if self.raw is not None:  # binary with a recalibration in force
+            return self.raw[0] >= self.raw[1]
         if not self.multi_class:
             return self.scores >= self.cut.value
         if self.mode == "multiclass":
@@ -210,16 +219,24 @@ async def _segment(
     if served.multi_class:
         return await _segment_classes(services, served, pixels, encode, threshold)
     active = await services.active_threshold_async(served)
+    extras = await _extras(services, served.name, active.calibration_id)
+    rescale = extras.rescale
     if threshold is not None:
+        raw_cut = threshold if rescale is None else rescale.inverse(threshold)
         cut = Cut(threshold, "request")
     else:
-        cut = Cut(active.value, active.source, active.stale)
+        raw_cut = active.value
+        shown = active.value if rescale is None else rescale.threshold(active.value)
+        state = guarantee_state(extras, services.drift.status(served.name, active.calibration_id))
+        cut = Cut(shown, active.source, active.stale, state)
     # Drift watches every served image against the active calibration, whatever the cut.
     try:
         observe = services.drift.watch(served.name, active.calibration_id)
     except StoreUnavailable:  # a new calibration's profile is unreadable now: serve unwatched
         observe = _itself
-    stages = _Finish(served, (cut,), pixels, observe, encode, active.calibration_id)
+    stages = _Finish(
+        served, (cut,), pixels, observe, encode, active.calibration_id, rescale, raw_cut
+    )
     return await services.engine.run(served, pixels, stages)
 
 
@@ -266,6 +283,17 @@ class _EachClass:
         return prediction
 
 
+async def _extras(services: Services, model: str, calibration_id: str | None) -> CalibrationExtras:
+    """What the calibration in force adds; its first read goes to the store off the loop."""
+    known = services.extras.cached(model, calibration_id)
+    if known is not None:
+        return known
+    try:
+        return await to_thread.run_sync(services.extras.of, model, calibration_id)
+    except StoreUnavailable:
+        return NONE  # served as the head answers until the store is back
+
+
 async def decode(served: ServedModel, image: ImageSource, max_pixels: int) -> np.ndarray:
     """`image` as `served`'s (C, H, W) float input; ImageRejected when it cannot be."""
     data = await image.read()
@@ -296,22 +324,28 @@ class _Finish(Generic[T]):
     observe: Callable[[Prediction], Prediction]
     encode: Encode[T]
     calibration_id: str | None
+    rescale: MonotoneMap | None = None  # the recalibration in force, applied to the scores
+    raw_cut: float | None = None  # the cut on the head's own scale
 
     def __call__(self, prediction: Prediction | ClassPrediction) -> Encoded[T]:
         """The encoded segmentation of the finished (finite) prediction."""
         served = self.served
         self.observe(prediction)  # type: ignore[arg-type]  # a class watch reads K planes
         multi = served.multi_class
+        scores, raw = prediction.output, None
+        if self.rescale is not None and self.raw_cut is not None:
+            scores, raw = self.rescale.probabilities(scores), (scores, self.raw_cut)
         result = Segmentation(
             served.name,
             served.digest,
             self.cuts[0],
             self.pixels,
-            prediction.output,
+            scores,
             self.calibration_id,
             classes=served.classes if multi else (),
             cuts=self.cuts if multi else (),
             mode=served.mode,
+            raw=raw,
         )
         return Encoded(result, self.encode(result))
 

@@ -94,3 +94,25 @@ def test_synth_classes_writes_label_images(tmp_path: Path) -> None:
         values |= set(np.unique(np.asarray(Image.open(path))).tolist())
     assert values <= {0, 1, 2} and 1 in values
     assert main([*argv, "--classes", "nucleus,dust"]) == 2
+
+
+def test_calibrate_with_a_guarantee_and_a_recalibration_prints_both(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    weights = Path(__file__).resolve().parents[2] / "model" / "weights"
+    assert (
+        main(["synth", "--out", str(tmp_path / "set"), "--n", "12", "--seed", "5", "--size", "64"])
+        == 0
+    )
+    capsys.readouterr()
+    argv = ["calibrate", "--checkpoint", str(weights / "unet-sigmoid.json")]
+    argv += ["--data", str(tmp_path / "set"), "--strategy", "fnr_control", "--target", "0.2"]
+    assert main([*argv, "--recalibrate", "platt"]) == 0
+    out = capsys.readouterr().out
+    assert "guarantee: FNR <= 0.2 on 12 images" in out
+    assert "recalibration (platt, 6 held-out images): ECE" in out
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["guarantee"]["n_images"] == 12 and "recalibration" not in report
+    assert main([*argv, "--target", "0.05"]) == 2
+    assert "needs at least 19" in capsys.readouterr().err

@@ -7,12 +7,20 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 
-from model.calibration import STRATEGIES, TARGET_STRATEGIES, CalibrationError, Criterion
+from model.calibration import (
+    ALL_STRATEGIES,
+    GUARANTEE_STRATEGIES,
+    TARGET_STRATEGIES,
+    CalibrationError,
+    Criterion,
+)
 from model.calibration.plots import roc_png
+from model.calibration.recalibration import METHODS
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.class_answers import ClassQuery, check_class, class_criteria
+from service.api.routes.models import shown_threshold
 from service.api.schemas import Calibration, CalibrationList, CalibrationSummary, Threshold
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
@@ -63,7 +71,8 @@ def _calibration(view: CalibrationView) -> Calibration:
     )
 
 
-FORM_FIELDS = ("strategy", "target", "cost_fp", "cost_fn", "activate")
+FORM_FIELDS = ("strategy", "target", "cost_fp", "cost_fn", "activate", "delta", "recalibrate")
+_HINTS = {"strategy": ALL_STRATEGIES, "recalibrate": METHODS}
 
 
 async def _refuse_blank_fields(request: Request) -> None:
@@ -72,7 +81,7 @@ async def _refuse_blank_fields(request: Request) -> None:
     for name in FORM_FIELDS:
         values = form.getlist(name)
         if any(isinstance(value, str) and not value.strip() for value in values):
-            hint = f"one of {', '.join(STRATEGIES)}" if name == "strategy" else "a value"
+            hint = f"one of {', '.join(_HINTS[name])}" if name in _HINTS else "a value"
             raise ProblemError(
                 422,
                 "Invalid calibration parameters",
@@ -99,13 +108,32 @@ async def start_calibration(
     strategy: Annotated[
         str,
         Form(
-            description=f"How to choose the threshold: {', '.join(STRATEGIES)}; default f1 "
-            "(pixel F1 = Dice, the segmentation criterion)."
+            description=f"How to choose the threshold: {', '.join(ALL_STRATEGIES)}; default f1 "
+            "(pixel F1 = Dice, the segmentation criterion). fnr_control and fdr_control come "
+            "with a guarantee (the report's `guarantee`) or fail saying why they cannot."
         ),
     ] = "f1",
     target: Annotated[
         float | None,
-        Form(description=f"The target rate in (0, 1) of {', '.join(TARGET_STRATEGIES)}."),
+        Form(
+            description=f"The target rate in (0, 1) of {', '.join(TARGET_STRATEGIES)}; alpha, "
+            f"the risk to control, for {', '.join(GUARANTEE_STRATEGIES)}."
+        ),
+    ] = None,
+    delta: Annotated[
+        float | None,
+        Form(
+            description="fdr_control: the guarantee holds with probability at least 1 - delta; "
+            "in (0, 1), default 0.1."
+        ),
+    ] = None,
+    recalibrate: Annotated[
+        str | None,
+        Form(
+            description=f"Also fit a recalibration of the probabilities: {', '.join(METHODS)}. "
+            "Once active, served probability maps and thresholds are on the recalibrated scale "
+            "(masks are unchanged)."
+        ),
     ] = None,
     cost_fp: Annotated[
         float, Form(description="`cost` strategy: the cost of a false positive pixel.")
@@ -132,7 +160,12 @@ async def start_calibration(
     """Check the upload, queue the job and answer 202 at once; poll `Location` for progress."""
     await _refuse_blank_fields(request)
     try:
-        criterion = Criterion(strategy.strip().lower(), target, cost_fp, cost_fn)
+        criterion = Criterion(strategy.strip().lower(), target, cost_fp, cost_fn, delta)
+        method = None if recalibrate is None else recalibrate.strip().lower()
+        if method is not None and method not in METHODS:
+            raise CalibrationError(
+                f"unknown recalibrate {recalibrate!r}; choose one of {', '.join(METHODS)}"
+            )
         per_class = class_criteria(served, class_params, criterion)
     except CalibrationError as error:
         raise ProblemError(
@@ -141,7 +174,9 @@ async def start_calibration(
     data = await read_upload(
         dataset, services.settings.max_dataset_bytes, "dataset", "UNET_MAX_DATASET_BYTES"
     )
-    params = CalibrationParams(criterion, activate, force, per_class)
+    params = CalibrationParams(
+        criterion, activate, force, class_criteria=per_class, recalibrate=method
+    )
     view = await usecase.start_calibration(services, served, data, dataset.filename, params)
     root = request.scope.get("root_path", "")
     response.headers["Location"] = (
@@ -224,7 +259,7 @@ def activate_calibration(
     active = usecase.activate_calibration(services, served, calibration_id, actor, force)
     # What was written, not read back: an acknowledged change never becomes an error here.
     return Threshold(
-        value=active.value,
+        value=shown_threshold(services, served.name, active.calibration_id, active.value),
         source=active.source,
         calibration_id=active.calibration_id,
         updated=active.updated,

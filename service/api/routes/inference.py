@@ -110,6 +110,8 @@ def _threshold_headers(result: Segmentation) -> dict[str, str]:
         stale = cut.stale
     if stale:
         headers["X-Threshold-Stale"] = "true"
+    if cut.guarantee is not None:
+        headers["X-Threshold-Guarantee"] = cut.guarantee
     return headers
 
 

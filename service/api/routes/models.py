@@ -19,6 +19,11 @@ from service.api.schemas import (
 )
 from service.container import Services
 from service.inference.registry import ServedModel
+from service.usecases.recalibrated import (
+    GUARANTEE_WITHDRAWN,
+    WITHDRAWN_WARNING,
+    guarantee_state,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -27,7 +32,7 @@ def threshold_view(services: Services, served: ServedModel) -> Threshold:
     """The active threshold of `served` as the API shows it."""
     active = services.active_threshold(served)
     return Threshold(
-        value=active.value,
+        value=shown_threshold(services, served.name, active.calibration_id, active.value),
         source=active.source,
         calibration_id=active.calibration_id,
         updated=active.updated,
@@ -54,6 +59,15 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
     low, high = served.output_range
     active = services.active_threshold(served)
     meta = served.meta
+    drift = services.drift.status(served.name, active.calibration_id)
+    warnings = _active_warnings(services, served, active.calibration_id)
+    guarantee = guarantee_state(services.extras.of(served.name, active.calibration_id), drift)
+    if guarantee == GUARANTEE_WITHDRAWN:
+        warnings.append(
+            CalibrationWarning(
+                code="guarantee_withdrawn", severity="warn", message=WITHDRAWN_WARNING
+            )
+        )
     return ModelInfo(
         name=served.name,
         architecture=Architecture(**meta.architecture.to_dict()) if meta else None,  # type: ignore[arg-type]
@@ -63,8 +77,9 @@ def model_info(services: Services, served: ServedModel) -> ModelInfo:
         threshold=threshold_view(services, served),
         default_threshold=served.default_threshold,
         digest=served.digest,
-        warnings=_active_warnings(services, served, active.calibration_id),
-        drift_status=services.drift.status(served.name, active.calibration_id),
+        warnings=warnings,
+        drift_status=drift,
+        guarantee=guarantee,
         backend=services.engine.backend(served.name),
         mode="binary",
         precision=served.precision,
@@ -114,6 +129,14 @@ def _worst_drift(
         if status in found:
             return status
     return "no_reference"
+
+
+def shown_threshold(
+    services: Services, model: str, calibration_id: str | None, value: float
+) -> float:
+    """A threshold as clients see it: on the recalibrated scale while a recalibration is active."""
+    rescale = services.extras.of(model, calibration_id).rescale
+    return value if rescale is None else rescale.threshold(value)
 
 
 def _active_warnings(

@@ -15,6 +15,7 @@ from service.api.class_schemas import ClassThresholds
 from service.api.dependencies import Actor, Authorized, ModelDep, ServicesDep
 from service.api.problems import ProblemError, problem_responses
 from service.api.routes.class_answers import ClassQuery, check_class
+from service.api.routes.models import shown_threshold
 from service.api.schemas import Threshold, ThresholdChange, ThresholdHistory, ThresholdUpdate
 from service.inference.registry import ServedModel
 from service.state.store import ActiveThreshold
@@ -43,7 +44,12 @@ def get_threshold(
     if served.multi_class and class_ is None:
         found = services.class_thresholds(served)
         return ClassThresholds(classes={k: threshold_body(v) for k, v in found.items()})
-    return threshold_body(thresholds.read_threshold(services, served, class_ or ""))
+    active = thresholds.read_threshold(services, served, class_ or "")
+    if served.multi_class:
+        return threshold_body(active)
+    # On the recalibrated scale while a calibration with a recalibration is in force.
+    shown = shown_threshold(services, served.name, active.calibration_id, active.value)
+    return threshold_body(active, shown)
 
 
 @router.put(
@@ -101,10 +107,10 @@ def _changed_class(served: ServedModel, name: str | None, verb: str) -> str:
     return name or ""
 
 
-def threshold_body(active: ActiveThreshold) -> Threshold:
-    """A threshold in force as the API shows it."""
+def threshold_body(active: ActiveThreshold, value: float | None = None) -> Threshold:
+    """A threshold in force as the API shows it (`value`: as shown, if not the stored one)."""
     return Threshold(
-        value=active.value,
+        value=active.value if value is None else value,
         source=active.source,
         calibration_id=active.calibration_id,
         updated=active.updated,
