@@ -21,7 +21,7 @@ SPLITS: tuple[str, ...] = get_args(Split)
 CONNECTIVITIES = (1, 2)  # 1: edge neighbours only (4-connected); 2: corners too (8-connected)
 # The watershed's seeds: maxima of the (lightly blurred) distance to the background at least
 # SEED_DISTANCE px apart and SEED_DEPTH px inside the object. Chosen on synthetic nuclei of
-# radius 6-18 px (docs/instances.md): 3 px found 4% more nuclei but split 50% more in two.
+# radius 6-18 px (docs/instances.md): 3 px found 4% more nuclei but 50% more false objects.
 SEED_DISTANCE = 5
 SEED_DEPTH = 1.0
 DEFAULT_SPLIT: Split = "watershed"
