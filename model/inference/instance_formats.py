@@ -66,36 +66,35 @@ def polygons(labels: np.ndarray) -> dict[int, dict[str, Any]]:
     """Each object's outline as a GeoJSON geometry (Polygon, or MultiPolygon when in parts).
 
     Exterior rings run counterclockwise and holes clockwise in (x, y), as RFC 7946's right-hand
-    rule asks; every ring is closed.
+    rule asks; every ring is closed. Coordinates are whole pixels' corners.
     """
     from rasterio.features import shapes
-    from shapely.geometry import MultiPolygon, mapping, shape
-    from shapely.geometry.polygon import orient
 
     labels = np.ascontiguousarray(labels, dtype=np.int32)
-    parts: dict[int, list[Any]] = {}
+    parts: dict[int, list[list[list[list[int]]]]] = {}
     # 4-connected pieces: a ring never touches itself at a corner, so every polygon is valid.
     for geometry, value in shapes(labels, mask=labels > 0, connectivity=4):
-        parts.setdefault(int(value), []).append(orient(shape(geometry), 1.0))
+        rings = [_oriented(ring, exterior=k == 0) for k, ring in enumerate(geometry["coordinates"])]
+        parts.setdefault(int(value), []).append(rings)
     outlines = {}
     for key in sorted(parts):
         pieces = parts[key]
-        whole = pieces[0] if len(pieces) == 1 else MultiPolygon(pieces)
-        outlines[key] = _lists(mapping(whole))
+        if len(pieces) == 1:
+            outlines[key] = {"type": "Polygon", "coordinates": pieces[0]}
+        else:
+            outlines[key] = {"type": "MultiPolygon", "coordinates": pieces}
     return outlines
 
 
-def _lists(geometry: dict[str, Any]) -> dict[str, Any]:
-    """A mapping's nested tuples as lists, coordinates as ints where they are whole."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [convert(v) for v in value]
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-
-    return {"type": geometry["type"], "coordinates": convert(geometry["coordinates"])}
+def _oriented(ring: Any, exterior: bool) -> list[list[int]]:
+    """A ring as [x, y] integer lists, counterclockwise if `exterior`, else clockwise."""
+    # Polygonize traces pixel corners of an identity transform: every coordinate is whole.
+    points = np.asarray(ring, dtype=np.float64)
+    x, y = points[:, 0], points[:, 1]
+    twice_area = float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+    if (twice_area > 0) != exterior:
+        points = points[::-1]
+    return points.astype(np.int64).tolist()
 
 
 def feature_collection(
