@@ -81,7 +81,6 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
     the labels' union is the mask. Ids run 1..N in raster order of each object's first pixel.
     """
     from skimage.measure import label
-    from skimage.segmentation import relabel_sequential
 
     options = options or InstanceOptions()
     mask = np.asarray(mask, dtype=bool)
@@ -94,12 +93,12 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
         small = areas < options.min_area
         small[0] = False
         labels[small[labels]] = 0
-    # Renumber in raster order so that ids do not depend on how the split seeded them.
+    # Renumber in raster order so that ids do not depend on how the split seeded them; labels
+    # left empty (dropped, unseeded) sort last, so the objects present get exactly 1..N.
     first = _first_pixels(labels)
     order = np.zeros(first.size + 1, dtype=np.int32)
     order[np.argsort(first, kind="stable") + 1] = np.arange(1, first.size + 1, dtype=np.int32)
-    present = order[labels]
-    return np.asarray(relabel_sequential(present)[0], dtype=np.int32)
+    return order[labels]
 
 
 def label_scores(
@@ -154,28 +153,18 @@ def _first_pixels(labels: np.ndarray) -> np.ndarray:
 
 
 def object_table(labels: np.ndarray, scores: np.ndarray) -> list[ObjectRow]:
-    """Each object's measurements, in id order; scores give the mean and max probability."""
-    from skimage.measure import regionprops_table
+    """Each object's measurements, in id order; scores give the mean and max probability.
+
+    Labels must run 1..N without gaps, as `label_mask` numbers them.
+    """
+    from model.inference.measurements import measure
 
     labels = np.asarray(labels)
     if labels.shape != np.shape(scores):
         raise ValueError(f"labels {labels.shape} and scores {np.shape(scores)} differ in size")
     if not labels.any():
         return []
-    table = regionprops_table(
-        labels,
-        intensity_image=np.asarray(scores, dtype=np.float64),
-        properties=(
-            "label",
-            "area",
-            "centroid",
-            "bbox",
-            "intensity_mean",
-            "intensity_max",
-            "perimeter",
-            "equivalent_diameter_area",
-        ),
-    )
+    table = measure(labels, scores)
     height, width = labels.shape
     rows = []
     for i in range(len(table["label"])):

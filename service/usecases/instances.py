@@ -12,6 +12,7 @@ ends, which says how much the count owes to the threshold's own uncertainty.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -49,14 +50,19 @@ class Objects:
 
     segmentation: Segmentation
     labels: np.ndarray  # int32 (H, W)
-    rows: list[ObjectRow]
     options: InstanceOptions
     count_range: CountRange | None = None
 
     @property
     def count(self) -> int:
         """How many objects there are."""
-        return len(self.rows)
+        return int(self.labels.max(initial=0))
+
+    @functools.cached_property
+    def rows(self) -> list[ObjectRow]:
+        """Each object's measurements, in id order; measured when first asked for (a label
+        image answer never needs them)."""
+        return object_table(self.labels, self.segmentation.scores)
 
 
 EncodeObjects = Callable[[Objects], T]
@@ -120,7 +126,6 @@ class _Label(Generic[T]):
         """`encode` of the segmentation's objects."""
         scores = segmentation.scores
         labels = label_scores(scores, segmentation.cut.value, self.options)
-        rows = object_table(labels, scores)
         count_range = None
         interval = self.interval
         # Only when the cut is the calibration the interval belongs to (not one changed since).
@@ -134,4 +139,4 @@ class _Label(Generic[T]):
                 count_objects(scores, interval.high, self.options),
             )
             count_range = CountRange(interval.calibration_id, (interval.low, interval.high), counts)
-        return self.encode(Objects(segmentation, labels, rows, self.options, count_range))
+        return self.encode(Objects(segmentation, labels, self.options, count_range))

@@ -260,3 +260,25 @@ def test_cli_writes_geojson_csv_and_labels(
     assert len(rows) == counts["csv"][1]
     assert main(["instances", str(images[0]), "--model", model, "--min-area", "-1"]) == 2
     assert "min_area must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_table_equals_regionprops_table(scored: tuple[np.ndarray, float]) -> None:
+    from skimage.measure import regionprops_table
+
+    from model.inference.measurements import measure
+
+    scores, threshold = scored
+    for split in ("none", "watershed"):
+        labels = label_scores(scores, threshold, InstanceOptions(split))  # type: ignore[arg-type]
+        ours = measure(labels, scores)
+        theirs = regionprops_table(
+            labels,
+            intensity_image=scores.astype(np.float64),
+            properties=tuple(
+                {"centroid-0": "centroid", "centroid-1": "centroid"}.get(k, k.split("-")[0])
+                for k in ours
+            ),
+        )
+        assert set(ours) == set(theirs)
+        for key, column in theirs.items():
+            assert np.allclose(ours[key], column, rtol=1e-12, atol=1e-9), key
