@@ -122,9 +122,9 @@ def _watershed(mask: np.ndarray, components: np.ndarray, options: InstanceOption
 
     if not mask.any():
         return components
-    distance = ndimage.distance_transform_edt(mask)
+    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
     # A light blur keeps one seed per nucleus when a ragged border dents the distance map.
-    smooth = ndimage.gaussian_filter(distance.astype(np.float32), 1.0)
+    smooth = ndimage.gaussian_filter(distance, 1.0, output=distance)
     # No `labels=`: per-component search is 3x slower, and the unseeded fallback below already
     # gives a component whose peak lost to a neighbour's its own object.
     peaks = peak_local_max(
@@ -132,7 +132,11 @@ def _watershed(mask: np.ndarray, components: np.ndarray, options: InstanceOption
     )
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    split = watershed(-smooth, markers, mask=mask, connectivity=options.connectivity)
+    # In place: a 4096 px image's planes are 64 MiB each, and the instance step should stay
+    # within a few of them (docs/benchmarks.md).
+    split = watershed(
+        np.negative(smooth, out=smooth), markers, mask=mask, connectivity=options.connectivity
+    )
     split = np.asarray(split, dtype=np.int32)
     # Components too thin to hold a seed keep their own label: the union stays the mask.
     unseeded = mask & (split == 0)

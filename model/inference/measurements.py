@@ -23,52 +23,78 @@ _CODE_LENGTH[[21, 33]] = np.sqrt(2)
 _CODE_LENGTH[[13, 23]] = (1 + np.sqrt(2)) / 2
 
 
+BLOCK_ROWS = 256  # rows measured at a time: memory stays a few blocks, whatever the image
+
+
 def measure(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     """Per object 1..N (labels 1..N, none missing): `regionprops_table`'s columns.
 
     Keys: label, area, centroid-0/1 (row, column), bbox-0..3 (min row, min col, max row, max
     col; max exclusive), intensity_mean, intensity_max, perimeter, equivalent_diameter_area.
+    The image is measured in blocks of rows, so the memory it takes does not grow with it.
     """
     labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    height, width = labels.shape
     n = int(labels.max(initial=0))
-    flat = labels.ravel().astype(np.intp)
-    values = np.asarray(scores, dtype=np.float64).ravel()
-    rows, cols = np.divmod(np.arange(flat.size), labels.shape[1])
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
+    sums = np.zeros((5, n + 1))  # area, row sum, column sum, score sum, perimeter
+    top_score = np.full(n + 1, -np.inf)
+    for top in range(0, height, BLOCK_ROWS):
+        bottom = min(height, top + BLOCK_ROWS)
+        flat = labels[top:bottom].ravel().astype(np.intp)
+        values = scores[top:bottom].ravel().astype(np.float64)
+        rows = np.repeat(np.arange(top, bottom, dtype=np.float64), width)
+        cols = np.tile(np.arange(width, dtype=np.float64), bottom - top)
+        sums[0] += np.bincount(flat, minlength=n + 1)
+        sums[1] += np.bincount(flat, weights=rows, minlength=n + 1)
+        sums[2] += np.bincount(flat, weights=cols, minlength=n + 1)
+        sums[3] += np.bincount(flat, weights=values, minlength=n + 1)
+        np.maximum.at(top_score, flat, values)
+        owners, lengths = _border_lengths(labels, top, bottom)
+        sums[4] += np.bincount(owners, weights=lengths, minlength=n + 1)
+    area = sums[0, 1:]
     if n and (area == 0).any():
         raise ValueError("labels must run 1..N without gaps")
-    boxes = ndimage.find_objects(labels.astype(np.int32), max_label=n)
+    boxes = ndimage.find_objects(labels.astype(np.int32, copy=False), max_label=n)
     bbox = np.array([(b[0].start, b[1].start, b[0].stop, b[1].stop) for b in boxes], dtype=int)
     bbox = bbox.reshape(n, 4)
-    index = np.arange(1, n + 1)
     return {
-        "label": index,
+        "label": np.arange(1, n + 1),
         "area": area,
-        "centroid-0": np.bincount(flat, weights=rows, minlength=n + 1)[1:] / area,
-        "centroid-1": np.bincount(flat, weights=cols, minlength=n + 1)[1:] / area,
+        "centroid-0": sums[1, 1:] / area,
+        "centroid-1": sums[2, 1:] / area,
         "bbox-0": bbox[:, 0],
         "bbox-1": bbox[:, 1],
         "bbox-2": bbox[:, 2],
         "bbox-3": bbox[:, 3],
-        "intensity_mean": np.bincount(flat, weights=values, minlength=n + 1)[1:] / area,
-        "intensity_max": np.asarray(
-            ndimage.maximum(values.reshape(labels.shape), labels, index), dtype=np.float64
-        ).reshape(n),
-        "perimeter": perimeters(labels, n),
+        "intensity_mean": sums[3, 1:] / area,
+        "intensity_max": top_score[1:],
+        "perimeter": sums[4, 1:],
         "equivalent_diameter_area": np.sqrt(4 * area / np.pi),
     }
 
 
-def perimeters(labels: np.ndarray, n: int) -> np.ndarray:
-    """skimage.measure.perimeter (4-neighbourhood) of each object 1..n of a label image."""
-    padded = np.pad(np.asarray(labels, dtype=np.int32), 1)
+def perimeters(labels: np.ndarray) -> np.ndarray:
+    """skimage.measure.perimeter (4-neighbourhood) of each object 1..N of a label image."""
+    labels = np.asarray(labels)
+    owners, lengths = _border_lengths(labels, 0, labels.shape[0])
+    return np.bincount(owners, weights=lengths, minlength=int(labels.max(initial=0)) + 1)[1:]
+
+
+def _border_lengths(labels: np.ndarray, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
+    """The border pixels of rows top..bottom: their object and their share of its perimeter."""
+    # A pixel's code needs the border flags of its 8 neighbours, which need their own 4
+    # neighbours: two rows either side, and zeros beyond the image.
+    first, last = max(0, top - 2), min(labels.shape[0], bottom + 2)
+    padded = np.pad(np.asarray(labels[first:last], dtype=np.int32), 1)
     inner = padded[1:-1, 1:-1]
     # A border pixel: in an object, with a 4-neighbour outside it (other objects count as out).
-    same = [
-        padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx] == inner
-        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
-    ]
-    border = (inner > 0) & ~(same[0] & same[1] & same[2] & same[3])
+    inside = np.ones(inner.shape, dtype=bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        inside &= (
+            padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx] == inner
+        )
+    border = (inner > 0) & ~inside
     border_padded = np.pad(border, 1)
     code = np.ones(inner.shape, dtype=np.int32)
     for dy in (-1, 0, 1):
@@ -77,8 +103,10 @@ def perimeters(labels: np.ndarray, n: int) -> np.ndarray:
                 continue
             ys = slice(1 + dy, padded.shape[0] - 1 + dy)
             xs = slice(1 + dx, padded.shape[1] - 1 + dx)
-            neighbour = border_padded[ys, xs] & (padded[ys, xs] == inner)
-            code += _CODE_KERNEL[1 + dy][1 + dx] * neighbour
-    owners = inner[border]
-    lengths = _CODE_LENGTH[np.minimum(code[border], _CODE_LENGTH.size - 1)]
-    return np.bincount(owners, weights=lengths, minlength=n + 1)[1:]
+            code += _CODE_KERNEL[1 + dy][1 + dx] * (
+                border_padded[ys, xs] & (padded[ys, xs] == inner)
+            )
+    own = slice(top - first, bottom - first)
+    mine = border[own]
+    lengths = _CODE_LENGTH[np.minimum(code[own][mine], _CODE_LENGTH.size - 1)]
+    return inner[own][mine].astype(np.intp), lengths

@@ -262,13 +262,17 @@ def test_cli_writes_geojson_csv_and_labels(
     assert "min_area must be 0 or more" in capsys.readouterr().err
 
 
-def test_the_table_equals_regionprops_table(scored: tuple[np.ndarray, float]) -> None:
+def test_the_table_equals_regionprops_table(
+    scored: tuple[np.ndarray, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from skimage.measure import regionprops_table
 
     from model.inference.measurements import measure
 
     scores, threshold = scored
-    for split in ("none", "watershed"):
+    for split, block_rows in (("none", 256), ("watershed", 256), ("watershed", 7)):
+        # Blocks of 7 rows: objects and their borders cut by every block's edges.
+        monkeypatch.setattr("model.inference.measurements.BLOCK_ROWS", block_rows)
         labels = label_scores(scores, threshold, InstanceOptions(split))  # type: ignore[arg-type]
         ours = measure(labels, scores)
         theirs = regionprops_table(
