@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.cards.command import add_quantize
+from model.inference.instances_cli import add_instances
 from model.network.activations import ACTIVATIONS
 from model.network.blocks import NORMS
 from model.network.heads import HEADS
@@ -80,6 +81,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="comma-separated classes (nucleus,debris): write label-image masks, 0 background "
         "and k for the k-th class, instead of binary ones",
     )
+    synth.add_argument("--instances", action="store_true", help="also write 16-bit instances/")
 
     train = add_command(commands, "train", _train, "train a U-Net and write a checkpoint")
     train.add_argument("--data", type=Path, required=True, help="data set: images/ + masks/")
@@ -143,6 +145,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_make_weights(commands)
     _add_import_export(commands)
     add_quantize(commands, add_command)
+    add_instances(commands, add_command)
 
 
 def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -264,11 +267,11 @@ def _export(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from model.data.synth import write_dataset
 
-    classes = args.classes
-    write_dataset(
-        args.out, n=args.n, seed=args.seed, size=args.size, progress=not args.json, classes=classes
-    )
+    classes, size = args.classes, args.size
+    kinds = {"classes": classes, "instances": args.instances}
+    write_dataset(args.out, n=args.n, seed=args.seed, size=size, progress=not args.json, **kinds)
     written = {"out": str(args.out), "n": args.n, "seed": args.seed, "size": args.size}
+    written |= {"instances": str(args.out / "instances")} if args.instances else {}
     emit(args, written | ({"classes": classes} if classes is not None else {}))
     return 0
 

@@ -28,7 +28,15 @@ from service.api.origin import SameOriginWrites
 from service.api.pacing import BodyPacing
 from service.api.pages import install_pages
 from service.api.problems import install_problem_handlers
-from service.api.routes import calibrations, drift, health, inference, models, thresholds
+from service.api.routes import (
+    calibrations,
+    drift,
+    health,
+    inference,
+    instances,
+    models,
+    thresholds,
+)
 from service.api.security_headers import SecurityHeaders
 from service.api.spool import install_spooling
 from service.calibration.jobs import CalibrationJobs
@@ -120,7 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pacing=BodyPacing.from_settings(settings),
     )
     routers = [
-        module.router for module in (health, models, inference, calibrations, thresholds, drift)
+        module.router
+        for module in (health, models, inference, instances, calibrations, thresholds, drift)
     ]
     # Added after the body limit, so it runs before it: no body byte is read without the key.
     app.add_middleware(

@@ -137,10 +137,33 @@ def generate_labelled(rng: np.random.Generator, size: int = 128) -> tuple[np.nda
     return image, labels
 
 
+def generate_instances(
+    rng: np.random.Generator, size: int = 128
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image and mask `generate_pair` draws (same `rng`) and its instance labels (uint16).
+
+    Labels: 0 background, 1..N one per nucleus, numbered in drawing order with hidden ones
+    skipped. Where nuclei overlap, a pixel belongs to the one it lies deepest inside; the
+    labels' union is exactly the mask.
+    """
+    owner = np.zeros((size, size), dtype=np.uint16) if size >= MIN_SIZE else None
+    image, mask, _, _ = _render(rng, size, with_debris=False, owner=owner)
+    assert owner is not None
+    instances = np.where(mask, owner, 0)
+    present = np.unique(instances[instances > 0])
+    renumber = np.zeros(int(instances.max(initial=0)) + 1, dtype=np.uint16)
+    renumber[present] = np.arange(1, present.size + 1, dtype=np.uint16)
+    return image, mask, renumber[instances]
+
+
 def _render(
-    rng: np.random.Generator, size: int, with_debris: bool
+    rng: np.random.Generator, size: int, with_debris: bool, owner: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """`render`'s image, mask and truth, plus the blurred debris intensity when asked for."""
+    """`render`'s image, mask and truth, plus the blurred debris intensity when asked for.
+
+    With `owner`, each pixel is marked with the 1-based number of the nucleus it lies deepest
+    inside (no extra random draws, so the pixels stay the same).
+    """
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} px, got {size}")
     scale = size * size / _AREA
@@ -153,7 +176,9 @@ def _render(
 
     n_objects = int(rng.poisson(10 * scale))
     radii = rng.uniform(6, 18, size=n_objects)
-    for (cy, cx), radius in zip(_centres(rng, size, radii), radii, strict=True):
+    for number, ((cy, cx), radius) in enumerate(
+        zip(_centres(rng, size, radii), radii, strict=True), start=1
+    ):
         reach = 1.7 * radius + 4
         top, bottom = int(max(0, cy - reach)), int(min(size, cy + reach + 1))
         left, right = int(max(0, cx - reach)), int(min(size, cx + reach + 1))
@@ -161,6 +186,8 @@ def _render(
         sdf = _nucleus(rng, yy, xx, cy, cx, radius)
         window = (slice(top, bottom), slice(left, right))
         mask[window] |= sdf + border_jitter[window] > 0
+        if owner is not None:
+            owner[window][sdf > truth[window]] = number
         truth[window] = np.maximum(truth[window], sdf)
 
         faint = rng.random() < 0.25
@@ -198,11 +225,13 @@ def write_dataset(
     size: int = 128,
     progress: bool = False,
     classes: Sequence[str] | None = None,
+    instances: bool = False,
 ) -> None:
     """Write `out/images/{i:04d}.png` and `out/masks/{i:04d}.png` (0/255) for i < n.
 
     With `classes` (names from SYNTH_CLASSES, in the order the model lists them) the masks are
     label images instead: 0 background, k where the k-th class is; the images are the same.
+    With `instances`, `out/instances/{i:04d}.png` (16-bit) holds one label per nucleus too.
     """
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
@@ -213,6 +242,9 @@ def write_dataset(
     images, masks = Path(out) / "images", Path(out) / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
+    objects = Path(out) / "instances"
+    if instances:
+        objects.mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(n), desc="synth", disable=not progress, file=sys.stderr):
         if classes is None:
             image, mask = generate_pair(pair_rng(seed, i), size)
@@ -224,6 +256,9 @@ def write_dataset(
                 written[labels == SYNTH_CLASSES[name]] = value
         Image.fromarray(image).save(images / f"{i:04d}.png")
         Image.fromarray(written).save(masks / f"{i:04d}.png")
+        if instances:
+            _, _, labels = generate_instances(pair_rng(seed, i), size)
+            Image.fromarray(labels).save(objects / f"{i:04d}.png")
 
 
 def check_classes(classes: Sequence[str]) -> None:

@@ -104,6 +104,7 @@ def test_uploads_are_files_and_binary_answers_are_bytes(spec: dict[str, Any]) ->
         ("Body_inference-mask", "image"),
         ("Body_inference-probabilities", "image"),
         ("Body_inference-overlay", "image"),
+        ("Body_inference-instances", "image"),
         ("Body_calibrations-start", "dataset"),
     }
     for schema in uploads.values():
@@ -242,7 +243,7 @@ def test_every_response_is_one_the_document_describes(
         def upload(path: str, data: bytes = image, **params: Any) -> httpx.Response:
             return client.post(path, files={"image": ("x.png", data, "image/png")}, params=params)
 
-        for operation in ("mask", "probabilities", "overlay"):
+        for operation in ("mask", "probabilities", "overlay", "instances"):
             assert upload(f"{SIGMOID}/{operation}").status_code == 200
             assert upload(f"{SIGMOID}/{operation}", b"not an image").status_code == 422
             assert upload(f"/v1/models/nope/{operation}").status_code == 404
@@ -252,6 +253,8 @@ def test_every_response_is_one_the_document_describes(
         assert upload(f"{SIGMOID}/mask", threshold=2).status_code == 422
         assert upload(f"{SIGMOID}/probabilities", format="png").status_code == 200
         assert upload(f"{RELU}/probabilities", format="png").status_code == 422
+        for fmt in ("labels", "geojson", "csv"):
+            assert upload(f"{SIGMOID}/instances", format=fmt).status_code == 200
 
         def start(headers: dict[str, str], **form: Any) -> httpx.Response:
             files = {"dataset": ("calibration.zip", dataset, "application/zip")}
