@@ -49,23 +49,25 @@ export async function loadRoc(view) {
     ? `95 % bootstrap interval of the ${report.strategy} threshold: ` +
       `${formatNumber(interval[0])} – ${formatNumber(interval[1])} (thick part of the curve).`
     : "No bootstrap interval (it needs at least two images).";
+  // The strategy's name is the button that moves the slider: one column less, so the table
+  // fits a 390 px screen.
   const rows = Object.entries(report.operating_points).map(([strategy, point]) => {
     const row = document.createElement("tr");
-    for (const text of [strategy, formatNumber(point.threshold), point.tpr.toFixed(3),
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = strategy;
+    button.setAttribute("aria-label", `Use the ${strategy} threshold ${point.threshold}`);
+    button.addEventListener("click", () => setThreshold(point.threshold));
+    const first = document.createElement("td");
+    first.appendChild(button);
+    row.appendChild(first);
+    for (const text of [formatNumber(point.threshold), point.tpr.toFixed(3),
       point.fpr.toFixed(3), point.f1.toFixed(3)]) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.appendChild(cell);
     }
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "secondary";
-    button.textContent = "Use";
-    button.setAttribute("aria-label", `Use the ${strategy} threshold ${point.threshold}`);
-    button.addEventListener("click", () => setThreshold(point.threshold));
-    const cell = document.createElement("td");
-    cell.appendChild(button);
-    row.appendChild(cell);
     return row;
   });
   $("operating-points").querySelector("tbody").replaceChildren(...rows);
