@@ -16,8 +16,9 @@ function describe(value, source, calibrationId) {
 function driftConsequence(model, source, calibrationId) {
   const before = model.threshold?.source;
   if (source === "calibration") {
-    return `Drift is then measured against calibration ${calibrationId}'s images, in a new ` +
-      "window; every client gets masks at the new threshold from its next request.";
+    const which = calibrationId ? `calibration ${calibrationId}'s` : "the new calibration's";
+    return `Drift is then measured against ${which} images, in a new window; every client ` +
+      "gets masks at the new threshold from its next request.";
   }
   const off = before === "calibration" ? "stops" : "stays off";
   return `Drift watching ${off} (no_reference): a ${source} threshold has no calibration set ` +
@@ -34,7 +35,7 @@ export function confirmChange(model, { value, source, calibrationId = null }) {
   $("confirm-new").textContent = value === undefined
     ? `${source} (its threshold, once the job succeeds)`
     : describe(value, source, calibrationId);
-  $("confirm-what").textContent = driftConsequence(model, source, calibrationId ?? "new");
+  $("confirm-what").textContent = driftConsequence(model, source, calibrationId);
   dialog.returnValue = "";
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
