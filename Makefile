@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev serve test lint weights lock pin-base-image check-deploy
+.PHONY: install dev serve test lint weights axe lock pin-base-image check-deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,15 @@ dev: $(BIN)/python
 serve: install
 	$(BIN)/unet serve
 
-test: dev
+# axe-core for the explorer's accessibility test, pinned, from the npm registry into a git-ignored
+# folder; without npm that test skips and says so.
+AXE_VERSION := 4.10.3
+axe:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@$(AXE_VERSION); \
+	else echo "npm not found: the explorer's axe-core test will skip"; fi
+
+test: dev axe
 	$(BIN)/python -m pytest -q
 
 lint: dev

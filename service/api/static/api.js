@@ -49,7 +49,10 @@ function askForKey(problem) {
  * Fetch `path`; a 4xx/5xx throws ApiProblem. A mutating call that gets 401 asks for the API key
  * and tries again with it.
  */
-export async function call(path, { method = "GET", body, json, mutating = false } = {}) {
+export async function call(
+  path,
+  { method = "GET", body, json, mutating = false, signal, actor } = {},
+) {
   for (;;) {
     const headers = {};
     let payload = body;
@@ -58,10 +61,12 @@ export async function call(path, { method = "GET", body, json, mutating = false 
       payload = JSON.stringify(json);
     }
     if (mutating && apiKey) headers.Authorization = `Bearer ${apiKey}`;
+    if (mutating && actor) headers["X-Actor"] = actor; // who, for the threshold's history
     let response;
     try {
-      response = await fetch(path, { method, body: payload, headers });
+      response = await fetch(path, { method, body: payload, headers, signal });
     } catch (error) {
+      if (error.name === "AbortError") throw error; // its view was left: not a failure to show
       throw new ApiProblem({
         title: "Service unreachable",
         detail: `${method} ${path} failed (${error.message}); is the service running?`,
@@ -80,9 +85,9 @@ export async function call(path, { method = "GET", body, json, mutating = false 
   }
 }
 
-/** GET `path` and parse its JSON body. */
-export async function getJson(path) {
-  return (await call(path)).json();
+/** GET `path` and parse its JSON body; `signal` aborts it. */
+export async function getJson(path, signal) {
+  return (await call(path, { signal })).json();
 }
 
 /** `/v1/models/{name}` with the name escaped for a URL. */

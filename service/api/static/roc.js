@@ -96,7 +96,7 @@ export function drawRoc(svg, report, zoomed, onPick) {
       .map(([, i]) => i);
     if (inside.length) polyline(scale, fpr, tpr, inside, "interval", plot);
   }
-  element("circle", { r: 5, class: "cut", id: "roc-cut", cx: scale.x(0), cy: scale.y(0) }, plot);
+  element("circle", { r: 5, class: "cut", id: "roc-cut", cx: scale.x(0), cy: scale.y(0) }, svg);
   for (const [name, point] of Object.entries(report.operating_points)) {
     if (!Number.isFinite(point.threshold)) continue; // nothing to move the slider to
     const chosen = name === report.strategy;
@@ -124,6 +124,12 @@ export function markCut(svg, roc, threshold) {
   if (!cut) return;
   const scale = scales({ xMax: Number(svg.dataset.xMax), yMin: Number(svg.dataset.yMin) });
   const i = rocIndexAt(roc, threshold);
-  cut.setAttribute("cx", scale.x(roc.fpr[i]));
-  cut.setAttribute("cy", scale.y(roc.tpr[i]));
+  // A cut outside the zoomed axes sits on their edge, hollow, rather than vanish past them.
+  const x = scale.x(roc.fpr[i]);
+  const y = scale.y(roc.tpr[i]);
+  const cx = Math.min(SIZE.left + SIZE.width, Math.max(SIZE.left, x));
+  const cy = Math.min(SIZE.top + SIZE.height, Math.max(SIZE.top, y));
+  cut.setAttribute("cx", cx);
+  cut.setAttribute("cy", cy);
+  cut.classList.toggle("outside", cx !== x || cy !== y);
 }
