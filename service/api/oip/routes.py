@@ -21,6 +21,14 @@ from service.api.errors import DOMAIN_ERRORS
 from service.api.oip.body import read_body
 from service.api.oip.compression import MIN_BYTES, chosen_encoding, compress
 from service.api.oip.errors import OipError, from_error
+from service.api.oip.parameters import (
+    OUTPUTS,
+    answer_document,
+    output_data,
+    request_class,
+    request_threshold,
+    wanted_outputs,
+)
 from service.api.oip.schemas import (
     ModelMetadata,
     ModelReady,
@@ -30,7 +38,7 @@ from service.api.oip.schemas import (
     ServerReady,
     TensorMetadata,
 )
-from service.api.oip.segmenting import Segmented, segment_batch
+from service.api.oip.segmenting import segment_batch
 from service.api.oip.tensors import (
     BYTES,
     InferenceRequest,
@@ -47,13 +55,11 @@ from service.inference.errors import ModelUnavailable
 from service.inference.registry import ServedModel
 from service.settings import Settings
 from service.usecases.segment import INLINE_PIXELS, ImageBytes, decode
-from service.usecases.thresholds import check_threshold
 
 router = APIRouter(prefix="/v2", tags=["oip"])
 
 IMAGE = "image"
 PIXEL_TYPES = ("UINT8", "UINT16", "FP32")
-OUTPUTS = {"probabilities": "FP32", "mask": "UINT8", "threshold": "FP32"}
 EXTENSIONS = ["binary_tensor_data", "parameters"]
 # Past this many body bytes, parsing and encoding leave the event loop (JSON of a 2048 px
 # image is ~30 MB of text): the loop keeps answering other requests meanwhile.
@@ -233,7 +239,10 @@ def _served(services: Services, model: str, version: str | None) -> ServedModel:
 def _metadata(services: Services, model: str, version: str | None) -> ModelMetadata:
     served = _served(services, model, version)
     image_shape = [-1, -1, -1] if served.in_channels == 1 else [-1, -1, -1, served.in_channels]
-    planes = [-1, 1, -1, -1]
+    k = len(served.classes) or 1
+    planes = [-1, k, -1, -1]
+    # A multi-class model's planes are its classes, in this order (`class` picks one).
+    named = {"classes": ",".join(served.classes)} if served.multi_class else None
     return ModelMetadata(
         name=served.name,
         versions=[served.digest],
@@ -251,9 +260,9 @@ def _metadata(services: Services, model: str, version: str | None) -> ModelMetad
             )
         ],
         outputs=[
-            TensorMetadata(name="probabilities", datatype="FP32", shape=planes),
-            TensorMetadata(name="mask", datatype="UINT8", shape=planes),
-            TensorMetadata(name="threshold", datatype="FP32", shape=[1]),
+            TensorMetadata(name="probabilities", datatype="FP32", shape=planes, parameters=named),
+            TensorMetadata(name="mask", datatype="UINT8", shape=planes, parameters=named),
+            TensorMetadata(name="threshold", datatype="FP32", shape=[k], parameters=named),
         ],
     )
 
@@ -267,15 +276,16 @@ async def _infer(
         body = await read_body(request)
         parsed = await _off_loop(len(body) > INLINE_BYTES, lambda: _parse(request, body, settings))
         tensor = _image_input(parsed)
-        threshold = _threshold(parsed, served)
-        wanted = _wanted(parsed)
+        threshold = request_threshold(parsed, served)
+        cls = request_class(parsed, served)
+        wanted = wanted_outputs(parsed)
         images = await _images(tensor, served, settings)
-        results = await segment_batch(services, served, images, threshold)
+        results = await segment_batch(services, served, images, threshold, cls)
         outputs = [
-            OutputTensor(name, OUTPUTS[name], _stack(name, results), binary)
+            OutputTensor(name, OUTPUTS[name], output_data(name, results), binary)
             for name, binary in wanted
         ]
-        document = _document(served, parsed, results[0])
+        document = answer_document(served, parsed, results[0])
         size = sum(output.data.size for output in outputs if not output.binary)
         answer, header_length = await _off_loop(
             size > INLINE_PIXELS, lambda: encode_response(document, outputs)
@@ -294,7 +304,7 @@ async def _infer(
         return from_error(error).response()
     first = results[0]
     headers = {
-        "X-Threshold": repr(first.threshold),
+        "X-Threshold": first.threshold_text,
         "X-Threshold-Source": first.provenance.source,
         "Vary": "Accept-Encoding",
     }
@@ -333,27 +343,6 @@ def _image_input(parsed: InferenceRequest) -> Tensor:
             "or BYTES holding encoded image files",
         )
     return tensor
-
-
-def _threshold(parsed: InferenceRequest, served: ServedModel) -> float | None:
-    value = parsed.parameters.get("threshold")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise OipError(400, f"parameter threshold must be a number, not {value!r}")
-    return check_threshold(served, float(value))
-
-
-def _wanted(parsed: InferenceRequest) -> list[tuple[str, bool]]:
-    if parsed.outputs is None:
-        return [(name, parsed.binary_outputs) for name in OUTPUTS]
-    unknown = [output.name for output in parsed.outputs if output.name not in OUTPUTS]
-    if unknown:
-        raise OipError(400, f"unknown output(s) {unknown}; this model has {', '.join(OUTPUTS)}")
-    return [
-        (output.name, parsed.binary_outputs if output.binary is None else output.binary)
-        for output in parsed.outputs
-    ]
 
 
 def _check_count(count: int, settings: Settings) -> None:
@@ -415,27 +404,3 @@ async def _images(tensor: Tensor, served: ServedModel, settings: Settings) -> li
         return await _off_loop(math.prod(shape) > INLINE_PIXELS, convert)
     except DatasetError as error:
         raise OipError(400, str(error)) from None
-
-
-def _stack(name: str, results: list[Segmented]) -> np.ndarray:
-    if name == "threshold":
-        return np.array([results[0].threshold], dtype=np.float32)
-    planes = [r.probabilities if name == "probabilities" else r.mask for r in results]
-    return np.stack(planes)[:, None]
-
-
-def _document(served: ServedModel, parsed: InferenceRequest, first: Segmented) -> dict[str, Any]:
-    provenance = first.provenance
-    parameters: dict[str, Any] = {
-        "threshold": first.threshold,
-        "threshold_source": provenance.source,
-        "threshold_stale": provenance.stale,
-        "drift_status": provenance.drift,
-    }
-    if provenance.calibration_id is not None:
-        parameters["calibration_id"] = provenance.calibration_id
-    document: dict[str, Any] = {"model_name": served.name, "model_version": served.digest}
-    if parsed.id is not None:
-        document["id"] = parsed.id
-    document["parameters"] = parameters
-    return document

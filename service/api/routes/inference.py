@@ -110,8 +110,8 @@ def _threshold_headers(result: Segmentation) -> dict[str, str]:
         stale = cut.stale
     if stale:
         headers["X-Threshold-Stale"] = "true"
-    if cut.guarantee is not None:
-        headers["X-Threshold-Guarantee"] = cut.guarantee
+    if result.cut.guarantee is not None:  # binary only: multi-class reports carry none
+        headers["X-Threshold-Guarantee"] = result.cut.guarantee
     return headers
 
 
