@@ -159,3 +159,29 @@ def test_inverted_contrast_alerts_within_50_images_and_survives_a_restart(
         # A manual threshold has no score profile to compare with.
         restarted.put(f"{SIGMOID}/threshold", json={"value": 0.4})
         assert drift(restarted)["status"] == "no_reference"
+
+
+def test_a_drift_alert_withdraws_the_guarantee_from_answers_and_the_model(
+    settings: Settings,
+) -> None:
+    """A conformal guarantee holds for images like the calibration set's; once the served
+    images drift to an alert, the answers and the model stop claiming it."""
+    with TestClient(create_app(settings)) as client:
+        calibration = calibrate(client, dataset(24), strategy="fnr_control", target="0.2")
+        guarantee = calibration["report"]["guarantee"]
+        # Images with no foreground have no FNR: left out of the risk, and counted.
+        assert guarantee["n_images"] + guarantee["per_image"]["n_excluded"] == 24
+        files = {"image": ("x.png", png(image(SERVED_SEED, 0)), "image/png")}
+        answer = client.post(f"{SIGMOID}/mask", files=files)
+        assert answer.headers["x-threshold-guarantee"] == "present"
+        assert client.get(SIGMOID).json()["guarantee"] == "present"
+        for i in range(50):
+            serve(client, image(SERVED_SEED, i, invert=True))
+            if drift(client)["status"] == "alert":
+                break
+        assert drift(client)["status"] == "alert"
+        answer = client.post(f"{SIGMOID}/mask", files=files)
+        assert answer.headers["x-threshold-guarantee"] == "withdrawn (drift alert)"
+        info = client.get(SIGMOID).json()
+        assert info["guarantee"] == "withdrawn (drift alert)"
+        assert any("guarantee no longer applies" in w["message"] for w in info["warnings"]), info
