@@ -25,6 +25,7 @@ from service.api.schemas import Calibration, CalibrationList, CalibrationSummary
 from service.api.spool import SpoolingRoute
 from service.api.uploads import read_upload
 from service.calibration.jobs import CalibrationParams
+from service.inference.registry import ServedModel
 from service.usecases import calibrations as usecase
 from service.usecases.calibrations import CalibrationView
 
@@ -167,6 +168,7 @@ async def start_calibration(
                 f"unknown recalibrate {recalibrate!r}; choose one of {', '.join(METHODS)}"
             )
         per_class = class_criteria(served, class_params, criterion)
+        _binary_only(served, method, [criterion, *(per_class or {}).values()])
     except CalibrationError as error:
         raise ProblemError(
             422, "Invalid calibration parameters", str(error), slug="invalid-calibration"
@@ -264,3 +266,16 @@ def activate_calibration(
         calibration_id=active.calibration_id,
         updated=active.updated,
     )
+
+
+def _binary_only(served: ServedModel, method: str | None, criteria: list[Criterion]) -> None:
+    """Guaranteed strategies and recalibration are for binary models (the README says why)."""
+    if not served.multi_class:
+        return
+    guaranteed = sorted({c.strategy for c in criteria if c.strategy in GUARANTEE_STRATEGIES})
+    if guaranteed or method is not None:
+        asked = ", ".join([*guaranteed, *([f"recalibrate={method}"] if method else [])])
+        raise CalibrationError(
+            f"{asked} apply to binary models; {served.name!r} is {served.mode}: calibrate its "
+            "classes with another strategy and no recalibrate"
+        )

@@ -150,6 +150,17 @@ def test_each_class_may_have_its_own_strategy(client: TestClient) -> None:
     assert classes["nucleus"]["strategy"] == "youden"
     assert classes["debris"]["strategy"] == "target_tpr" and classes["debris"]["target"] == 0.95
     assert classes["debris"]["operating_points"]["target_tpr"]["tpr"] >= 0.95
+    for form, words in (
+        ({"strategy": "fnr_control", "target": "0.1"}, "apply to binary models"),
+        ({"recalibrate": "platt"}, "recalibrate=platt apply to binary models"),
+        ({"class_params": '{"debris": {"strategy": "fdr_control", "target": 0.2}}'}, "fdr_control"),
+    ):
+        refused = client.post(
+            f"{MULTI}/calibrations",
+            files={"dataset": ("set.zip", data, "application/zip")},
+            data=form,
+        )
+        assert words in assert_problem(refused, 422)["detail"]
     for bad, words in (
         ('{"cell": {}}', "nucleus, debris"),
         ('{"debris": {"strategy": "nope"}}', "debris"),
