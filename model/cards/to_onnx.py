@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -38,6 +39,12 @@ class Body(nn.Module):
         return self.network.body(x)
 
 
+# torch's exporter keeps process-wide state (GLOBALS.in_onnx_export): two exports at once, say a
+# second app's start-up while an earlier one's export still runs in its thread, fail each other
+# ("GLOBALS.in_onnx_export must be False") and that model would fall back to torch. One at a time.
+EXPORTING = threading.Lock()
+
+
 def export_onnx(network: UNet, path: Path) -> Path:
     """Write `network`'s logits graph to `path` (atomically: a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +57,7 @@ def export_onnx(network: UNet, path: Path) -> Path:
     try:
         # The TorchScript-based exporter needs no extra package and handles this network's ops;
         # its deprecation warning says nothing a user can act on.
-        with warnings.catch_warnings(), torch.no_grad():
+        with EXPORTING, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 Body(network).eval().cpu(),

@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from anyio import to_thread
 
+from model.calibration import CalibrationReport
 from model.inference.instances import (
     InstanceOptions,
     ObjectRow,
@@ -108,9 +109,10 @@ async def _active_interval(services: Services, served: ServedModel) -> _Interval
         )
     except StoreUnavailable:  # the database fails: answer without the range rather than not
         return None
-    if record is None or record.report is None or record.report.threshold_ci is None:
-        return None
-    low, high = record.report.threshold_ci
+    report = None if record is None else record.report
+    if not isinstance(report, CalibrationReport) or report.threshold_ci is None:
+        return None  # none kept, or a multi-class report (each class has its own interval)
+    low, high = report.threshold_ci
     return _Interval(calibration_id, float(low), float(high))
 
 

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from model.cards.export import export
 from model.cards.sources import load_predictor
+from model.cards.to_onnx import EXPORTING
 from model.data.synth import generate_pair, pair_rng
 from model.inference.tiling import predict_tiled
 from service.app import create_app
@@ -168,7 +169,7 @@ def served(
         forwards["monai-basic"] = basic
         # The MONAI UNet as ONNX: an architecture this package knows nothing about.
         axes = {0: "batch", 2: "height", 3: "width"}
-        with torch.no_grad():
+        with EXPORTING, torch.no_grad():  # not beside an app's export (see to_onnx)
             torch.onnx.export(
                 unet,
                 (torch.rand(1, 1, 64, 64),),
