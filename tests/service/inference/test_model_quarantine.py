@@ -187,7 +187,7 @@ def test_shipped_models_serve_beside_a_pickle_a_nan_model_and_a_nan_threshold(
         ready = httpx.get(f"{service.base}/readyz", timeout=10)
         assert ready.status_code == 200
         body = ready.json()
-        assert body["models"] == ["unet-relu", "unet-sigmoid"]
+        assert body["models"] == ["unet-multiclass", "unet-relu", "unet-sigmoid"]
         unavailable = body["unavailable"]
         assert set(unavailable) == {"pickled", "zero-over-zero", "nan-threshold"}
         assert "weights_only=True refuses" in unavailable["pickled"]
