@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from model.cards.command import add_quantize
+from model.cards.command import add_import_export, add_quantize
 from model.inference.instances_cli import add_instances
 from model.network.activations import ACTIVATIONS
 from model.network.blocks import NORMS
@@ -143,7 +143,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
 
     _add_make_weights(commands)
-    _add_import_export(commands)
+    add_import_export(commands, add_command)
     add_quantize(commands, add_command)
     add_instances(commands, add_command)
 
@@ -173,95 +173,6 @@ def _add_make_weights(commands: argparse._SubParsersAction[argparse.ArgumentPars
     weights.add_argument(
         "--calibrate-only", action="store_true", help="keep the weights, redo the thresholds"
     )
-
-
-def _add_import_export(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    imp = add_command(
-        commands,
-        "import",
-        _import,
-        "write a model card for a network file (ONNX, TorchScript, .pt2, MONAI state dict) "
-        "and test it on a synthetic image",
-    )
-    imp.add_argument("path", type=Path, help="the network file, or a folder holding one")
-    imp.add_argument("--out", type=Path, help="the card to write (default: beside the file)")
-    imp.add_argument("--format", choices=("monai", "torchscript", "exported", "onnx"))
-    imp.add_argument("--network", help="MONAI: a class of monai.networks.nets, e.g. UNet")
-    imp.add_argument("--args", default="{}", help="MONAI: its constructor's arguments as JSON")
-    imp.add_argument("--channels", type=int, default=1, help="input channels (default 1)")
-    imp.add_argument("--order", choices=("RGB", "BGR"), default="RGB")
-    imp.add_argument(
-        "--normalize",
-        choices=("dtype", "minmax", "percentile", "zscore", "fixed"),
-        default="dtype",
-    )
-    imp.add_argument("--low", type=float, default=1.0, help="percentile: lower (default 1)")
-    imp.add_argument("--high", type=float, default=99.8, help="percentile: upper (default 99.8)")
-    imp.add_argument("--mean", type=float, nargs="+", help="fixed: per-channel mean")
-    imp.add_argument("--std", type=float, nargs="+", help="fixed: per-channel std")
-    imp.add_argument("--emits", choices=("logits", "probabilities", "scores"), default="logits")
-    imp.add_argument("--head", choices=HEADS, default="sigmoid", help="applied to logits")
-    imp.add_argument("--channel", type=int, default=0, help="the foreground output channel")
-    imp.add_argument("--pad-multiple", type=int, default=1, help="input sides must divide by it")
-    imp.add_argument("--threshold", type=float, help="default threshold (else 0.5)")
-    modes = ("binary", "multilabel", "multiclass")
-    imp.add_argument("--mode", choices=modes, default="binary", help="output.mode of the card")
-    imp.add_argument("--classes", help="multi-class: the class names in channel order, a,b,c")
-
-    exp = add_command(
-        commands, "export", _export, "export a native checkpoint, with a card to serve it by"
-    )
-    exp.add_argument("--checkpoint", type=Path, required=True)
-    exp.add_argument("--format", choices=("onnx", "torchscript", "exported"), required=True)
-    exp.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint)")
-
-
-def _import(args: argparse.Namespace) -> int:
-    from model.cards.importing import import_model
-
-    try:
-        network_args = json.loads(args.args)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--args: not valid JSON ({error}); give an object") from None
-    normalize: dict[str, Any] = {"method": args.normalize}
-    if args.normalize == "percentile":
-        normalize |= {"low": args.low, "high": args.high}
-    if args.normalize == "fixed":
-        normalize |= {"mean": args.mean, "std": args.std}
-    source: dict[str, Any] = {"format": args.format} if args.format else {}
-    if args.network:
-        source["network"] = {"name": args.network, "args": network_args}
-    card: dict[str, Any] = {
-        "source": source,
-        "input": {"channels": args.channels, "order": args.order, "normalize": normalize},
-        "output": {"emits": args.emits, "channel": args.channel, "head": args.head},
-        "pad_multiple": args.pad_multiple,
-    }
-    if args.threshold is not None:
-        card["threshold"] = args.threshold
-    if args.mode != "binary" or args.classes:
-        names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
-        card["output"] = {**card["output"], "mode": args.mode, "classes": names}
-        del card["output"]["channel"]  # the classes' channels follow from the mode
-    result = import_model(args.path, card, args.out)
-    emit(args, result)
-    if not args.json:
-        low, high = result["output_range"]
-        hint = result["suggested"]
-        print(f"output range on a synthetic image: {low:.4g} .. {high:.4g}")
-        print(f"suggested: emits {hint['emits']}, head {hint['head']}")
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from model.cards.export import SUFFIXES, export
-
-    out = args.out or args.checkpoint.with_name(
-        f"{args.checkpoint.stem}-{args.format}{SUFFIXES[args.format]}"
-    )
-    card = export(args.checkpoint, args.format, out)
-    emit(args, {"file": str(out), "card": str(card), "format": args.format})
-    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

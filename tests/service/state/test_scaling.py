@@ -72,7 +72,9 @@ def spawn(
         service.client.close()
         if service.process.poll() is None:
             service.process.terminate()
-            service.process.wait(timeout=30)
+            # communicate, not wait: it drains stderr, which a server blocked on a full pipe
+            # (its access lines are longer now) needs before it can finish stopping.
+            service.process.communicate(timeout=60)
         if service.process.stderr is not None:
             service.process.stderr.close()
 
