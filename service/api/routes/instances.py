@@ -151,5 +151,5 @@ async def instances(
     with_range = format == "json"
     encoded = await find_objects(services, served, upload, options, encode, threshold, with_range)
     body, media_type, count = encoded.body
-    headers = _threshold_headers(encoded.segmentation.cut) | {"X-Object-Count": str(count)}
+    headers = _threshold_headers(encoded.segmentation) | {"X-Object-Count": str(count)}
     return Response(body, media_type=media_type, headers=headers)
