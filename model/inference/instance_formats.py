@@ -134,15 +134,23 @@ def feature_collection(
     return {"type": "FeatureCollection", "properties": dict(properties), "features": features}
 
 
-def csv_table(rows: Sequence[ObjectRow]) -> str:
-    """The objects table as CSV with a header row, one object a row."""
+def csv_table(rows: Sequence[ObjectRow], classes: Sequence[str] | None = None) -> str:
+    """The objects table as CSV with a header row, one object a row.
+
+    With `classes` (one name a row: a multi-class model's objects), a `class` column follows `id`.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
+    header = list(CSV_COLUMNS)
+    if classes is not None:
+        header.insert(1, "class")
+    writer.writerow(header)
+    for k, row in enumerate(rows):
+        named = () if classes is None else (classes[k],)
         writer.writerow(
             (
                 row.id,
+                *named,
                 row.area,
                 repr(row.centroid[0]),
                 repr(row.centroid[1]),

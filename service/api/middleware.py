@@ -253,7 +253,11 @@ class _Answer:
         out: dict[str, Any] = {"bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
         threshold = self.headers.get(b"x-threshold")
         if threshold is not None:
-            out["threshold"] = float(threshold)
+            text = threshold.decode()
+            try:
+                out["threshold"] = float(text)
+            except ValueError:  # a multi-class answer's `nucleus=0.41;debris=0.63`
+                out["threshold"] = text
             out["threshold_source"] = self.headers.get(b"x-threshold-source", b"").decode()
         if self.problem:
             try:
