@@ -8,7 +8,6 @@ each with its class, except the label image, which is one class's.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -17,8 +16,9 @@ from fastapi import APIRouter, Query, Response
 
 from model.inference.instance_formats import (
     DEFAULT_COLOR,
+    collection_json,
     csv_table,
-    feature_collection,
+    feature_texts,
     labels_file,
 )
 from model.inference.instances import DEFAULT_SPLIT, InstanceOptions, ObjectRow, Split
@@ -126,10 +126,8 @@ def objects_geojson(found: Sequence[Objects], class_name: str = "foreground") ->
     features = []
     for objects in found:
         name = objects.class_name or class_name
-        colour = _colour(objects)
-        features += feature_collection(objects.labels, objects.rows, {}, name, colour)["features"]
-    collection = {"type": "FeatureCollection", "properties": properties, "features": features}
-    return json.dumps(collection, separators=(",", ":")).encode(), GEOJSON
+        features += feature_texts(objects.labels, objects.rows, name, _colour(objects))
+    return collection_json(properties, features), GEOJSON
 
 
 def objects_csv(found: Sequence[Objects]) -> tuple[bytes, str]:

@@ -21,8 +21,10 @@ from model.cli import main
 from model.data.synth import generate_instances, generate_pair, pair_rng, write_dataset
 from model.inference.instance_formats import (
     CSV_COLUMNS,
+    collection_json,
     csv_table,
     feature_collection,
+    feature_texts,
     labels_file,
     polygons,
     read_labels,
@@ -323,3 +325,24 @@ def test_banded_split_equals_the_whole_image_split(monkeypatch: pytest.MonkeyPat
     pairs = np.unique(np.stack([banded[mask], reference[mask]]), axis=1)
     assert pairs.shape[1] == banded.max()
     assert np.array_equal(banded > 0, mask)
+
+
+def test_geojson_written_as_text_is_the_collection_json_dumps_writes(
+    scored: tuple[np.ndarray, float],
+) -> None:
+    """The server's streamed GeoJSON equals `json.dumps` of `feature_collection`, byte for byte."""
+    scores, threshold = scored
+    labels = label_scores(scores, threshold)
+    # A ring with a hole and an object in two pieces (a MultiPolygon) beside the model's objects.
+    labels[5:25, 5:25] = labels.max() + 1
+    labels[10:15, 10:15] = 0
+    labels[40:44, 3:6] = labels[60:62, 2:4] = labels.max() + 1
+    rows = object_table(labels, scores)
+    properties = {"model": "m", "threshold": threshold}
+    expected = json.dumps(
+        feature_collection(labels, rows, properties, "nucleus", (1, 2, 3)), separators=(",", ":")
+    ).encode()
+    assert (
+        collection_json(properties, feature_texts(labels, rows, "nucleus", (1, 2, 3))) == expected
+    )
+    assert b'"MultiPolygon"' in expected
