@@ -88,12 +88,9 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D (H, W) array, not shape {mask.shape}")
-    # scipy's label, not scikit-image's: the same components, straight into int32 (no int64 plane).
-    structure = ndimage.generate_binary_structure(2, options.connectivity)
-    components = np.empty(mask.shape, dtype=np.int32)
-    ndimage.label(mask, structure=structure, output=components)
-    labels = _watershed(mask, components, options) if options.split == "watershed" else components
-    del components
+    labels = (
+        _watershed(mask, options) if options.split == "watershed" else _components(mask, options)
+    )
     if options.min_area > 1 and labels.any():
         areas = np.bincount(labels.ravel())
         small = areas < options.min_area
@@ -104,7 +101,17 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
     first = _first_pixels(labels)
     order = np.zeros(first.size + 1, dtype=np.int32)
     order[np.argsort(first, kind="stable") + 1] = np.arange(1, first.size + 1, dtype=np.int32)
-    return order[labels]
+    # In place, and unbuffered (mode "raise" would copy the plane): every label indexes `order`.
+    return np.take(order, labels, out=labels, mode="clip")
+
+
+def _components(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
+    """The mask's connected components as int32 labels, numbered in raster order."""
+    # scipy's label, not scikit-image's: the same components, straight into int32 (no int64 plane).
+    structure = ndimage.generate_binary_structure(2, options.connectivity)
+    components = np.empty(mask.shape, dtype=np.int32)
+    ndimage.label(mask, structure=structure, output=components)
+    return components
 
 
 def label_scores(
@@ -121,16 +128,17 @@ def count_objects(
     return int(label_scores(scores, threshold, options).max(initial=0))
 
 
-def _watershed(mask: np.ndarray, components: np.ndarray, options: InstanceOptions) -> np.ndarray:
+def _watershed(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
     """Touching objects split along the valleys of the distance to the background.
 
     Memory stays a few int32/float32 planes: the distance transform and the flooding run in
-    bands of rows (`_distance`, `_flood`), each giving exactly what the whole image would.
+    bands of rows (`_distance`, `_flood`), each giving exactly what the whole image would, and
+    the split is written over the components it splits.
     """
     from skimage.feature import peak_local_max
 
     if not mask.any():
-        return components
+        return _components(mask, options)
     smooth = _distance(mask)
     # A light blur keeps one seed per nucleus when a ragged border dents the distance map.
     ndimage.gaussian_filter(smooth, 1.0, output=smooth)
@@ -139,15 +147,11 @@ def _watershed(mask: np.ndarray, components: np.ndarray, options: InstanceOption
     peaks = peak_local_max(
         smooth, min_distance=SEED_DISTANCE, threshold_abs=SEED_DEPTH, exclude_border=False
     )
-    split = np.zeros(mask.shape, dtype=np.int32)
-    split[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    _flood(np.negative(smooth, out=smooth), split, components, options.connectivity)
-    del smooth
-    # Components too thin to hold a seed keep their own label: the union stays the mask.
-    unseeded = mask & (split == 0)
-    if unseeded.any():
-        split[unseeded] = components[unseeded] + len(peaks)
-    return split
+    # Labelled after the seeds are found, so that the components' plane and the seed search's
+    # temporaries are never held at once.
+    labels = _components(mask, options)
+    _flood(np.negative(smooth, out=smooth), peaks, labels, options.connectivity)
+    return labels
 
 
 def _distance(mask: np.ndarray) -> np.ndarray:
@@ -176,17 +180,22 @@ def _distance(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _flood(
-    image: np.ndarray, markers: np.ndarray, components: np.ndarray, connectivity: int
-) -> None:
-    """scikit-image's `watershed` of `image` from `markers`, in place, a band of components at once.
+def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivity: int) -> None:
+    """scikit-image's `watershed` of `image` from seeds `peaks` (k-th: marker k), band by band.
 
-    A flood never leaves its connected component (the mask's own connectivity), so each group
-    of whole components, numbered in raster order, floods alone over the rows it spans.
+    `labels` holds the connected components and receives the split in place: marker k's basin
+    is k; a component no seed reaches (too thin to hold one) becomes its own id + len(peaks), so
+    the labels' union stays the mask. A flood never leaves its
+    component (the mask's own connectivity), so each group of whole components, numbered in
+    raster order, floods alone over the rows it spans.
     """
     from skimage.segmentation import watershed
 
-    boxes = ndimage.find_objects(components)
+    boxes = ndimage.find_objects(labels)
+    # Seeds sorted by row, to hand each band its own; marker ids stay their place in `peaks`.
+    ids = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    by_row = np.argsort(peaks[:, 0], kind="stable") if len(peaks) else ids[:0]
+    seed_rows = peaks[by_row, 0] if len(peaks) else ids[:0]
     start = 0
     while start < len(boxes):
         top, bottom = boxes[start][0].start, boxes[start][0].stop
@@ -194,14 +203,20 @@ def _flood(
         while stop < len(boxes) and max(bottom, boxes[stop][0].stop) - top <= BAND_ROWS:
             bottom = max(bottom, boxes[stop][0].stop)
             stop += 1
-        band = components[top:bottom]
-        # Components start..stop-1 (ids start+1..stop): others in these rows belong to other bands.
+        band = labels[top:bottom]
+        # Components start+1..stop; pixels of earlier bands hold their (negated) split already.
         own = (band > start) & (band <= stop)
-        flooded = watershed(
-            image[top:bottom], markers[top:bottom], mask=own, connectivity=connectivity
-        )
-        markers[top:bottom][own] = flooded[own]
+        markers = np.zeros(band.shape, dtype=np.int32)
+        first, last = np.searchsorted(seed_rows, (top, bottom))
+        chosen = by_row[first:last]
+        markers[peaks[chosen, 0] - top, peaks[chosen, 1]] = ids[chosen]
+        flooded = watershed(image[top:bottom], markers, mask=own, connectivity=connectivity)
+        unseeded = own & (flooded == 0)
+        flooded[unseeded] = band[unseeded] + len(peaks)
+        # Negated until every band is done, so later bands' components stay recognisable.
+        band[own] = -flooded[own]
         start = stop
+    np.negative(labels, out=labels)
 
 
 def _first_pixels(labels: np.ndarray) -> np.ndarray:
