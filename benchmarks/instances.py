@@ -1,7 +1,7 @@
 """What the instance step adds to `/mask`: latency at 1024 px, memory at 4096 px.
 
     python benchmarks/instances.py [--checkpoint model/weights/unet-sigmoid.safetensors]
-        [--rounds 12] [--memory-side 4096]
+        [--rounds 12] [--memory-side 4096] [--baseline-source DIR]
 
 In one run, against a real service (uvicorn subprocess on a loopback port):
 
@@ -11,7 +11,9 @@ In one run, against a real service (uvicorn subprocess on a loopback port):
   `/mask`;
 * memory: a fresh service per route answers one `--memory-side` image (`/mask`, then
   `/instances?format=geojson` on another fresh service): the server's peak resident memory
-  (VmHWM) and the object count.
+  (VmHWM) and the object count. With `--baseline-source` (another checkout, e.g. `git archive`
+  of an older commit), `/instances` is also answered by that code, in the same run, for a
+  before/after figure.
 
 Prints one JSON object on stdout; progress goes to stderr.
 """
@@ -98,11 +100,19 @@ def latency(url: str, model: str, rounds: int) -> dict[str, Any]:
     }
 
 
-def peak(env: dict[str, str], workdir: Path, model: str, side: int, route: str) -> dict[str, Any]:
-    """A fresh server answers one side x side request on `route`; its peak memory."""
+def peak(
+    env: dict[str, str],
+    workdir: Path,
+    model: str,
+    side: int,
+    route: str,
+    source: Path | None = None,
+) -> dict[str, Any]:
+    """A fresh server (running `source`'s code if given) answers one side x side request on
+    `route`; its peak memory."""
     png = large_png(side)
     params = {"format": "geojson"} if route == "instances" else {}
-    with server(env, workdir) as (url, process):
+    with server(env, workdir, source) as (url, process):
         baseline = memory_mb(process.pid, "VmRSS")
         started = time.perf_counter()
         response = post(url, model, route, params, png)
@@ -110,6 +120,7 @@ def peak(env: dict[str, str], workdir: Path, model: str, side: int, route: str) 
         top = memory_mb(process.pid)
     result = {
         "route": route,
+        "code": str(source) if source else "this checkout",
         "side": side,
         "seconds": round(elapsed, 2),
         "rss_after_warmup_mb": baseline,
@@ -124,8 +135,9 @@ def main() -> None:
     """Run the benchmark and print its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=12, help="0 to skip")
     parser.add_argument("--memory-side", type=int, default=4096, help="0 to skip")
+    parser.add_argument("--baseline-source", type=Path, help="older code to compare memory with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="unet-instances-") as tmp:
         workdir = Path(tmp)
@@ -139,14 +151,19 @@ def main() -> None:
             # A 4096 px image on a loaded two-core machine outlasts the default 60 s.
             "UNET_REQUEST_TIMEOUT_S": "900",
         }
-        log("latency at 1024 px, interleaved")
-        with server(env, workdir) as (url, _):
-            timing = latency(url, model, args.rounds)
-        log(f"  {timing}")
+        timing = None
+        if args.rounds:
+            log("latency at 1024 px, interleaved")
+            with server(env, workdir) as (url, _):
+                timing = latency(url, model, args.rounds)
+            log(f"  {timing}")
         memory = []
         if args.memory_side:
             log(f"peak memory at {args.memory_side} px, one fresh server per route")
-            memory = [peak(env, workdir, model, args.memory_side, r) for r in ("mask", "instances")]
+            runs: list[tuple[str, Path | None]] = [("mask", None), ("instances", None)]
+            if args.baseline_source:
+                runs.insert(1, ("instances", args.baseline_source.resolve()))
+            memory = [peak(env, workdir, model, args.memory_side, r, s) for r, s in runs]
     result = {"model": model, "weights": weights, "latency": timing, "memory": memory}
     print(json.dumps(result, indent=2))
 

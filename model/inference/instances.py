@@ -1,8 +1,8 @@
 """Objects, not only pixels: a score map cut at a threshold becomes a label image and a table.
 
 One class's map at a time (a multi-class model's objects are a loop over its classes). The parts
-are scikit-image's: `label` for connected components, a distance-transform `watershed` to split
-touching objects, `regionprops_table` for the measurements.
+are scipy's `label` for connected components, scikit-image's distance-transform `watershed` to
+split touching objects, `regionprops_table`'s measurements.
 
 Coordinates follow the GeoJSON the objects are also written as: x to the right, y down, pixel
 (row r, column c) covering the square [c, c + 1] x [r, r + 1], so its centre is (c + 0.5, r + 0.5).
@@ -25,6 +25,10 @@ CONNECTIVITIES = (1, 2)  # 1: edge neighbours only (4-connected); 2: corners too
 SEED_DISTANCE = 5
 SEED_DEPTH = 1.0
 DEFAULT_SPLIT: Split = "watershed"
+# The split runs in bands of rows so that its memory does not grow with the image: BAND_ROWS a
+# band, and a first BAND_HALO rows of context either side for the distance transform.
+BAND_ROWS = 256
+BAND_HALO = 32
 
 
 @dataclass(frozen=True)
@@ -80,14 +84,13 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
     Every foreground pixel belongs to an object unless `min_area` drops it, so with min_area 0
     the labels' union is the mask. Ids run 1..N in raster order of each object's first pixel.
     """
-    from skimage.measure import label
-
     options = options or InstanceOptions()
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D (H, W) array, not shape {mask.shape}")
-    components = label(mask, connectivity=options.connectivity).astype(np.int32)
-    labels = _watershed(mask, components, options) if options.split == "watershed" else components
+    labels = (
+        _watershed(mask, options) if options.split == "watershed" else _components(mask, options)
+    )
     if options.min_area > 1 and labels.any():
         areas = np.bincount(labels.ravel())
         small = areas < options.min_area
@@ -98,7 +101,17 @@ def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.n
     first = _first_pixels(labels)
     order = np.zeros(first.size + 1, dtype=np.int32)
     order[np.argsort(first, kind="stable") + 1] = np.arange(1, first.size + 1, dtype=np.int32)
-    return order[labels]
+    # In place, and unbuffered (mode "raise" would copy the plane): every label indexes `order`.
+    return np.take(order, labels, out=labels, mode="clip")
+
+
+def _components(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
+    """The mask's connected components as int32 labels, numbered in raster order."""
+    # scipy's label, not scikit-image's: the same components, straight into int32 (no int64 plane).
+    structure = ndimage.generate_binary_structure(2, options.connectivity)
+    components = np.empty(mask.shape, dtype=np.int32)
+    ndimage.label(mask, structure=structure, output=components)
+    return components
 
 
 def label_scores(
@@ -115,34 +128,95 @@ def count_objects(
     return int(label_scores(scores, threshold, options).max(initial=0))
 
 
-def _watershed(mask: np.ndarray, components: np.ndarray, options: InstanceOptions) -> np.ndarray:
-    """Touching objects split along the valleys of the distance to the background."""
+def _watershed(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
+    """Touching objects split along the valleys of the distance to the background.
+
+    Memory stays a few int32/float32 planes: the distance transform and the flooding run in
+    bands of rows (`_distance`, `_flood`), each giving exactly what the whole image would, and
+    the split is written over the components it splits.
+    """
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
 
     if not mask.any():
-        return components
-    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+        return _components(mask, options)
+    smooth = _distance(mask)
     # A light blur keeps one seed per nucleus when a ragged border dents the distance map.
-    smooth = ndimage.gaussian_filter(distance, 1.0, output=distance)
+    ndimage.gaussian_filter(smooth, 1.0, output=smooth)
     # No `labels=`: per-component search is 3x slower, and the unseeded fallback below already
     # gives a component whose peak lost to a neighbour's its own object.
     peaks = peak_local_max(
         smooth, min_distance=SEED_DISTANCE, threshold_abs=SEED_DEPTH, exclude_border=False
     )
-    markers = np.zeros(mask.shape, dtype=np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    # In place: a 4096 px image's planes are 64 MiB each, and the instance step should stay
-    # within a few of them (docs/benchmarks.md).
-    split = watershed(
-        np.negative(smooth, out=smooth), markers, mask=mask, connectivity=options.connectivity
-    )
-    split = np.asarray(split, dtype=np.int32)
-    # Components too thin to hold a seed keep their own label: the union stays the mask.
-    unseeded = mask & (split == 0)
-    if unseeded.any():
-        split[unseeded] = components[unseeded] + len(peaks)
-    return split
+    # Labelled after the seeds are found, so that the components' plane and the seed search's
+    # temporaries are never held at once.
+    labels = _components(mask, options)
+    _flood(np.negative(smooth, out=smooth), peaks, labels, options.connectivity)
+    return labels
+
+
+def _distance(mask: np.ndarray) -> np.ndarray:
+    """The float32 distance of each pixel to the background, computed in bands of rows.
+
+    A band's transform over a window reaching `halo` rows beyond it is exact wherever it is at
+    most `halo`: any background pixel outside the window is further away than that. Where it is
+    not, the window grows until it is, so the result is the whole image's transform.
+    """
+    height = mask.shape[0]
+    out = np.empty(mask.shape, dtype=np.float32)
+    for top in range(0, height, BAND_ROWS):
+        bottom = min(height, top + BAND_ROWS)
+        halo = BAND_HALO
+        while True:
+            first, last = max(0, top - halo), min(height, bottom + halo)
+            window = mask[first:last]
+            whole = first == 0 and last == height
+            # Without background in the window scipy measures from outside it: never exact.
+            if whole or not window.all():
+                core = ndimage.distance_transform_edt(window)[top - first : bottom - first]
+                if whole or core.max(initial=0) <= halo:
+                    break
+            halo *= 2
+        out[top:bottom] = core
+    return out
+
+
+def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivity: int) -> None:
+    """scikit-image's `watershed` of `image` from seeds `peaks` (k-th: marker k), band by band.
+
+    `labels` holds the connected components and receives the split in place: marker k's basin
+    is k; a component no seed reaches (too thin to hold one) becomes its own id + len(peaks), so
+    the labels' union stays the mask. A flood never leaves its
+    component (the mask's own connectivity), so each group of whole components, numbered in
+    raster order, floods alone over the rows it spans.
+    """
+    from skimage.segmentation import watershed
+
+    boxes = ndimage.find_objects(labels)
+    # Seeds sorted by row, to hand each band its own; marker ids stay their place in `peaks`.
+    ids = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    by_row = np.argsort(peaks[:, 0], kind="stable") if len(peaks) else ids[:0]
+    seed_rows = peaks[by_row, 0] if len(peaks) else ids[:0]
+    start = 0
+    while start < len(boxes):
+        top, bottom = boxes[start][0].start, boxes[start][0].stop
+        stop = start + 1
+        while stop < len(boxes) and max(bottom, boxes[stop][0].stop) - top <= BAND_ROWS:
+            bottom = max(bottom, boxes[stop][0].stop)
+            stop += 1
+        band = labels[top:bottom]
+        # Components start+1..stop; pixels of earlier bands hold their (negated) split already.
+        own = (band > start) & (band <= stop)
+        markers = np.zeros(band.shape, dtype=np.int32)
+        first, last = np.searchsorted(seed_rows, (top, bottom))
+        chosen = by_row[first:last]
+        markers[peaks[chosen, 0] - top, peaks[chosen, 1]] = ids[chosen]
+        flooded = watershed(image[top:bottom], markers, mask=own, connectivity=connectivity)
+        unseeded = own & (flooded == 0)
+        flooded[unseeded] = band[unseeded] + len(peaks)
+        # Negated until every band is done, so later bands' components stay recognisable.
+        band[own] = -flooded[own]
+        start = stop
+    np.negative(labels, out=labels)
 
 
 def _first_pixels(labels: np.ndarray) -> np.ndarray:

@@ -21,6 +21,21 @@ class ObjectJson(BaseModel):
     perimeter: float = Field(description="scikit-image's perimeter estimate, pixels.")
     equivalent_diameter: float = Field(description="Diameter of the disc of the same area.")
     touches_border: bool = Field(description="The object reaches the image's edge (maybe cut).")
+    class_: str | None = Field(
+        default=None,
+        alias="class",
+        description="Multi-class models only: the object's class (ids run 1..N within a class).",
+    )
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ClassObjectsJson(BaseModel):
+    """A multi-class model's class: the cut its objects were found at, and how many."""
+
+    threshold: float
+    threshold_source: Literal["default", "calibration", "manual", "request"]
+    count: int
 
 
 class CountRangeJson(BaseModel):
@@ -73,8 +88,11 @@ class InstancesJson(BaseModel):
 
     width: int
     height: int
-    threshold: float = Field(description="The threshold used: foreground where score >= it.")
-    threshold_source: Literal["default", "calibration", "manual", "request"]
+    threshold: float | None = Field(
+        description="The threshold used: foreground where score >= it (multi-class: the class's "
+        "when one is asked for, else null and each class's is in `classes`)."
+    )
+    threshold_source: Literal["default", "calibration", "manual", "request"] | None
     split: Literal["none", "watershed"]
     min_area: int
     connectivity: Literal[1, 2]
@@ -85,3 +103,7 @@ class InstancesJson(BaseModel):
         "interval (threshold_ci): the count at the interval's two ends.",
     )
     objects: list[ObjectJson]
+    classes: dict[str, ClassObjectsJson] | None = Field(
+        default=None,
+        description="Multi-class models only: each answered class's threshold and count.",
+    )

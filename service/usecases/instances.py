@@ -5,6 +5,10 @@ watch), so its threshold rules and headers are `/mask`'s. The labelling runs as 
 stage, in the inference worker, on the stitched score map: a tiled image's objects are labelled
 whole, never per tile.
 
+Multi-class models: each class's objects come from that class's `/mask?class=` mask (the decision
+rule, or its own cut when multilabel) and are measured on that class's map; one class when the
+request names it, every class otherwise (ids run 1..N within each class).
+
 A count with its uncertainty: when the threshold in force comes from a calibration whose report
 has a bootstrap interval (`threshold_ci`), the objects are also counted at the interval's two
 ends, which says how much the count owes to the threshold's own uncertainty.
@@ -13,7 +17,7 @@ ends, which says how much the count owes to the threshold's own uncertainty.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -25,6 +29,7 @@ from model.inference.instances import (
     InstanceOptions,
     ObjectRow,
     count_objects,
+    label_mask,
     label_scores,
     object_table,
 )
@@ -47,12 +52,21 @@ class CountRange:
 
 @dataclass(frozen=True)
 class Objects:
-    """One image's objects: the label image (0 background, 1..N), their table and the count."""
+    """One class's objects in one image: the label image (0 background, 1..N), table, count."""
 
     segmentation: Segmentation
     labels: np.ndarray  # int32 (H, W)
     options: InstanceOptions
     count_range: CountRange | None = None
+    class_name: str | None = None  # a multi-class model's class; None for a binary model
+
+    @property
+    def scores(self) -> np.ndarray:
+        """The map the objects are measured on: the class's own for a multi-class model."""
+        segmentation = self.segmentation
+        if self.class_name is None:
+            return segmentation.scores
+        return segmentation.scores[segmentation.class_index(self.class_name)]
 
     @property
     def count(self) -> int:
@@ -63,10 +77,11 @@ class Objects:
     def rows(self) -> list[ObjectRow]:
         """Each object's measurements, in id order; measured when first asked for (a label
         image answer never needs them)."""
-        return object_table(self.labels, self.segmentation.scores)
+        return object_table(self.labels, self.scores)
 
 
-EncodeObjects = Callable[[Objects], T]
+# One Objects for a binary model or a named class; one per class, in class order, otherwise.
+EncodeObjects = Callable[[Sequence[Objects]], T]
 
 
 @dataclass(frozen=True)
@@ -84,16 +99,19 @@ async def find_objects(
     encode: EncodeObjects[T],
     threshold: float | None = None,
     with_count_range: bool = False,
+    class_name: str | None = None,
 ) -> Encoded[T]:
     """Segment `image`, label its objects and run `encode` on them in the inference worker.
 
-    With `with_count_range` and no request threshold, the count is also taken at the ends of the
-    active calibration's bootstrap interval, when it has one. Raises what `segment_encoded` does.
+    Multi-class models: class `class_name`'s objects, or every class's when None (the route
+    checked the name). With `with_count_range` and no request threshold, a binary model's count
+    is also taken at the ends of the active calibration's bootstrap interval, when it has one.
+    Raises what `segment_encoded` does.
     """
     interval = None
-    if with_count_range and threshold is None:
+    if with_count_range and threshold is None and not served.multi_class:
         interval = await _active_interval(services, served)
-    stage = _Label(options, encode, interval)
+    stage = _Label(options, encode, interval, class_name)
     return await segment_encoded(services, served, image, stage, threshold)
 
 
@@ -110,8 +128,9 @@ async def _active_interval(services: Services, served: ServedModel) -> _Interval
     except StoreUnavailable:  # the database fails: answer without the range rather than not
         return None
     report = None if record is None else record.report
+    # A multi-class report has no single interval (nor do binary models read one).
     if not isinstance(report, CalibrationReport) or report.threshold_ci is None:
-        return None  # none kept, or a multi-class report (each class has its own interval)
+        return None
     low, high = report.threshold_ci
     return _Interval(calibration_id, float(low), float(high))
 
@@ -123,9 +142,13 @@ class _Label(Generic[T]):
     options: InstanceOptions
     encode: EncodeObjects[T]
     interval: _Interval | None
+    class_name: str | None = None
 
     def __call__(self, segmentation: Segmentation) -> T:
         """`encode` of the segmentation's objects."""
+        if segmentation.multi_class:
+            names = (self.class_name,) if self.class_name else segmentation.classes
+            return self.encode([self._class_objects(segmentation, name) for name in names])
         scores = segmentation.scores
         labels = label_scores(scores, segmentation.cut.value, self.options)
         count_range = None
@@ -141,4 +164,9 @@ class _Label(Generic[T]):
                 count_objects(scores, interval.high, self.options),
             )
             count_range = CountRange(interval.calibration_id, (interval.low, interval.high), counts)
-        return self.encode(Objects(segmentation, labels, self.options, count_range))
+        return self.encode([Objects(segmentation, labels, self.options, count_range)])
+
+    def _class_objects(self, segmentation: Segmentation, name: str) -> Objects:
+        """Class `name`'s objects: its `/mask?class=` mask, labelled."""
+        labels = label_mask(segmentation.mask[segmentation.class_index(name)], self.options)
+        return Objects(segmentation, labels, self.options, class_name=name)

@@ -108,10 +108,11 @@ def _threshold_headers(result: Segmentation) -> dict[str, str]:
         cut = result.cut
         headers = {"X-Threshold": repr(cut.value), "X-Threshold-Source": cut.source}
         stale = cut.stale
+        # Only a binary cut carries a guarantee (a multi-class report has none).
+        if cut.guarantee is not None:
+            headers["X-Threshold-Guarantee"] = cut.guarantee
     if stale:
         headers["X-Threshold-Stale"] = "true"
-    if result.cut.guarantee is not None:  # binary only: multi-class reports carry none
-        headers["X-Threshold-Guarantee"] = result.cut.guarantee
     return headers
 
 

@@ -21,8 +21,10 @@ from model.cli import main
 from model.data.synth import generate_instances, generate_pair, pair_rng, write_dataset
 from model.inference.instance_formats import (
     CSV_COLUMNS,
+    collection_json,
     csv_table,
     feature_collection,
+    feature_texts,
     labels_file,
     polygons,
     read_labels,
@@ -286,3 +288,61 @@ def test_the_table_equals_regionprops_table(
         assert set(ours) == set(theirs)
         for key, column in theirs.items():
             assert np.allclose(ours[key], column, rtol=1e-12, atol=1e-9), key
+
+
+def _whole_image_split(mask: np.ndarray) -> np.ndarray:
+    """The watershed split in one piece, straight from scikit-image (what the bands must equal)."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    components = label(mask, connectivity=1)
+    smooth = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask).astype(np.float32), 1.0)
+    peaks = peak_local_max(smooth, min_distance=5, threshold_abs=1.0, exclude_border=False)
+    markers = np.zeros(mask.shape, dtype=np.int64)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    split = watershed(-smooth, markers, mask=mask, connectivity=1)
+    unseeded = mask & (split == 0)
+    split[unseeded] = components[unseeded] + len(peaks)
+    return split
+
+
+def test_banded_split_equals_the_whole_image_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bands far smaller than the objects (the halo has to grow) give the same objects."""
+    _, mask = generate_pair(pair_rng(4343, 0), 384)
+    mask = np.asarray(mask) > 0
+    # A large disc and a tall bar: distances beyond the first halo, components taller than a band.
+    mask |= _disc(mask.shape, 200, 190, 60)
+    mask[20:360, 370:380] = True
+    reference = _whole_image_split(mask)
+    monkeypatch.setattr("model.inference.instances.BAND_ROWS", 16)
+    monkeypatch.setattr("model.inference.instances.BAND_HALO", 2)
+    banded = label_mask(mask, InstanceOptions(split="watershed"))
+    assert banded.dtype == np.int32
+    assert banded.max() == len(np.unique(reference[reference > 0])) > 50
+    # The same partition of the pixels: each banded object is exactly one reference object.
+    pairs = np.unique(np.stack([banded[mask], reference[mask]]), axis=1)
+    assert pairs.shape[1] == banded.max()
+    assert np.array_equal(banded > 0, mask)
+
+
+def test_geojson_written_as_text_is_the_collection_json_dumps_writes(
+    scored: tuple[np.ndarray, float],
+) -> None:
+    """The server's streamed GeoJSON equals `json.dumps` of `feature_collection`, byte for byte."""
+    scores, threshold = scored
+    labels = label_scores(scores, threshold)
+    # A ring with a hole and an object in two pieces (a MultiPolygon) beside the model's objects.
+    labels[5:25, 5:25] = labels.max() + 1
+    labels[10:15, 10:15] = 0
+    labels[40:44, 3:6] = labels[60:62, 2:4] = labels.max() + 1
+    rows = object_table(labels, scores)
+    properties = {"model": "m", "threshold": threshold}
+    expected = json.dumps(
+        feature_collection(labels, rows, properties, "nucleus", (1, 2, 3)), separators=(",", ":")
+    ).encode()
+    assert (
+        collection_json(properties, feature_texts(labels, rows, "nucleus", (1, 2, 3))) == expected
+    )
+    assert b'"MultiPolygon"' in expected

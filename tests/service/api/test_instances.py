@@ -156,3 +156,84 @@ def test_a_calibrated_threshold_brings_the_count_at_its_interval_ends(
     # A request's own threshold is not the calibration's: no interval to count at.
     own = post(client, f"{SIGMOID}/instances", png(nuclei), threshold=0.5)
     assert json.loads(own.text)["count_range"] is None
+
+
+MULTI = "/v1/models/unet-multiclass"
+
+
+@pytest.fixture(scope="module")
+def cells() -> np.ndarray:
+    """An unseen synthetic image with nuclei and debris (uint8, 128 x 128)."""
+    from model.data.synth import generate_labelled
+
+    return generate_labelled(pair_rng(9102, 0), 128)[0]
+
+
+def test_a_class_of_a_multi_class_model_is_the_objects_of_its_mask(
+    client: TestClient, cells: np.ndarray
+) -> None:
+    data = png(cells)
+    for name in ("nucleus", "debris"):
+        mask = post(client, f"{MULTI}/mask", data, **{"class": name})
+        assert mask.status_code == 200, mask.text
+        pixels = np.asarray(Image.open(io.BytesIO(mask.content))) > 0
+        answer = post(client, f"{MULTI}/instances", data, format="labels", **{"class": name})
+        assert answer.status_code == 200, answer.text
+        labels = read_labels(answer.content)
+        # The class's objects are exactly the pixels /mask?class= gives that class.
+        assert np.array_equal(labels > 0, pixels)
+        assert int(answer.headers["x-object-count"]) == labels.max()
+        assert answer.headers["x-threshold"] == mask.headers["x-threshold"]
+        table = post(client, f"{MULTI}/instances", data, **{"class": name}).json()
+        assert table["count"] == labels.max() == len(table["objects"])
+        assert {o["class"] for o in table["objects"]} <= {name}
+        assert list(table["classes"]) == [name]
+        areas = np.bincount(labels.ravel())[1:].tolist()
+        assert [o["area"] for o in table["objects"]] == areas
+    assert pixels.any(), "no debris in this image"
+
+
+def test_without_a_class_every_class_s_objects_come_with_their_class(
+    client: TestClient, cells: np.ndarray
+) -> None:
+    data = png(cells)
+    counts = {
+        name: post(client, f"{MULTI}/instances", data, **{"class": name}).json()["count"]
+        for name in ("nucleus", "debris")
+    }
+    assert all(counts.values()), counts
+    table = post(client, f"{MULTI}/instances", data).json()
+    collection = post(client, f"{MULTI}/instances", data, format="geojson").json()
+    rows = list(
+        csv.DictReader(io.StringIO(post(client, f"{MULTI}/instances", data, format="csv").text))
+    )
+    assert table["threshold"] is None and set(table["classes"]) == set(counts)
+    assert {k: v["count"] for k, v in table["classes"].items()} == counts
+    assert table["count"] == sum(counts.values()) == len(collection["features"]) == len(rows)
+    for name, count in counts.items():
+        assert sum(o["class"] == name for o in table["objects"]) == count
+        assert sum(r["class"] == name for r in rows) == count
+        named = [
+            f["properties"]["classification"]
+            for f in collection["features"]
+            if f["properties"]["classification"]["name"] == name
+        ]
+        assert len(named) == count
+        assert named[0]["color"] == collection["properties"]["classes"][name]["color"]
+    colours = {tuple(c["color"]) for c in collection["properties"]["classes"].values()}
+    assert len(colours) == 2, "one colour per class"
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "says"),
+    [
+        (MULTI, {"class": "stroma"}, 404, "nucleus, debris"),
+        (SIGMOID, {"class": "nucleus"}, 422, "binary"),
+        (MULTI, {"format": "labels"}, 422, "add class=NAME"),
+    ],
+)
+def test_class_requests_the_model_cannot_answer_are_refused(
+    client: TestClient, cells: np.ndarray, path: str, params: dict, status: int, says: str
+) -> None:
+    problem = assert_problem(post(client, f"{path}/instances", png(cells), **params), status)
+    assert says in problem["detail"], problem["detail"]
