@@ -33,12 +33,15 @@ export async function loadRoc(view) {
     ? await getJson(`${modelPath(name)}/calibrations/${shown.id}`, signal)
     : null;
   live(view);
-  view.report = calibration?.report ?? null;
+  // A multi-class report holds one binary report per class: the chosen class's is shown.
+  const whole = calibration?.report ?? null;
+  view.report = view.className === null ? whole : whole?.classes?.[view.className] ?? null;
   resetRoc();
-  if (!calibration) return;
-  const report = calibration.report;
+  if (!view.report) return;
+  const report = view.report;
+  const which = view.className === null ? "" : ` (class ${view.className})`;
   $("roc-caption").textContent =
-    `${shown.active ? "Active" : "Latest"} calibration ${shown.id}: ${report.strategy}, ` +
+    `${shown.active ? "Active" : "Latest"} calibration ${shown.id}${which}: ${report.strategy}, ` +
     `AUC ${formatNumber(report.auc)}, ${report.n_images} image(s).`;
   drawCurve();
   $("roc").toggleAttribute("hidden", false);
