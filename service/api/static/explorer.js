@@ -7,8 +7,10 @@ import { call, getJson, modelPath } from "./api.js";
 import { wireCalibration, resetCalibration } from "./calibrate.js";
 import { showClasses } from "./classes.js";
 import { loadHistory, resetHistory, wireChanges } from "./changes.js";
+import { downloadName, saveBlob } from "./downloads.js";
 import { installHelp } from "./help.js";
 import { parseNpy, valueRange } from "./npy.js";
+import { showObjects, wireObjects } from "./objects.js";
 import { drawImage, drawMasks, readTruth } from "./overlay.js";
 import { loadRoc, markRoc, resetRoc, toggleZoom } from "./rocpanel.js";
 import { activeThreshold, classQuery, live, newImage, newModelView, state } from "./state.js";
@@ -84,6 +86,7 @@ function resetImageView() {
   $("download-mask").disabled = true;
   $("download-probabilities").disabled = true;
   $("foreground-fraction").textContent = "–";
+  if (state.view) showObjects(state.view);
   for (const id of ["image-canvas", "mask-canvas", "active-image-canvas", "active-mask-canvas"]) {
     $(id).width = 0;
     $(id).height = 0;
@@ -118,6 +121,7 @@ async function chooseClass(name) {
   if (view.image?.probabilities) showClassMap(view, view.image.probabilities);
   setSliderRange();
   setThreshold(view.cuts[name]);
+  showObjects(view);
   drawImage();
   await showModel(view);
   await Promise.all([loadRoc(view), loadHistory(view)]);
@@ -187,6 +191,7 @@ async function runImage(view) {
   $("download-probabilities").disabled = false;
   setSliderRange();
   setThreshold(view.threshold);
+  showObjects(view);
   drawImage();
 }
 
@@ -236,21 +241,6 @@ async function chooseTruth(file) {
 }
 
 // ---- downloads -----------------------------------------------------------------------------
-
-function saveBlob(blob, name) {
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
-  link.download = name;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-}
-
-/** `cells-unet-sigmoid-t0.4791`: the image, the model and the threshold in one file name. */
-function downloadName(kind, threshold) {
-  const model = state.view.model.name.replace(/[^\w.-]+/g, "_");
-  const cut = threshold === undefined ? "" : `-t${formatNumber(threshold)}`;
-  return `${state.input.name}-${model}${cut}-${kind}`;
-}
 
 async function downloadMask() {
   clearProblem();
@@ -306,10 +296,13 @@ function wireDropzone() {
   }));
 }
 
-/** The model the page opens on: the first with probabilities (a sigmoid head), else the first. */
+/** The model the page opens on: the first binary one with probabilities (a sigmoid head), else
+ * the first with probabilities, else the first. */
 function firstModel(models) {
   const usable = models.filter((m) => m.available !== false);
-  return (usable.find((m) => m.outputs_probabilities) ?? usable[0] ?? models[0]).name;
+  const binary = usable.filter((m) => !(m.classes?.length > 0));
+  return (binary.find((m) => m.outputs_probabilities) ??
+    usable.find((m) => m.outputs_probabilities) ?? usable[0] ?? models[0]).name;
 }
 
 async function start() {
@@ -335,6 +328,7 @@ async function start() {
   $("roc-zoom").addEventListener("click", toggleZoom);
   $("download-mask").addEventListener("click", guarded(downloadMask));
   $("download-probabilities").addEventListener("click", guarded(downloadProbabilities));
+  wireObjects(onThreshold);
   wireChanges(thresholdChanged);
   wireCalibration(calibrationFinished);
   for (const id of ["mask-canvas", "active-mask-canvas"]) $(id).style.opacity = $("opacity").value;

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from model.data.synth import generate_pair, pair_rng, write_dataset
-from tests.service.web.browser import Visit, wait_until
+from tests.helpers import dataset_files, make_zip, wait_for_calibration
+from tests.service.web.browser import API_KEY, Visit, wait_until
 
 MODEL = "unet-sigmoid"
 # The mask canvas as 0/1 bytes, base64-encoded, once the pending redraw has happened.
@@ -181,3 +182,20 @@ def give_key(visit: Visit, key: str) -> None:
     visit.page.locator("#key-dialog").wait_for(state="visible")
     visit.page.fill("#api-key", key)
     visit.page.click("#key-ok")
+
+
+def calibrate(base: str, n: int, **form: str) -> dict[str, Any]:
+    """Run a calibration of MODEL through the API, activated, and return the finished job."""
+    zipped = make_zip(dataset_files(n, 64))
+    response = httpx.post(
+        f"{base}/v1/models/{MODEL}/calibrations",
+        files={"dataset": ("calibration.zip", zipped, "application/zip")},
+        data={**form, "activate": "true"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    location = f"{base}{response.headers['location']}"
+    job = wait_for_calibration(lambda: httpx.get(location, timeout=30).json())
+    assert job["status"] == "succeeded", job
+    return job
