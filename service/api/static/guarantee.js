@@ -24,16 +24,16 @@ export function showGuarantee(model, report, active) {
     const facts = [
       ["Risk controlled", guarantee.risk.toUpperCase()],
       ["alpha (the bound on the mean risk)", formatNumber(guarantee.alpha)],
-      ["delta (the chance it fails)", guarantee.delta === null ? "– (holds in expectation)"
+      ["delta (the chance it fails)", guarantee.delta === null ? "– (a mean over images)"
         : formatNumber(guarantee.delta)],
       ["Calibration images", String(guarantee.n_images)],
       ["Risk on the calibration images", formatNumber(guarantee.calibration_risk)],
       ["Per image: median, 90th percentile", `${formatNumber(spread.median)}, ` +
         `${formatNumber(spread.p90)}`],
       [`Images with a risk above 2 alpha`, percent(spread.above_2alpha)],
-      ["Images set apart (empty-image policy)",
-        `${spread.n_excluded} (${guarantee.empty_policy})`],
+      ["Images set apart", String(spread.n_excluded)],
     ];
+    $("guarantee-policy").textContent = `Images set apart: ${guarantee.empty_policy}`;
     $("guarantee-statement").textContent = guarantee.statement;
     $("guarantee-facts").replaceChildren(...facts.flatMap(([term, value]) => fact(term, value)));
     const withdrawn = typeof model.guarantee === "string" && model.guarantee.startsWith("withdrawn");

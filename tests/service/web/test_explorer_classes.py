@@ -48,7 +48,8 @@ def test_each_class_has_its_slider_and_colour_and_the_page_cuts_as_the_service(
     # The slider, moved by keyboard, cuts debris; the readout is debris's own active threshold.
     choose_class(visit, "debris")
     assert float(page.text_content("#model-threshold") or "nan") == pytest.approx(
-        active["debris"], abs=1e-4)
+        active["debris"], abs=1e-4
+    )
     page.focus("#threshold-slider")
     for _ in range(40):
         page.keyboard.press("ArrowRight")

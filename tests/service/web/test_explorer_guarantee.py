@@ -34,10 +34,11 @@ def test_the_guarantee_and_the_recalibration_are_shown_where_the_threshold_is(
     assert page.text_content("#guarantee-statement") == guarantee["statement"]
     shown = facts(visit, "guarantee-facts")
     assert float(shown["alpha (the bound on the mean risk)"]) == pytest.approx(0.3)
-    assert shown["delta (the chance it fails)"].startswith("–")  # fnr_control has none
+    assert shown["delta (the chance it fails)"].startswith("\N{EN DASH}")  # fnr_control has none
     assert shown["Calibration images"] == str(guarantee["n_images"])
     assert float(shown["Risk on the calibration images"]) == pytest.approx(
-        guarantee["calibration_risk"], rel=1e-3, abs=1e-4)
+        guarantee["calibration_risk"], rel=1e-3, abs=1e-4
+    )
     median, p90 = (float(v) for v in shown["Per image: median, 90th percentile"].split(", "))
     assert median == pytest.approx(guarantee["per_image"]["median"], rel=1e-3, abs=1e-4)
     assert p90 == pytest.approx(guarantee["per_image"]["p90"], rel=1e-3, abs=1e-4)
@@ -51,8 +52,10 @@ def test_the_guarantee_and_the_recalibration_are_shown_where_the_threshold_is(
     assert "recalibrated scale" in (page.text_content("#recalibration") or "")
     # A manual threshold is no calibration's: neither block stays.
     threshold = httpx.put(
-        f"{visit.base}/v1/models/{MODEL}/threshold", json={"value": 0.5},
-        headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10,
+        f"{visit.base}/v1/models/{MODEL}/threshold",
+        json={"value": 0.5},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
     )
     assert threshold.status_code == 200, threshold.text
     visit.open_explorer(MODEL)

@@ -32,8 +32,11 @@ def instances(base: str, path: Path, **params: object) -> httpx.Response:
 def count_objects(visit: Visit) -> int:
     """Click "Count objects" and return the count the page shows."""
     visit.page.click("#count-objects")
-    wait_until(visit.page, "document.getElementById('object-count').dataset.count !== undefined",
-               timeout_ms=60_000)
+    wait_until(
+        visit.page,
+        "document.getElementById('object-count').dataset.count !== undefined",
+        timeout_ms=60_000,
+    )
     return int(visit.page.get_attribute("#object-count", "data-count") or "-1")
 
 
@@ -82,4 +85,5 @@ def test_at_a_calibrated_threshold_the_count_comes_with_its_range(
     assert current_threshold(visit) == table["threshold"]
     assert count_objects(visit) == table["count"]
     low, high = sorted(table["count_range"]["counts"])
-    assert f"; {low} – {high} over calibration" in (page.text_content("#object-count") or "")
+    shown = page.text_content("#object-count") or ""
+    assert f"; {low} \N{EN DASH} {high} over calibration" in shown
