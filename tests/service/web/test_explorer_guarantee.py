@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
+from tests.helpers import dataset_files, make_zip
 from tests.service.web.browser import API_KEY, Visit, wait_until
-from tests.service.web.explorer_page import MODEL, calibrate
+from tests.service.web.explorer_page import MODEL, calibrate, confirm, give_key
 
 
 def facts(visit: Visit, list_id: str) -> dict[str, str]:
@@ -62,3 +65,27 @@ def test_the_guarantee_and_the_recalibration_are_shown_where_the_threshold_is(
     wait_until(page, "document.getElementById('model-source').textContent === 'manual'")
     page.locator("#roc").wait_for(state="visible")
     assert page.is_hidden("#guarantee") and page.is_hidden("#recalibration")
+
+
+def test_a_guaranteed_calibration_with_recalibration_started_from_the_page(
+    visit: Visit, tmp_path: Path
+) -> None:
+    page = visit.page
+    visit.expect_status(401)
+    visit.open_explorer(MODEL)
+    zipped = tmp_path / "calibration.zip"
+    zipped.write_bytes(make_zip(dataset_files(8, 64)))
+    page.set_input_files("#dataset-input", str(zipped))
+    page.select_option("#strategy", "fnr_control")
+    assert page.is_visible("#target-field") and page.is_hidden("#delta-field")
+    page.fill("#target", "0.3")
+    page.select_option("#recalibrate", "isotonic")
+    page.check("#activate-on-success")
+    page.click("#start-calibration")
+    confirm(visit)
+    give_key(visit, API_KEY)
+    page.locator("#guarantee").wait_for(state="visible", timeout=120_000)
+    job = httpx.get(f"{visit.base}/v1/models/{MODEL}/calibrations", timeout=10).json()
+    newest = job["calibrations"][0]
+    assert newest["active"] and newest["status"] == "succeeded"
+    assert facts(visit, "recalibration-facts")["Method"] == "isotonic"
