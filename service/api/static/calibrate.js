@@ -8,6 +8,8 @@ import { live, state } from "./state.js";
 import { $, clearProblem, fact, formatNumber, guarded, showProblem } from "./ui.js";
 
 const POLL_MS = 400;
+// Strategies that take a target rate: the target_* ones, and alpha for the guaranteed ones.
+const takesTarget = (strategy) => strategy.startsWith("target_") || strategy.endsWith("_control");
 const callbacks = { finished: async () => {} };
 
 function fieldError(input, output, message) {
@@ -22,7 +24,7 @@ function fieldError(input, output, message) {
 function validate() {
   const strategy = $("strategy").value;
   let ok = true;
-  if (strategy.startsWith("target_")) {
+  if (takesTarget(strategy)) {
     const raw = $("target").value.trim();
     const value = Number(raw);
     const message = raw === "" ? `${strategy} needs a target rate.`
@@ -49,7 +51,8 @@ function validate() {
 function showStrategy() {
   const strategy = $("strategy").value;
   $("strategy-help").textContent = STRATEGY_HELP[strategy] ?? "";
-  $("target-field").hidden = !strategy.startsWith("target_");
+  $("target-field").hidden = !takesTarget(strategy);
+  $("delta-field").hidden = strategy !== "fdr_control";
   $("cost-fields").hidden = strategy !== "cost";
   validate();
 }
@@ -127,7 +130,11 @@ async function start(event) {
   const form = new FormData();
   form.append("dataset", file);
   form.append("strategy", strategy);
-  if (strategy.startsWith("target_")) form.append("target", $("target").value.trim());
+  if (takesTarget(strategy)) form.append("target", $("target").value.trim());
+  if (strategy === "fdr_control" && $("delta").value.trim()) {
+    form.append("delta", $("delta").value.trim());
+  }
+  if ($("recalibrate").value) form.append("recalibrate", $("recalibrate").value);
   if (strategy === "cost") {
     form.append("cost_fp", $("cost-fp").value.trim());
     form.append("cost_fn", $("cost-fn").value.trim());

@@ -3,7 +3,7 @@
 // every change (when, who, from, to, why) with "restore this" and "back to the default".
 
 import { call, getJson, modelPath } from "./api.js";
-import { live, state } from "./state.js";
+import { activeThreshold, classQuery, live, state } from "./state.js";
 import { $, clearProblem, formatNumber, guarded } from "./ui.js";
 
 const callbacks = { changed: async () => {} };
@@ -29,8 +29,10 @@ function driftConsequence(model, source, calibrationId) {
 /** Ask the user to confirm a change of `model`'s threshold; resolves true when they do. */
 export function confirmChange(model, { value, source, calibrationId = null }) {
   const dialog = $("confirm-dialog");
-  const now = model.threshold ?? {};
-  $("confirm-model").textContent = model.name;
+  const view = state.view;
+  const now = (view?.model === model ? activeThreshold(view) : model.threshold) ?? {};
+  $("confirm-model").textContent = view?.model === model && view.className !== null
+    ? `${model.name}, class ${view.className}` : model.name;
   $("confirm-old").textContent = describe(now.value, now.source, now.calibration_id);
   $("confirm-new").textContent = value === undefined
     ? `${source} (its threshold, once the job succeeds)`
@@ -63,15 +65,18 @@ async function change(view, target, request) {
 export async function setManual() {
   const view = state.view;
   await change(view, { value: view.threshold, source: "manual" }, {
-    path: `${modelPath(view.model.name)}/threshold`, method: "PUT", json: { value: view.threshold },
+    path: `${modelPath(view.model.name)}/threshold${classQuery(view)}`,
+    method: "PUT",
+    json: { value: view.threshold },
   });
 }
 
 /** Go back to the checkpoint's own threshold. */
 export async function resetToDefault() {
   const view = state.view;
-  await change(view, { value: view.model.default_threshold, source: "default" }, {
-    path: `${modelPath(view.model.name)}/threshold`, method: "DELETE",
+  const value = view.className === null ? view.model.default_threshold : null;
+  await change(view, { value, source: "default" }, {
+    path: `${modelPath(view.model.name)}/threshold${classQuery(view)}`, method: "DELETE",
   });
 }
 
@@ -93,11 +98,14 @@ async function restore(entry) {
   }
   const view = state.view;
   return change(view, { value: entry.value, source: "manual" }, {
-    path: `${modelPath(view.model.name)}/threshold`, method: "PUT", json: { value: entry.value },
+    path: `${modelPath(view.model.name)}/threshold${classQuery(view)}`,
+    method: "PUT",
+    json: { value: entry.value },
   });
 }
 
-function historyItem(entry, model) {
+function historyItem(entry, view) {
+  const model = view.model;
   const item = document.createElement("li");
   const when = document.createElement("time");
   when.dateTime = entry.at;
@@ -109,7 +117,7 @@ function historyItem(entry, model) {
     `${describe(entry.value, entry.source, entry.calibration_id)}` +
     (entry.reason ? `, because ${entry.reason}` : "");
   item.append(when, what);
-  const current = model.threshold ?? {};
+  const current = activeThreshold(view) ?? {};
   const inForce = entry.value === current.value && entry.source === current.source &&
     (entry.calibration_id ?? null) === (current.calibration_id ?? null);
   if (entry.value !== null && entry.digest === model.digest && !inForce) {
@@ -129,12 +137,12 @@ function historyItem(entry, model) {
 export async function loadHistory(view) {
   if ($("history").hidden) return;
   const { changes } = await getJson(
-    `${modelPath(view.model.name)}/threshold/history?limit=50`, view.scope.signal);
+    `${modelPath(view.model.name)}/threshold/history?limit=50${classQuery(view, "&")}`, view.scope.signal);
   live(view);
   view.history = changes;
-  $("history-list").replaceChildren(...changes.map((entry) => historyItem(entry, view.model)));
+  $("history-list").replaceChildren(...changes.map((entry) => historyItem(entry, view)));
   $("history-empty").hidden = changes.length > 0;
-  $("reset-default").disabled = view.model.threshold?.source === "default";
+  $("reset-default").disabled = activeThreshold(view)?.source === "default";
 }
 
 /** Empty the history panel (another model's changes must never show). */

@@ -5,12 +5,15 @@
 
 import { call, getJson, modelPath } from "./api.js";
 import { wireCalibration, resetCalibration } from "./calibrate.js";
+import { showClasses } from "./classes.js";
 import { loadHistory, resetHistory, wireChanges } from "./changes.js";
+import { downloadName, saveBlob } from "./downloads.js";
 import { installHelp } from "./help.js";
 import { parseNpy, valueRange } from "./npy.js";
+import { showObjects, wireObjects } from "./objects.js";
 import { drawImage, drawMasks, readTruth } from "./overlay.js";
 import { loadRoc, markRoc, resetRoc, toggleZoom } from "./rocpanel.js";
-import { live, newImage, newModelView, state } from "./state.js";
+import { activeThreshold, classQuery, live, newImage, newModelView, state } from "./state.js";
 import { onThreshold, setSliderRange, setThreshold, wireThreshold } from "./threshold.js";
 import { $, clearProblem, formatNumber, guarded, showProblem } from "./ui.js";
 
@@ -26,7 +29,7 @@ async function describeDrift(view) {
   const info = view.model;
   // Drift exists once the service reports it; before that the page says so instead of asking.
   if (!("drift_status" in info)) return "not available";
-  const drift = await getJson(`${modelPath(info.name)}/drift`, view.scope.signal)
+  const drift = await getJson(`${modelPath(info.name)}/drift${classQuery(view)}`, view.scope.signal)
     .catch((error) => (error.name === "AbortError" ? Promise.reject(error) : null));
   if (!drift) return info.drift_status ?? "not available";
   const parts = [drift.status];
@@ -44,7 +47,7 @@ async function describeDrift(view) {
 
 async function showModel(view) {
   const info = view.model;
-  const threshold = info.threshold ?? {}; // a model that failed to load may have none
+  const threshold = activeThreshold(view) ?? {}; // a model that failed to load may have none
   $("model-head").textContent = info.available === false
     ? `unavailable: ${info.error || "it failed to load"}`
     : `${info.architecture?.head ?? "custom"}` +
@@ -83,6 +86,7 @@ function resetImageView() {
   $("download-mask").disabled = true;
   $("download-probabilities").disabled = true;
   $("foreground-fraction").textContent = "–";
+  if (state.view) showObjects(state.view);
   for (const id of ["image-canvas", "mask-canvas", "active-image-canvas", "active-mask-canvas"]) {
     $(id).width = 0;
     $(id).height = 0;
@@ -97,6 +101,7 @@ async function chooseModel(name) {
   resetRoc();
   resetHistory();
   resetCalibration();
+  showClasses(view.model, view.className);
   setSliderRange();
   setThreshold(view.threshold);
   await showModel(view);
@@ -106,6 +111,28 @@ async function chooseModel(name) {
   }
   await Promise.all([loadRoc(view), loadHistory(view)]);
   if (state.input?.file) await runImage(view);
+}
+
+/** Put the chosen class on the slider: its cut, its ROC curve, its history and its map. */
+async function chooseClass(name) {
+  clearProblem();
+  const view = state.view;
+  view.className = name;
+  if (view.image?.probabilities) showClassMap(view, view.image.probabilities);
+  setSliderRange();
+  setThreshold(view.cuts[name]);
+  showObjects(view);
+  drawImage();
+  await showModel(view);
+  await Promise.all([loadRoc(view), loadHistory(view)]);
+  $("threshold-panel").dataset.class = name; // the browser tests wait for this
+}
+
+/** Make the chosen class's map the one the slider cuts (the only one, for a binary model). */
+function showClassMap(view, probs) {
+  const index = view.className === null ? 0 : view.model.classes.indexOf(view.className);
+  probs.data = probs.maps[index] ?? probs.maps[0];
+  probs.range = valueRange(probs.data);
 }
 
 // ---- the image -----------------------------------------------------------------------------
@@ -141,7 +168,7 @@ async function runImage(view) {
     const buffer = await response.arrayBuffer();
     live(image);
     const probs = parseNpy(buffer);
-    probs.range = valueRange(probs.data);
+    showClassMap(view, probs);
     probs.buffer = buffer;
     const bitmap = await decodeInBrowser(file);
     live(image);
@@ -164,6 +191,7 @@ async function runImage(view) {
   $("download-probabilities").disabled = false;
   setSliderRange();
   setThreshold(view.threshold);
+  showObjects(view);
   drawImage();
 }
 
@@ -214,21 +242,6 @@ async function chooseTruth(file) {
 
 // ---- downloads -----------------------------------------------------------------------------
 
-function saveBlob(blob, name) {
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(blob);
-  link.download = name;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-}
-
-/** `cells-unet-sigmoid-t0.4791`: the image, the model and the threshold in one file name. */
-function downloadName(kind, threshold) {
-  const model = state.view.model.name.replace(/[^\w.-]+/g, "_");
-  const cut = threshold === undefined ? "" : `-t${formatNumber(threshold)}`;
-  return `${state.input.name}-${model}${cut}-${kind}`;
-}
-
 async function downloadMask() {
   clearProblem();
   const view = state.view;
@@ -255,14 +268,14 @@ async function thresholdChanged(view, threshold) {
   live(view);
   await refreshModel(view);
   // A reset or restore moves the slider to the value in force; a manual set is already there.
-  setThreshold(threshold.value);
+  setThreshold(activeThreshold(view)?.value ?? threshold.value);
   drawMasks();
   await Promise.all([loadRoc(view), loadHistory(view)]);
 }
 
 async function calibrationFinished(view, job) {
   await refreshModel(view);
-  if (job.active) setThreshold(view.model.threshold.value);
+  if (job.active) setThreshold(activeThreshold(view).value);
   await Promise.all([loadRoc(view), loadHistory(view)]);
 }
 
@@ -283,16 +296,20 @@ function wireDropzone() {
   }));
 }
 
-/** The model the page opens on: the first with probabilities (a sigmoid head), else the first. */
+/** The model the page opens on: the first binary one with probabilities (a sigmoid head), else
+ * the first with probabilities, else the first. */
 function firstModel(models) {
   const usable = models.filter((m) => m.available !== false);
-  return (usable.find((m) => m.outputs_probabilities) ?? usable[0] ?? models[0]).name;
+  const binary = usable.filter((m) => !(m.classes?.length > 0));
+  return (binary.find((m) => m.outputs_probabilities) ??
+    usable.find((m) => m.outputs_probabilities) ?? usable[0] ?? models[0]).name;
 }
 
 async function start() {
   installHelp();
   $("problem-close").addEventListener("click", clearProblem);
   $("model-select").addEventListener("change", guarded((e) => chooseModel(e.target.value)));
+  $("class-select").addEventListener("change", guarded((e) => chooseClass(e.target.value)));
   $("image-input").addEventListener("change", guarded(async (e) => {
     if (e.target.files[0]) await chooseImage(e.target.files[0]);
   }));
@@ -311,6 +328,7 @@ async function start() {
   $("roc-zoom").addEventListener("click", toggleZoom);
   $("download-mask").addEventListener("click", guarded(downloadMask));
   $("download-probabilities").addEventListener("click", guarded(downloadProbabilities));
+  wireObjects(onThreshold);
   wireChanges(thresholdChanged);
   wireCalibration(calibrationFinished);
   for (const id of ["mask-canvas", "active-mask-canvas"]) $(id).style.opacity = $("opacity").value;

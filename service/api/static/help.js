@@ -36,6 +36,10 @@ export const STRATEGY_HELP = {
   target_tpr: "Takes the lowest-FPR threshold that still finds the target share of foreground.",
   target_fpr: "Takes the highest-TPR threshold whose false-positive rate stays under the target.",
   target_precision: "Takes the highest-recall threshold whose precision reaches the target.",
+  fnr_control: "Guaranteed: the expected share of foreground missed on a new image is at most " +
+    "the target (alpha), by conformal risk control on your images.",
+  fdr_control: "Guaranteed: the share of marked pixels that are wrong stays under the target " +
+    "(alpha), with probability at least 1 − delta.",
   cost: "Takes the threshold with the lowest cost_fp × false positives + cost_fn × false " +
     "negatives; set the two costs below.",
 };

@@ -1,6 +1,8 @@
-// Reading NumPy's .npy format: the probability map arrives as a float32 H x W array.
+// Reading NumPy's .npy format: the probability map arrives as a float32 H x W array, or as
+// K x H x W for a model with K classes.
 
-/** Parse a little-endian float32 2-D .npy file into {data, height, width}. */
+/** Parse a little-endian float32 .npy file into {data, height, width, maps}: `maps` holds one
+ * H x W map per class (K of them), `data` the first. */
 export function parseNpy(buffer) {
   const bytes = new Uint8Array(buffer);
   const magic = String.fromCharCode(...bytes.slice(1, 6));
@@ -13,16 +15,19 @@ export function parseNpy(buffer) {
   const header = new TextDecoder().decode(bytes.slice(start, start + headerLength));
   const descr = /'descr':\s*'([^']+)'/.exec(header)?.[1];
   const fortran = /'fortran_order':\s*True/.test(header);
-  const shape = /'shape':\s*\((\d+),\s*(\d+)\)/.exec(header);
+  const shape = /'shape':\s*\((?:(\d+),\s*)?(\d+),\s*(\d+)\)/.exec(header);
   if (descr !== "<f4" || fortran || !shape) {
-    throw new Error(`expected a C-order float32 H x W array, got ${header.trim()}`);
+    throw new Error(`expected a C-order float32 (K x) H x W array, got ${header.trim()}`);
   }
-  const height = Number(shape[1]);
-  const width = Number(shape[2]);
+  const classes = shape[1] === undefined ? 1 : Number(shape[1]);
+  const height = Number(shape[2]);
+  const width = Number(shape[3]);
   // Copy: the data's offset need not be a multiple of 4, which a Float32Array view requires.
-  const data = new Float32Array(buffer.slice(start + headerLength));
-  if (data.length !== height * width) throw new Error("the .npy file is truncated");
-  return { data, height, width };
+  const all = new Float32Array(buffer.slice(start + headerLength));
+  const size = height * width;
+  if (all.length !== classes * size) throw new Error("the .npy file is truncated");
+  const maps = Array.from({ length: classes }, (_, k) => all.subarray(k * size, (k + 1) * size));
+  return { data: maps[0], maps, height, width };
 }
 
 /** The smallest and largest value of `data`. */

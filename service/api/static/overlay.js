@@ -1,7 +1,8 @@
 // The image and its mask at a threshold, drawn from the float map in the browser; with a
 // ground-truth mask the errors are coloured and scored (Dice, IoU, precision, recall).
 
-import { state } from "./state.js";
+import { classColour, labelsOf } from "./classes.js";
+import { activeThreshold, state } from "./state.js";
 import { $, formatRate } from "./ui.js";
 
 // Little-endian RGBA words, drawn opaque; the opacity control fades the whole layer.
@@ -66,16 +67,32 @@ function drawBackground(canvas, image) {
   context.putImageData(pixels, 0, 0);
 }
 
-function drawCut(canvas, probs, truth, cut) {
+/**
+ * What the cut marks: {data, cut} to compare as `data >= cut` for a binary model; for a model
+ * with classes, the chosen class's pixels as 0/1 (cut 1) and every pixel's label.
+ */
+function cutOf(view, probs, cuts) {
+  if (view.className === null) return { data: probs.data, cut: cuts, labels: null };
+  const classes = view.model.classes;
+  const chosen = classes.indexOf(view.className);
+  const labels = labelsOf(probs.maps, classes.map((c) => cuts[c]), view.model.mode, chosen);
+  const on = new Uint8Array(labels.length);
+  for (let i = 0; i < on.length; i += 1) on[i] = labels[i] === chosen + 1 ? 1 : 0;
+  return { data: on, cut: 1, labels };
+}
+
+function drawCut(canvas, probs, truth, { data, cut, labels }) {
   sizeCanvas(canvas, probs.width, probs.height);
   const context = canvas.getContext("2d");
   const pixels = context.createImageData(probs.width, probs.height);
   const words = new Uint32Array(pixels.data.buffer);
-  const data = probs.data;
+  const colours = labels ? state.view.model.classes.map((_, k) => rgba(...classColour(k))) : [];
   for (let i = 0; i < data.length; i += 1) {
     const on = data[i] >= cut;
     if (!truth) {
-      if (on) words[i] = MASK;
+      if (labels) {
+        if (labels[i]) words[i] = colours[labels[i] - 1];
+      } else if (on) words[i] = MASK;
     } else if (on) {
       words[i] = truth[i] ? TP : FP;
     } else if (truth[i]) {
@@ -121,20 +138,23 @@ export function drawMasks() {
     if (!image?.probabilities) return;
     const probs = image.probabilities;
     const truth = truthOf(image);
-    drawCut($("mask-canvas"), probs, truth, view.threshold);
-    const scores = evaluate(probs.data, truth, view.threshold);
+    const slider = cutOf(view, probs, view.className === null ? view.threshold : view.cuts);
+    drawCut($("mask-canvas"), probs, truth, slider);
+    const scores = evaluate(slider.data, truth, slider.cut);
     $("foreground-fraction").textContent = `${(100 * scores.foreground).toFixed(2)} % ` +
       `(${scores.marked} of ${probs.data.length} pixels)`;
     $("overlay-legend").hidden = !truth;
     $("evaluation").hidden = !truth;
-    const active = view.model.threshold?.value ?? 0.5;
+    const active = cutOf(view, probs, view.className === null
+      ? activeThreshold(view)?.value ?? 0.5
+      : Object.fromEntries(view.model.classes.map((c) => [c, view.model.class_thresholds[c].value])));
     const compare = $("show-active").checked;
     $("active-figure").hidden = !compare;
     $("compare").classList.toggle("side-by-side", compare);
     if (compare) drawCut($("active-mask-canvas"), probs, truth, active);
     if (truth) {
       showScores(scores, "");
-      showScores(evaluate(probs.data, truth, active), "active-");
+      showScores(evaluate(active.data, truth, active.cut), "active-");
     }
   });
 }

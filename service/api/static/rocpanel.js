@@ -2,6 +2,7 @@
 // Reset empties it, so that nothing of another model's calibration can stay drawn or focusable.
 
 import { getJson, modelPath } from "./api.js";
+import { resetGuarantee, showGuarantee } from "./guarantee.js";
 import { drawRoc, markCut } from "./roc.js";
 import { live, state } from "./state.js";
 import { setThreshold } from "./threshold.js";
@@ -18,6 +19,7 @@ export function resetRoc() {
   $("operating-points").querySelector("tbody").replaceChildren();
   $("roc-interval").textContent = "";
   $("roc-caption").textContent = "No calibration yet: upload one below.";
+  resetGuarantee();
 }
 
 /** Show `view`'s active calibration, else its newest that succeeded, else nothing. */
@@ -33,12 +35,16 @@ export async function loadRoc(view) {
     ? await getJson(`${modelPath(name)}/calibrations/${shown.id}`, signal)
     : null;
   live(view);
-  view.report = calibration?.report ?? null;
+  // A multi-class report holds one binary report per class: the chosen class's is shown.
+  const whole = calibration?.report ?? null;
+  view.report = view.className === null ? whole : whole?.classes?.[view.className] ?? null;
   resetRoc();
-  if (!calibration) return;
-  const report = calibration.report;
+  if (!view.report) return;
+  const report = view.report;
+  showGuarantee(view.model, report, shown.active);
+  const which = view.className === null ? "" : ` (class ${view.className})`;
   $("roc-caption").textContent =
-    `${shown.active ? "Active" : "Latest"} calibration ${shown.id}: ${report.strategy}, ` +
+    `${shown.active ? "Active" : "Latest"} calibration ${shown.id}${which}: ${report.strategy}, ` +
     `AUC ${formatNumber(report.auc)}, ${report.n_images} image(s).`;
   drawCurve();
   $("roc").toggleAttribute("hidden", false);

@@ -2,7 +2,7 @@
 // number box checked against the head's range as the user types, and the listeners that redraw
 // whatever depends on the cut.
 
-import { state } from "./state.js";
+import { activeThreshold, state } from "./state.js";
 import { $, formatNumber } from "./ui.js";
 
 // The slider is a position in SLIDER_STEPS steps over the range; the threshold is kept exact,
@@ -20,7 +20,7 @@ export function bounds() {
   const view = state.view;
   const [low, high] = view?.model.output_range ?? [0, 1];
   const [mapLow, mapHigh] = view?.image?.probabilities?.range ?? [0, 1];
-  const active = view?.model.threshold?.value ?? 0.5;
+  const active = (view && activeThreshold(view)?.value) ?? 0.5;
   const lower = low ?? Math.min(mapLow, active);
   const upper = high ?? Math.max(mapHigh, active, lower + 1e-6);
   return [lower, upper];
@@ -76,6 +76,7 @@ export function setThreshold(value, { from = null } = {}) {
   const view = state.view;
   if (!view) return;
   view.threshold = value;
+  if (view.className !== null) view.cuts[view.className] = value;
   const slider = $("threshold-slider");
   if (from !== "slider") slider.value = String(positionOf(value));
   slider.setAttribute("aria-valuetext", formatNumber(value));
@@ -85,7 +86,7 @@ export function setThreshold(value, { from = null } = {}) {
     $("threshold-number").value = formatNumber(value); // the full value: "Full precision"
     showError("");
   }
-  const active = view.model.threshold?.value;
+  const active = activeThreshold(view)?.value;
   $("set-manual").disabled = value === active || view.model.available === false;
   for (const listener of listeners) listener(value);
 }

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from model.data.synth import generate_pair, pair_rng, write_dataset
-from tests.service.web.browser import Visit, wait_until
+from tests.helpers import dataset_files, make_zip, wait_for_calibration
+from tests.service.web.browser import API_KEY, Visit, wait_until
 
 MODEL = "unet-sigmoid"
 # The mask canvas as 0/1 bytes, base64-encoded, once the pending redraw has happened.
@@ -124,3 +125,77 @@ def calibration_zip(folder: Path, inverted: bool = False) -> Path:
         for file in sorted((folder / "data").rglob("*.png")):
             archive.write(file, file.relative_to(folder / "data").as_posix())
     return path
+
+
+# The mask canvas as class numbers (0 background, k + 1 class k), by the legend's colours.
+READ_LABELS = """async () => {
+  await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+  const keys = [...document.querySelectorAll("#class-legend .key")].map((k) => k.dataset.rgb);
+  const canvas = document.getElementById("mask-canvas");
+  const rgba = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const labels = new Uint8Array(rgba.length / 4);
+  for (let i = 0; i < labels.length; i += 1) {
+    if (rgba[4 * i + 3] === 0) continue;
+    const rgb = `${rgba[4 * i]},${rgba[4 * i + 1]},${rgba[4 * i + 2]}`;
+    labels[i] = keys.indexOf(rgb) + 1; // 0 again for a colour of no class: the test sees it
+  }
+  let text = "";
+  for (let i = 0; i < labels.length; i += 8192) {
+    text += String.fromCharCode(...labels.subarray(i, i + 8192));
+  }
+  return [canvas.width, canvas.height, btoa(text)];
+}"""
+
+
+def drawn_labels(visit: Visit) -> np.ndarray:
+    """The class of every pixel the page has drawn (0 background, k + 1 class k), H x W."""
+    width, height, bits = visit.page.evaluate(READ_LABELS)
+    return np.frombuffer(base64.b64decode(bits), np.uint8).reshape(height, width)
+
+
+def server_maps(base: str, path: Path, model: str) -> np.ndarray:
+    """The service's probability maps of `path` as a NumPy array ((K,) H, W)."""
+    response = httpx.post(
+        f"{base}/v1/models/{model}/probabilities",
+        params={"format": "npy"},
+        files={"image": (path.name, path.read_bytes(), "image/png")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return np.load(io.BytesIO(response.content))
+
+
+def server_class_mask(base: str, path: Path, model: str, name: str, threshold: float) -> np.ndarray:
+    """The service's mask of class `name` of `path` with `threshold` for every class."""
+    response = httpx.post(
+        f"{base}/v1/models/{model}/mask",
+        params={"threshold": threshold, "format": "png", "class": name},
+        files={"image": (path.name, path.read_bytes(), "image/png")},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content))) == 255
+
+
+def give_key(visit: Visit, key: str) -> None:
+    """Type the API key into the dialog a 401 opens."""
+    visit.page.locator("#key-dialog").wait_for(state="visible")
+    visit.page.fill("#api-key", key)
+    visit.page.click("#key-ok")
+
+
+def calibrate(base: str, n: int, **form: str) -> dict[str, Any]:
+    """Run a calibration of MODEL through the API, activated, and return the finished job."""
+    zipped = make_zip(dataset_files(n, 64))
+    response = httpx.post(
+        f"{base}/v1/models/{MODEL}/calibrations",
+        files={"dataset": ("calibration.zip", zipped, "application/zip")},
+        data={**form, "activate": "true"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    location = f"{base}{response.headers['location']}"
+    job = wait_for_calibration(lambda: httpx.get(location, timeout=30).json())
+    assert job["status"] == "succeeded", job
+    return job

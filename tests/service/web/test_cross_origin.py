@@ -17,6 +17,7 @@ import pytest
 from tests.helpers import dataset_files, make_zip, wait_for_calibration
 from tests.servers import ServiceProcess
 from tests.service.web.browser import LAUNCH_WAIT_S, Visit, wait_until
+from tests.service.web.explorer_page import confirm
 
 MODEL = "unet-sigmoid"
 
@@ -183,15 +184,19 @@ def test_the_explorer_on_the_service_calibrates_activates_and_sets_a_threshold(
     page.locator("#calibration-report").wait_for(state="visible", timeout=120_000)
     assert "succeeded" in (page.text_content("#calibration-status") or "")
     page.click("#activate-calibration")
+    confirm(visit)
     wait_until(
         page, "document.getElementById('model-source').textContent.startsWith('calibration')"
     )
     # The page sets the slider to the activated threshold after it shows the source: wait for
     # that too, or it overwrites the value typed next.
     activated = httpx.get(api(base, "/threshold"), timeout=10).json()["value"]
-    wait_until(page, f"Number(document.getElementById('threshold-number').value) === {activated!r}")
+    # The box shows it rounded; "Full precision" has the exact value.
+    exact = f"Number(document.getElementById('threshold-exact').textContent) === {activated!r}"
+    wait_until(page, exact)
     page.fill("#threshold-number", "0.375")
     page.click("#set-manual")
+    confirm(visit)
     wait_until(page, "document.getElementById('model-source').textContent.startsWith('manual')")
     threshold = httpx.get(api(base, "/threshold"), timeout=10).json()
     assert threshold["source"] == "manual" and threshold["value"] == 0.375

@@ -14,6 +14,7 @@ from model.data.synth import generate_pair, pair_rng
 from tests.service.web.browser import API_KEY, NARROW, WIDE, Visit, wait_until
 from tests.service.web.explorer_page import (
     MODEL,
+    calibrate,
     calibration_zip,
     confirm,
     set_exact_threshold,
@@ -152,3 +153,38 @@ def test_tables_fit_or_visibly_scroll_at_390_px(visit: Visit, tmp_path: Path) ->
     x, width = float(frame.get_attribute("x") or 0), float(frame.get_attribute("width") or 0)
     assert x <= float(cut.get_attribute("cx") or -1) <= x + width
     assert page.text_content("#roc-zoom") == "Show the whole curve"
+
+
+def test_no_serious_or_critical_axe_violation_with_classes_a_guarantee_and_outlines(
+    visit: Visit, tmp_path: Path, axe_source: str, screenshots: Path | None
+) -> None:
+    page = visit.page
+    image, _ = image_and_truth(tmp_path)
+    visit.open_explorer("unet-multiclass")
+    upload_image(visit, image)
+    page.select_option("#class-select", "debris")
+    wait_until(page, "document.getElementById('threshold-panel').dataset.class === 'debris'")
+    states = {"class picker": violations(page, axe_source)}
+    if screenshots:
+        screenshots.mkdir(parents=True, exist_ok=True)
+        page.set_viewport_size({"width": 1280, "height": 1300})
+        shot = {"x": 0, "y": 60, "width": 1280, "height": 1180}
+        page.screenshot(path=str(screenshots / "explorer-classes.png"), clip=shot)
+        page.set_viewport_size(WIDE)
+
+    calibrate(visit.base, 8, strategy="fnr_control", target="0.3", recalibrate="platt")
+    visit.open_explorer(MODEL)
+    page.locator("#recalibration").wait_for(state="visible")
+    page.locator("#guarantee").wait_for(state="visible")
+    states["guarantee"] = violations(page, axe_source)
+    if screenshots:
+        shot = str(screenshots / "explorer-guarantee.png")
+        page.locator("#threshold-panel").screenshot(path=shot)
+
+    upload_image(visit, image)
+    page.click("#count-objects")
+    page.locator("#outlines path").first.wait_for(state="attached", timeout=60_000)
+    states["outlines"] = violations(page, axe_source)
+    if screenshots:
+        page.locator("#image-panel").screenshot(path=str(screenshots / "explorer-objects.png"))
+    assert {state: found for state, found in states.items() if any(found.values())} == {}
