@@ -1,9 +1,8 @@
 # The service image: the locked dependencies (deploy/requirements.lock, with hashes), the pinned
 # torch and the package, run as a non-root user.
-# The base image: pin it by digest where you build (README, Deployment: `make pin-base-image`
-# resolves the tag's current digest and writes it here), e.g.
-#   docker build --build-arg BASE_IMAGE=python:3.11-slim@sha256:<digest> .
-ARG BASE_IMAGE=python:3.11-slim
+# The base image, pinned by digest (README, Deployment): `make pin-base-image` asks the registry
+# for python:3.11-slim's current digest and writes it here; rerun it for the base's security updates.
+ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 FROM ${BASE_IMAGE}
 
 # CPU image by default; the compose file's GPU variant builds with TORCH_INDEX="" so that pip
