@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -57,12 +58,15 @@ def spawn(
     if request.param == "postgresql":
         shared["UNET_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     started: list[Service] = []
+    logs: list[IO[str]] = []
 
     def start() -> Service:
         state = tmp_path / (f"state-{len(started)}" if request.param == "postgresql" else "state")
-        running = ServiceProcess(
-            tiny_model_dir, state, shared, stderr=subprocess.PIPE, ready_within_s=120
-        )
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a server whose
+        # access lines fill one blocks mid-request.
+        log = (tmp_path / f"service-{len(started)}.log").open("w")
+        logs.append(log)
+        running = ServiceProcess(tiny_model_dir, state, shared, stderr=log, ready_within_s=120)
         service = Service(running.process, httpx.Client(base_url=running.base, timeout=30))
         started.append(service)
         return service
@@ -72,11 +76,9 @@ def spawn(
         service.client.close()
         if service.process.poll() is None:
             service.process.terminate()
-            # communicate, not wait: it drains stderr, which a server blocked on a full pipe
-            # (its access lines are longer now) needs before it can finish stopping.
-            service.process.communicate(timeout=60)
-        if service.process.stderr is not None:
-            service.process.stderr.close()
+            service.process.wait(timeout=60)
+    for log in logs:
+        log.close()
 
 
 @pytest.mark.slow
@@ -164,12 +166,13 @@ def test_unet_serve_workers_runs_processes_on_one_port_that_agree(
         "UNET_STATE_DIR": str(tmp_path / "state"),
     }
     command = [sys.executable, "-m", "service.cli", "serve", "--workers", "2", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    log = (tmp_path / "serve.log").open("w")  # a file: an unread pipe would fill and block
+    process = subprocess.Popen(command, env=env, stderr=log, text=True)
     service = Service(process, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
     try:
         deadline = time.monotonic() + 120
         while len(worker_pids(process.pid)) < 2 or not _ready_on_fresh_connections(port):
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, "two workers not ready within 120 s"
             time.sleep(0.2)
         assert len(worker_pids(process.pid)) == 2
@@ -183,8 +186,7 @@ def test_unet_serve_workers_runs_processes_on_one_port_that_agree(
         service.client.close()
         process.terminate()
         process.wait(timeout=60)
-        if process.stderr is not None:
-            process.stderr.close()
+        log.close()
 
 
 def _ready_on_fresh_connections(port: int) -> bool:
