@@ -90,11 +90,12 @@ async def _answer(
     """Segment the uploaded image, encode it with `encode`, and answer with the cut's headers."""
     upload = UploadedImage(image, services.settings.max_upload_bytes)
     encoded = await segment_encoded(services, served, upload, encode, threshold)
-    headers = _threshold_headers(encoded.segmentation)
+    headers = threshold_headers(encoded.segmentation)
     return Response(encoded.body, media_type=media_type, headers=headers)
 
 
-def _threshold_headers(result: Segmentation) -> dict[str, str]:
+def threshold_headers(result: Segmentation) -> dict[str, str]:
+    """The X-Threshold* headers of an answer (per class for a multi-class model), as /mask sends."""
     if result.multi_class:
         headers = {
             "X-Threshold": class_thresholds_text(result),

@@ -27,7 +27,7 @@ from service.api.instance_schemas import ClassObjectsJson, CountRangeJson, Insta
 from service.api.openapi import binary_content
 from service.api.problems import ProblemError
 from service.api.routes.class_answers import ClassQuery, check_class
-from service.api.routes.inference import PROBLEMS, ImageFile, ThresholdQuery, _threshold_headers
+from service.api.routes.inference import PROBLEMS, ImageFile, ThresholdQuery, threshold_headers
 from service.api.spool import SpoolingRoute
 from service.api.uploads import UploadedImage
 from service.inference.encoding import CLASS_COLOURS
@@ -250,5 +250,5 @@ async def instances(
         services, served, upload, options, encode, threshold, with_range, class_
     )
     body, media_type, count = encoded.body
-    headers = _threshold_headers(encoded.segmentation) | {"X-Object-Count": str(count)}
+    headers = threshold_headers(encoded.segmentation) | {"X-Object-Count": str(count)}
     return Response(body, media_type=media_type, headers=headers)
