@@ -126,6 +126,8 @@ class Blender:
         """The blended logits (K, H, W); call once, after every tile was added."""
         with self._lock:
             np.divide(self._sum, self._weight, out=self._sum)
+            # A full-size plane nobody reads again: freed before the answer's planes are made.
+            self._weight = np.empty((0, 0), dtype=np.float32)
             return self._sum
 
 
