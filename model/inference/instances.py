@@ -14,21 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
-from scipy import ndimage
+
+from model.inference.watershed import band_rows, bands, connected_components, split_touching
 
 Split = Literal["none", "watershed"]
 SPLITS: tuple[str, ...] = get_args(Split)
 CONNECTIVITIES = (1, 2)  # 1: edge neighbours only (4-connected); 2: corners too (8-connected)
-# The watershed's seeds: maxima of the (lightly blurred) distance to the background at least
-# SEED_DISTANCE px apart and SEED_DEPTH px inside the object. Chosen on synthetic nuclei of
-# radius 6-18 px (docs/instances.md): 3 px found 4% more nuclei but 50% more false objects.
-SEED_DISTANCE = 5
-SEED_DEPTH = 1.0
 DEFAULT_SPLIT: Split = "watershed"
-# The split runs in bands of rows so that its memory does not grow with the image: BAND_ROWS a
-# band, and a first BAND_HALO rows of context either side for the distance transform.
-BAND_ROWS = 256
-BAND_HALO = 32
 
 
 @dataclass(frozen=True)
@@ -78,162 +70,85 @@ class ObjectRow:
         }
 
 
-def label_mask(mask: np.ndarray, options: InstanceOptions | None = None) -> np.ndarray:
+def label_mask(
+    mask: np.ndarray, options: InstanceOptions | None = None, threads: int = 1
+) -> np.ndarray:
     """The objects of a boolean (H, W) mask as an int32 label image: 0 background, 1..N.
 
     Every foreground pixel belongs to an object unless `min_area` drops it, so with min_area 0
     the labels' union is the mask. Ids run 1..N in raster order of each object's first pixel.
+    The split may run on up to `threads` threads; the objects do not depend on how many.
     """
     options = options or InstanceOptions()
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D (H, W) array, not shape {mask.shape}")
-    labels = (
-        _watershed(mask, options) if options.split == "watershed" else _components(mask, options)
-    )
+    if options.split == "watershed":
+        labels = split_touching(mask, options.connectivity, threads)
+    else:
+        labels = connected_components(mask, options.connectivity)
     if options.min_area > 1 and labels.any():
-        areas = np.bincount(labels.ravel())
-        small = areas < options.min_area
+        small = _areas(labels) < options.min_area
         small[0] = False
-        labels[small[labels]] = 0
+        for band in bands(labels):
+            band[small[band]] = 0
     # Renumber in raster order so that ids do not depend on how the split seeded them; labels
     # left empty (dropped, unseeded) sort last, so the objects present get exactly 1..N.
     first = _first_pixels(labels)
     order = np.zeros(first.size + 1, dtype=np.int32)
     order[np.argsort(first, kind="stable") + 1] = np.arange(1, first.size + 1, dtype=np.int32)
-    # In place, and unbuffered (mode "raise" would copy the plane): every label indexes `order`.
-    return np.take(order, labels, out=labels, mode="clip")
-
-
-def _components(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
-    """The mask's connected components as int32 labels, numbered in raster order."""
-    # scipy's label, not scikit-image's: the same components, straight into int32 (no int64 plane).
-    structure = ndimage.generate_binary_structure(2, options.connectivity)
-    components = np.empty(mask.shape, dtype=np.int32)
-    ndimage.label(mask, structure=structure, output=components)
-    return components
-
-
-def label_scores(
-    scores: np.ndarray, threshold: float, options: InstanceOptions | None = None
-) -> np.ndarray:
-    """The objects of one class's score map cut at `threshold` (foreground: score >= cut)."""
-    return label_mask(np.asarray(scores) >= threshold, options)
-
-
-def count_objects(
-    scores: np.ndarray, threshold: float, options: InstanceOptions | None = None
-) -> int:
-    """How many objects `label_scores` finds at `threshold`."""
-    return int(label_scores(scores, threshold, options).max(initial=0))
-
-
-def _watershed(mask: np.ndarray, options: InstanceOptions) -> np.ndarray:
-    """Touching objects split along the valleys of the distance to the background.
-
-    Memory stays a few int32/float32 planes: the distance transform and the flooding run in
-    bands of rows (`_distance`, `_flood`), each giving exactly what the whole image would, and
-    the split is written over the components it splits.
-    """
-    from skimage.feature import peak_local_max
-
-    if not mask.any():
-        return _components(mask, options)
-    smooth = _distance(mask)
-    # A light blur keeps one seed per nucleus when a ragged border dents the distance map.
-    ndimage.gaussian_filter(smooth, 1.0, output=smooth)
-    # No `labels=`: per-component search is 3x slower, and the unseeded fallback below already
-    # gives a component whose peak lost to a neighbour's its own object.
-    peaks = peak_local_max(
-        smooth, min_distance=SEED_DISTANCE, threshold_abs=SEED_DEPTH, exclude_border=False
-    )
-    # Labelled after the seeds are found, so that the components' plane and the seed search's
-    # temporaries are never held at once.
-    labels = _components(mask, options)
-    _flood(np.negative(smooth, out=smooth), peaks, labels, options.connectivity)
+    # In place, a band at a time: `take` holds its indices as int64, twice the labels' size.
+    for band in bands(labels):
+        np.take(order, band, out=band, mode="clip")
     return labels
 
 
-def _distance(mask: np.ndarray) -> np.ndarray:
-    """The float32 distance of each pixel to the background, computed in bands of rows.
-
-    A band's transform over a window reaching `halo` rows beyond it is exact wherever it is at
-    most `halo`: any background pixel outside the window is further away than that. Where it is
-    not, the window grows until it is, so the result is the whole image's transform.
-    """
-    height = mask.shape[0]
-    out = np.empty(mask.shape, dtype=np.float32)
-    for top in range(0, height, BAND_ROWS):
-        bottom = min(height, top + BAND_ROWS)
-        halo = BAND_HALO
-        while True:
-            first, last = max(0, top - halo), min(height, bottom + halo)
-            window = mask[first:last]
-            whole = first == 0 and last == height
-            # Without background in the window scipy measures from outside it: never exact.
-            if whole or not window.all():
-                core = ndimage.distance_transform_edt(window)[top - first : bottom - first]
-                if whole or core.max(initial=0) <= halo:
-                    break
-            halo *= 2
-        out[top:bottom] = core
-    return out
+def _areas(labels: np.ndarray) -> np.ndarray:
+    """Each label's pixel count, index 0 the background's (counted in bands: `bincount` would
+    hold the whole plane as int64)."""
+    areas = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int64)
+    for band in bands(labels):
+        counts = np.bincount(band.ravel())
+        areas[: counts.size] += counts
+    return areas
 
 
-def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivity: int) -> None:
-    """scikit-image's `watershed` of `image` from seeds `peaks` (k-th: marker k), band by band.
+def label_scores(
+    scores: np.ndarray, threshold: float, options: InstanceOptions | None = None, threads: int = 1
+) -> np.ndarray:
+    """The objects of one class's score map cut at `threshold` (foreground: score >= cut)."""
+    return label_mask(np.asarray(scores) >= threshold, options, threads)
 
-    `labels` holds the connected components and receives the split in place: marker k's basin
-    is k; a component no seed reaches (too thin to hold one) becomes its own id + len(peaks), so
-    the labels' union stays the mask. A flood never leaves its
-    component (the mask's own connectivity), so each group of whole components, numbered in
-    raster order, floods alone over the rows it spans.
-    """
-    from skimage.segmentation import watershed
 
-    boxes = ndimage.find_objects(labels)
-    # Seeds sorted by row, to hand each band its own; marker ids stay their place in `peaks`.
-    ids = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    by_row = np.argsort(peaks[:, 0], kind="stable") if len(peaks) else ids[:0]
-    seed_rows = peaks[by_row, 0] if len(peaks) else ids[:0]
-    start = 0
-    while start < len(boxes):
-        top, bottom = boxes[start][0].start, boxes[start][0].stop
-        stop = start + 1
-        while stop < len(boxes) and max(bottom, boxes[stop][0].stop) - top <= BAND_ROWS:
-            bottom = max(bottom, boxes[stop][0].stop)
-            stop += 1
-        band = labels[top:bottom]
-        # Components start+1..stop; pixels of earlier bands hold their (negated) split already.
-        own = (band > start) & (band <= stop)
-        markers = np.zeros(band.shape, dtype=np.int32)
-        first, last = np.searchsorted(seed_rows, (top, bottom))
-        chosen = by_row[first:last]
-        markers[peaks[chosen, 0] - top, peaks[chosen, 1]] = ids[chosen]
-        flooded = watershed(image[top:bottom], markers, mask=own, connectivity=connectivity)
-        unseeded = own & (flooded == 0)
-        flooded[unseeded] = band[unseeded] + len(peaks)
-        # Negated until every band is done, so later bands' components stay recognisable.
-        band[own] = -flooded[own]
-        start = stop
-    np.negative(labels, out=labels)
+def count_objects(
+    scores: np.ndarray, threshold: float, options: InstanceOptions | None = None, threads: int = 1
+) -> int:
+    """How many objects `label_scores` finds at `threshold`."""
+    return int(label_scores(scores, threshold, options, threads).max(initial=0))
 
 
 def _first_pixels(labels: np.ndarray) -> np.ndarray:
-    """The raster index of each label's first pixel, for labels 1..max (absent: a large value)."""
+    """The raster index of each label's first pixel, for labels 1..max (absent: a large value).
+
+    Band by band from the bottom up, each band's pixels backwards, so that the first pixel is
+    the last one written; a band's indices, not the whole image's, are held at once.
+    """
     n = int(labels.max(initial=0))
-    flat = labels.ravel()
-    first = np.full(n + 1, flat.size, dtype=np.int64)
-    nonzero = np.flatnonzero(flat)
-    # Reversed so that the first occurrence is the one that sticks.
-    first[flat[nonzero[::-1]]] = nonzero[::-1]
+    width = labels.shape[1]
+    rows = band_rows(labels.shape)
+    first = np.full(n + 1, labels.size, dtype=np.int64)
+    for top in reversed(range(0, labels.shape[0], rows)):
+        band = labels[top : top + rows].ravel()  # whole rows: a view
+        at = np.flatnonzero(band)[::-1]
+        first[band[at]] = at + top * width
     return first[1:]
 
 
-def object_table(labels: np.ndarray, scores: np.ndarray) -> list[ObjectRow]:
+def object_table(labels: np.ndarray, scores: np.ndarray, threads: int = 1) -> list[ObjectRow]:
     """Each object's measurements, in id order; scores give the mean and max probability.
 
-    Labels must run 1..N without gaps, as `label_mask` numbers them.
+    Labels must run 1..N without gaps, as `label_mask` numbers them; `threads` may share the
+    measuring.
     """
     from model.inference.measurements import measure
 
@@ -242,7 +157,7 @@ def object_table(labels: np.ndarray, scores: np.ndarray) -> list[ObjectRow]:
         raise ValueError(f"labels {labels.shape} and scores {np.shape(scores)} differ in size")
     if not labels.any():
         return []
-    table = measure(labels, scores)
+    table = measure(labels, scores, threads)
     height, width = labels.shape
     rows = []
     for i in range(len(table["label"])):

@@ -26,32 +26,44 @@ _CODE_LENGTH[[13, 23]] = (1 + np.sqrt(2)) / 2
 BLOCK_ROWS = 256  # rows measured at a time: memory stays a few blocks, whatever the image
 
 
-def measure(labels: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+def measure(labels: np.ndarray, scores: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
     """Per object 1..N (labels 1..N, none missing): `regionprops_table`'s columns.
 
     Keys: label, area, centroid-0/1 (row, column), bbox-0..3 (min row, min col, max row, max
     col; max exclusive), intensity_mean, intensity_max, perimeter, equivalent_diameter_area.
-    The image is measured in blocks of rows, so the memory it takes does not grow with it.
+    The image is measured in blocks of rows, so the memory it takes does not grow with it; the
+    blocks may be shared between `threads`.
     """
+    from model.inference.watershed import parallel_map
+
     labels = np.asarray(labels)
     scores = np.asarray(scores)
     height, width = labels.shape
     n = int(labels.max(initial=0))
-    sums = np.zeros((5, n + 1))  # area, row sum, column sum, score sum, perimeter
-    top_score = np.full(n + 1, -np.inf)
-    for top in range(0, height, BLOCK_ROWS):
+
+    def block(top: int) -> tuple[np.ndarray, np.ndarray]:
         bottom = min(height, top + BLOCK_ROWS)
         flat = labels[top:bottom].ravel().astype(np.intp)
         values = scores[top:bottom].ravel().astype(np.float64)
         rows = np.repeat(np.arange(top, bottom, dtype=np.float64), width)
         cols = np.tile(np.arange(width, dtype=np.float64), bottom - top)
-        sums[0] += np.bincount(flat, minlength=n + 1)
-        sums[1] += np.bincount(flat, weights=rows, minlength=n + 1)
-        sums[2] += np.bincount(flat, weights=cols, minlength=n + 1)
-        sums[3] += np.bincount(flat, weights=values, minlength=n + 1)
-        np.maximum.at(top_score, flat, values)
         owners, lengths = _border_lengths(labels, top, bottom)
-        sums[4] += np.bincount(owners, weights=lengths, minlength=n + 1)
+        sums = np.stack(  # area, row sum, column sum, score sum, perimeter
+            [
+                np.bincount(flat, minlength=n + 1),
+                np.bincount(flat, weights=rows, minlength=n + 1),
+                np.bincount(flat, weights=cols, minlength=n + 1),
+                np.bincount(flat, weights=values, minlength=n + 1),
+                np.bincount(owners, weights=lengths, minlength=n + 1),
+            ]
+        )
+        top_score = np.full(n + 1, -np.inf)
+        np.maximum.at(top_score, flat, values)
+        return sums, top_score
+
+    parts = parallel_map(block, range(0, height, BLOCK_ROWS), threads)
+    sums = np.sum([part[0] for part in parts], axis=0)
+    top_score = np.max([part[1] for part in parts], axis=0)
     area = sums[0, 1:]
     if n and (area == 0).any():
         raise ValueError("labels must run 1..N without gaps")

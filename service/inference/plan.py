@@ -32,6 +32,9 @@ class EnginePlan:
     share_cores: int  # > 0: a pass running alone may use this many threads (CPU only)
     autocast: torch.dtype | None
     channels_last: bool
+    # CPU cores this worker process may use: what a request's post-processing (the object
+    # split's bands) may spread over once its pass is done.
+    host_cores: int = 1
 
 
 def usable_cores() -> int:
@@ -62,7 +65,16 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
             model_workers=model_worker_cap(settings.model_max_workers, 2, models),
         )
         autocast = AUTOCAST.get(settings.autocast)
-        return EnginePlan(device, limits, settings.torch_threads, 0, autocast, channels_last=True)
+        cores = max(1, usable_cores() // settings.workers)
+        return EnginePlan(
+            device,
+            limits,
+            settings.torch_threads,
+            0,
+            autocast,
+            channels_last=True,
+            host_cores=cores,
+        )
     # On a small CPU, one single-threaded pass per core beats intra-op parallelism and big
     # batches under load; a pass that runs alone uses every core, for latency at low load
     # (measured: docs/benchmarks.md, "Serving").
@@ -80,4 +92,4 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
     if settings.autocast != "off":
         log.warning("UNET_AUTOCAST=%s applies on CUDA only; running float32", settings.autocast)
     share = cores if settings.torch_threads is None and limits.workers > 1 else 0
-    return EnginePlan(device, limits, threads, share, None, channels_last=True)
+    return EnginePlan(device, limits, threads, share, None, channels_last=True, host_cores=cores)

@@ -59,6 +59,7 @@ class Objects:
     options: InstanceOptions
     count_range: CountRange | None = None
     class_name: str | None = None  # a multi-class model's class; None for a binary model
+    threads: int = 1  # the cores measuring may spread over
 
     @property
     def scores(self) -> np.ndarray:
@@ -77,7 +78,7 @@ class Objects:
     def rows(self) -> list[ObjectRow]:
         """Each object's measurements, in id order; measured when first asked for (a label
         image answer never needs them)."""
-        return object_table(self.labels, self.scores)
+        return object_table(self.labels, self.scores, self.threads)
 
 
 # One Objects for a binary model or a named class; one per class, in class order, otherwise.
@@ -111,7 +112,8 @@ async def find_objects(
     interval = None
     if with_count_range and threshold is None and not served.multi_class:
         interval = await _active_interval(services, served)
-    stage = _Label(options, encode, interval, class_name)
+    threads = services.engine.plan.host_cores
+    stage = _Label(options, encode, interval, class_name, threads)
     return await segment_encoded(services, served, image, stage, threshold)
 
 
@@ -143,6 +145,7 @@ class _Label(Generic[T]):
     encode: EncodeObjects[T]
     interval: _Interval | None
     class_name: str | None = None
+    threads: int = 1  # the cores the split's bands may spread over
 
     def __call__(self, segmentation: Segmentation) -> T:
         """`encode` of the segmentation's objects."""
@@ -150,7 +153,7 @@ class _Label(Generic[T]):
             names = (self.class_name,) if self.class_name else segmentation.classes
             return self.encode([self._class_objects(segmentation, name) for name in names])
         scores = segmentation.scores
-        labels = label_scores(scores, segmentation.cut.value, self.options)
+        labels = label_scores(scores, segmentation.cut.value, self.options, self.threads)
         count_range = None
         interval = self.interval
         # Only when the cut is the calibration the interval belongs to (not one changed since).
@@ -160,13 +163,15 @@ class _Label(Generic[T]):
             and segmentation.calibration_id == interval.calibration_id
         ):
             counts = (
-                count_objects(scores, interval.low, self.options),
-                count_objects(scores, interval.high, self.options),
+                count_objects(scores, interval.low, self.options, self.threads),
+                count_objects(scores, interval.high, self.options, self.threads),
             )
             count_range = CountRange(interval.calibration_id, (interval.low, interval.high), counts)
-        return self.encode([Objects(segmentation, labels, self.options, count_range)])
+        objects = Objects(segmentation, labels, self.options, count_range, threads=self.threads)
+        return self.encode([objects])
 
     def _class_objects(self, segmentation: Segmentation, name: str) -> Objects:
         """Class `name`'s objects: its `/mask?class=` mask, labelled."""
-        labels = label_mask(segmentation.mask[segmentation.class_index(name)], self.options)
-        return Objects(segmentation, labels, self.options, class_name=name)
+        mask = segmentation.mask[segmentation.class_index(name)]
+        labels = label_mask(mask, self.options, self.threads)
+        return Objects(segmentation, labels, self.options, class_name=name, threads=self.threads)

@@ -104,6 +104,7 @@ def test_labels_union_is_the_mask_for_min_area_zero(scored: tuple[np.ndarray, fl
             options = InstanceOptions(split, 0, connectivity)  # type: ignore[arg-type]
             labels = label_scores(scores, threshold, options)
             assert np.array_equal(labels > 0, scores >= threshold)
+            np.testing.assert_array_equal(label_scores(scores, threshold, options, 2), labels)
             assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
 
 
@@ -276,7 +277,7 @@ def test_the_table_equals_regionprops_table(
         # Blocks of 7 rows: objects and their borders cut by every block's edges.
         monkeypatch.setattr("model.inference.measurements.BLOCK_ROWS", block_rows)
         labels = label_scores(scores, threshold, InstanceOptions(split))  # type: ignore[arg-type]
-        ours = measure(labels, scores)
+        ours = measure(labels, scores, threads=1 if block_rows == 256 else 3)
         theirs = regionprops_table(
             labels,
             intensity_image=scores.astype(np.float64),
@@ -316,15 +317,40 @@ def test_banded_split_equals_the_whole_image_split(monkeypatch: pytest.MonkeyPat
     mask |= _disc(mask.shape, 200, 190, 60)
     mask[20:360, 370:380] = True
     reference = _whole_image_split(mask)
-    monkeypatch.setattr("model.inference.instances.BAND_ROWS", 16)
-    monkeypatch.setattr("model.inference.instances.BAND_HALO", 2)
+    monkeypatch.setattr("model.inference.watershed.BAND_PIXELS", 16 * mask.shape[1])
+    monkeypatch.setattr("model.inference.watershed.BAND_HALO", 2)
     banded = label_mask(mask, InstanceOptions(split="watershed"))
+    # Bands and flood groups shared between threads: the same label image, id for id.
+    np.testing.assert_array_equal(label_mask(mask, InstanceOptions(split="watershed"), 3), banded)
     assert banded.dtype == np.int32
     assert banded.max() == len(np.unique(reference[reference > 0])) > 50
     # The same partition of the pixels: each banded object is exactly one reference object.
     pairs = np.unique(np.stack([banded[mask], reference[mask]]), axis=1)
     assert pairs.shape[1] == banded.max()
     assert np.array_equal(banded > 0, mask)
+
+
+def test_banded_seeds_are_peak_local_max_in_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seeds found band by band are scikit-image's, point for point and in the same order,
+    plateaus and seeds closer than the spacing across a band's edge included."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+
+    from model.inference import watershed
+
+    _, mask = generate_pair(pair_rng(4344, 0), 320)
+    mask = np.asarray(mask) > 0
+    mask[100:140, 40:200] = True  # a long flat-topped bar: many equal depths
+    smooth = ndimage.gaussian_filter(ndimage.distance_transform_edt(mask).astype(np.float32), 1.0)
+    # Rounded so that equal depths (ties broken by raster order) are common.
+    smooth = np.round(smooth * 2) / 2
+    reference = peak_local_max(smooth, min_distance=5, threshold_abs=1.0, exclude_border=False)
+    for band_rows in (7, 16, 1000):
+        monkeypatch.setattr("model.inference.watershed.BAND_PIXELS", band_rows * smooth.shape[1])
+        assert np.array_equal(watershed._seeds(smooth), reference), band_rows
+    assert len(reference) > 30
+    flat = np.full((40, 40), 3.0, dtype=np.float32)
+    assert len(watershed._seeds(flat)) == len(peak_local_max(flat, min_distance=5)) == 0
 
 
 def test_geojson_written_as_text_is_the_collection_json_dumps_writes(
