@@ -1,5 +1,6 @@
 // Objects: the connected parts of the mask at the slider's threshold, counted by the service
-// (/instances), their outlines drawn over the image, and the three files to download.
+// (/instances), their outlines drawn over the image, and the three files to download. A
+// multi-class model's objects are the chosen class's.
 
 import { call, modelPath } from "./api.js";
 import { downloadName, saveBlob } from "./downloads.js";
@@ -16,6 +17,7 @@ const FORMATS = {
 /** The query of an /instances request at the slider's threshold, in `format`. */
 function query(view, format) {
   const params = new URLSearchParams({ format });
+  if (view.className !== null) params.set("class", view.className);
   // The active threshold is left to the service: then it can answer with the count's range.
   if (view.threshold !== activeThreshold(view)?.value) {
     params.set("threshold", String(view.threshold));
@@ -46,12 +48,23 @@ export function resetObjects() {
   for (const format of Object.keys(FORMATS)) $(`download-${format}`).disabled = true;
 }
 
-/** Show the objects panel when the view's model has one foreground, and can be counted. */
+/** Show the objects panel once the view has an image to count them in. */
 export function showObjects(view) {
   resetObjects();
   const ready = Boolean(view.image?.probabilities);
-  $("objects").hidden = view.className !== null || !ready;
+  $("objects").hidden = !ready;
   $("count-objects").disabled = !ready;
+  $("count-objects").textContent =
+    view.className === null ? "Count objects" : `Count ${view.className} objects`;
+}
+
+/** What the count is of: "object(s)", or a multi-class model's "nucleus object(s)". */
+function countedThings(view, threshold) {
+  if (view.className === null) return `object(s) at threshold ${formatNumber(threshold)}`;
+  const things = `${view.className} object(s) at threshold ${formatNumber(threshold)}`;
+  // A request's threshold cuts every class; the decision rule then weighs them all at it.
+  const cutsAll = view.model.mode === "multiclass" && threshold !== activeThreshold(view)?.value;
+  return cutsAll ? `${things} (every class cut at ${formatNumber(threshold)})` : things;
 }
 
 async function countObjects() {
@@ -87,8 +100,7 @@ async function countObjects() {
       `${formatNumber(range.thresholds[0])} – ${formatNumber(range.thresholds[1])}`
     : "";
   $("object-count").dataset.count = String(count);
-  $("object-count").textContent =
-    `${count} object(s) at threshold ${formatNumber(threshold)}${interval}.`;
+  $("object-count").textContent = `${count} ${countedThings(view, threshold)}${interval}.`;
   for (const format of Object.keys(FORMATS)) $(`download-${format}`).disabled = false;
 }
 
@@ -100,7 +112,8 @@ async function download(format) {
   const blob = await response.blob();
   live(view.image);
   const { kind, extension } = FORMATS[format];
-  saveBlob(blob, `${downloadName(kind, threshold)}.${extension}`);
+  const named = view.className === null ? kind : `${view.className}-${kind}`;
+  saveBlob(blob, `${downloadName(named, threshold)}.${extension}`);
 }
 
 /** Wire the count button and the downloads; a move of the slider clears the outlines. */

@@ -17,16 +17,21 @@ from tests.service.web.explorer_page import (
 )
 
 
-def instances(base: str, path: Path, **params: object) -> httpx.Response:
+def instances(base: str, path: Path, model: str = MODEL, **params: object) -> httpx.Response:
     """The service's /instances answer for `path`."""
     response = httpx.post(
-        f"{base}/v1/models/{MODEL}/instances",
+        f"{base}/v1/models/{model}/instances",
         params=params,
         files={"image": (path.name, path.read_bytes(), "image/png")},
         timeout=60,
     )
     assert response.status_code == 200, response.text
     return response
+
+
+def instances_of(base: str, path: Path, model: str, name: str) -> int:
+    """How many objects of class `name` the service finds in `path` at the cuts in force."""
+    return int(instances(base, path, model, format="json", **{"class": name}).json()["count"])
 
 
 def count_objects(visit: Visit) -> int:
@@ -87,3 +92,31 @@ def test_at_a_calibrated_threshold_the_count_comes_with_its_range(
     low, high = sorted(table["count_range"]["counts"])
     shown = page.text_content("#object-count") or ""
     assert f"; {low} \N{EN DASH} {high} over calibration" in shown
+
+
+def test_a_multi_class_models_objects_are_the_chosen_classs(visit: Visit, tmp_path: Path) -> None:
+    page = visit.page
+    multi = "unet-multiclass"
+    visit.open_explorer(multi)
+    image = cells_png(tmp_path, 96)
+    upload_image(visit, image)
+    page.select_option("#class-select", "debris")
+    wait_until(page, "document.getElementById('threshold-panel').dataset.class === 'debris'")
+    assert page.text_content("#count-objects") == "Count debris objects"
+    # At the class's active threshold: the service's count of debris alone, at the cuts in force.
+    shown = count_objects(visit)
+    table = instances(visit.base, image, model=multi, format="json", **{"class": "debris"}).json()
+    assert shown == table["count"] == len(table["objects"]) > 0
+    assert {row["class"] for row in table["objects"]} == {"debris"}
+    assert page.locator("#outlines path").count() == shown
+    assert (page.text_content("#object-count") or "").startswith(f"{shown} debris object(s) at")
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    assert download.value.suggested_filename.endswith("-debris-objects.csv")
+    # The other class: its own count, and the panel says so.
+    page.select_option("#class-select", "nucleus")
+    wait_until(page, "document.getElementById('threshold-panel').dataset.class === 'nucleus'")
+    assert page.text_content("#count-objects") == "Count nucleus objects"
+    assert page.is_hidden("#outlines")
+    nuclei = instances_of(visit.base, image, multi, "nucleus")
+    assert count_objects(visit) == nuclei
