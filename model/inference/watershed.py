@@ -10,6 +10,7 @@ and scikit-image's loops release the GIL.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -74,7 +75,7 @@ def split_touching(mask: np.ndarray, connectivity: int, threads: int = 1) -> np.
     # Labelled after the seeds are found, so that the components' plane and the seed search's
     # temporaries are never held at once.
     labels = connected_components(mask, connectivity)
-    _flood(np.negative(smooth, out=smooth), peaks, labels, connectivity)
+    _flood(np.negative(smooth, out=smooth), peaks, labels, connectivity, threads)
     return labels
 
 
@@ -179,7 +180,9 @@ def _spaced(points: np.ndarray, spacing: int) -> np.ndarray:
     return points[~dropped]
 
 
-def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivity: int) -> None:
+def _flood(
+    image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivity: int, threads: int = 1
+) -> None:
     """scikit-image's `watershed` of `image` from seeds `peaks` (k-th: marker k), where it splits.
 
     `labels` holds the connected components and receives the split in place: marker k's basin
@@ -212,10 +215,15 @@ def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivit
     by_row = np.argsort(peaks[:, 0], kind="stable") if count else ids[:0]
     seed_rows = peaks[by_row, 0] if count else ids[:0]
 
+    # The floods run at once on threads; the label plane is read and written by one at a time
+    # (reads of it beside another thread's masked writes lost pixels in about 1 run in 100).
+    touching = threading.Lock()
+
     def flood(group: tuple[int, int, int, int, int, int]) -> None:
         low, high, top, bottom, left, right = group
         box = labels[top:bottom, left:right]
-        own = (box >= low) & (box <= high)  # the group's components: positive, in its range
+        with touching:
+            own = (box >= low) & (box <= high)  # the group's components: positive, in range
         markers = np.zeros(box.shape, dtype=np.int32)
         first, last = np.searchsorted(seed_rows, (top, bottom))
         chosen = by_row[first:last]
@@ -224,13 +232,10 @@ def _flood(image: np.ndarray, peaks: np.ndarray, labels: np.ndarray, connectivit
         flooded = watershed(
             image[top:bottom, left:right], markers, mask=own, connectivity=connectivity
         )
-        box[own] = -flooded[own]  # every pixel is reached: each component holds a seed
+        with touching:
+            box[own] = -flooded[own]  # every pixel is reached: each component holds a seed
 
-    # One group after another: floods run at once on threads over this one plane came out
-    # different in about 1 run in 100 (pixels left unreached, on a 512 px map), which floods
-    # of separate arrays on threads never did. Not understood, so not shared.
-    for group in _groups(several, boxes, band_rows(labels.shape)):
-        flood(group)
+    parallel_map(flood, _groups(several, boxes, band_rows(labels.shape, threads)), threads)
     for band in bands(labels):
         np.negative(band, out=band)
 
