@@ -44,6 +44,10 @@ class Backend(Protocol):
         """Float32 logits (N, K, H, W) on the device for inputs (N, C, H, W)."""
         ...
 
+    def release(self) -> None:
+        """Give back the memory kept for passes' sake that no pass holds now."""
+        ...
+
 
 class TorchBackend:
     """The network's own torch module, on its device."""
@@ -79,6 +83,9 @@ class TorchBackend:
         with autocast, shared:
             logits = self.network.logits(inputs)
         return logits.float()
+
+    def release(self) -> None:
+        """Nothing to give back: torch's CPU allocator frees what a pass is done with."""
 
 
 class CoreShare:
@@ -159,6 +166,26 @@ class OrtBackend:
         with self._session() as session:
             (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: padded.numpy()})
         return torch.from_numpy(logits)[..., top : top + height, left : left + width]
+
+    def release(self) -> None:
+        """Shrink the shared arena to what passes hold now.
+
+        The arena keeps the largest pass's memory for the next one: after a large image's
+        tiles, about 200 MB that its post-processing (the object split, the encoders) then
+        allocated beside. ONNX Runtime shrinks arenas only at the end of a run that asks, so
+        this runs a pass over one grid cell that asks.
+        """
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        multiple = self.network.multiple
+        cell = np.zeros((1, self.network.config.in_channels, multiple, multiple), np.float32)
+        session = self._narrow.get()
+        try:
+            session.run([OUTPUT_NAME], {INPUT_NAME: cell}, options)
+        finally:
+            self._narrow.put(session)
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Any]:

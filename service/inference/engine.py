@@ -390,6 +390,8 @@ class InferenceEngine:
             done = job.add(index, tile_logits[position])
             if done is not None:
                 finished.append((job, done))
+        if len(finished) > len(whole):  # a large image's last tile: its passes' memory goes back
+            self._backends[served.name].release()
         return [(job, finish(job, prediction)) for job, prediction in finished]
 
     def _forward(self, served: ServedModel, crops: np.ndarray) -> torch.Tensor:
