@@ -157,7 +157,10 @@ async function start(event) {
 
 async function activate() {
   const job = state.view.calibration;
-  await activateCalibration(job.id, job.report.threshold, $("force").checked);
+  const { report } = job;
+  // A multi-class report has a threshold per class, all activated together.
+  const classValues = report.summary?.thresholds ?? null;
+  await activateCalibration(job.id, report.threshold, $("force").checked, classValues);
   if (state.view.calibration === job) {
     job.active = state.view.model.threshold?.calibration_id === job.id;
     showReport(job);

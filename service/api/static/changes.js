@@ -27,16 +27,19 @@ function driftConsequence(model, source, calibrationId) {
 }
 
 /** Ask the user to confirm a change of `model`'s threshold; resolves true when they do. */
-export function confirmChange(model, { value, source, calibrationId = null }) {
+export function confirmChange(model, { value, source, calibrationId = null, classValues = null }) {
   const dialog = $("confirm-dialog");
   const view = state.view;
   const now = (view?.model === model ? activeThreshold(view) : model.threshold) ?? {};
   $("confirm-model").textContent = view?.model === model && view.className !== null
     ? `${model.name}, class ${view.className}` : model.name;
   $("confirm-old").textContent = describe(now.value, now.source, now.calibration_id);
-  $("confirm-new").textContent = value === undefined
-    ? `${source} (its threshold, once the job succeeds)`
-    : describe(value, source, calibrationId);
+  $("confirm-new").textContent = classValues
+    ? `${Object.entries(classValues).map(([name, v]) => `${name} ${formatNumber(v)}`).join(", ")}` +
+      ` (${calibrationId ? `${source} ${calibrationId}` : source})`
+    : value === undefined
+      ? `${source} (its threshold, once the job succeeds)`
+      : describe(value, source, calibrationId);
   $("confirm-what").textContent = driftConsequence(model, source, calibrationId);
   dialog.returnValue = "";
   return new Promise((resolve) => {
@@ -55,10 +58,11 @@ async function change(view, target, request) {
   clearProblem();
   if (!(await confirmChange(view.model, target))) return;
   live(view);
+  const moves = view.moves; // a move after this one is the user's, not to be undone
   const response = await call(request.path, {
     method: request.method, json: request.json, mutating: true, actor: actor(),
   });
-  await callbacks.changed(view, await response.json());
+  await callbacks.changed(view, await response.json(), moves);
 }
 
 /** Make the slider's threshold the active one (source manual). */
@@ -80,11 +84,12 @@ export async function resetToDefault() {
   });
 }
 
-/** Activate calibration `id` (threshold `value`); `force` passes a blocking warning. */
-export async function activateCalibration(id, value, force) {
+/** Activate calibration `id` (threshold `value`; a multi-class one's `classValues`, every
+ * class's threshold by name); `force` passes a blocking warning. */
+export async function activateCalibration(id, value, force, classValues = null) {
   const view = state.view;
   const query = force ? "?force=true" : "";
-  await change(view, { value, source: "calibration", calibrationId: id }, {
+  await change(view, { value, source: "calibration", calibrationId: id, classValues }, {
     path: `${modelPath(view.model.name)}/calibrations/${id}/activate${query}`, method: "POST",
   });
 }
@@ -151,7 +156,8 @@ export function resetHistory() {
   $("history-empty").hidden = true;
 }
 
-/** Wire the panel; `changed(view, threshold)` runs after every acknowledged change. */
+/** Wire the panel; `changed(view, threshold, moves)` runs after every acknowledged change
+ * (`moves`: the view's count of the user's slider moves when the change was sent). */
 export function wireChanges(changed) {
   callbacks.changed = changed;
   $("history-toggle").addEventListener("click", guarded(async () => {

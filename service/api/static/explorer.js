@@ -14,7 +14,9 @@ import { showObjects, wireObjects } from "./objects.js";
 import { drawImage, drawMasks, readTruth } from "./overlay.js";
 import { loadRoc, markRoc, resetRoc, toggleZoom } from "./rocpanel.js";
 import { activeThreshold, classQuery, live, newImage, newModelView, state } from "./state.js";
-import { onThreshold, setSliderRange, setThreshold, wireThreshold } from "./threshold.js";
+import {
+  offerSetManual, onThreshold, setSliderRange, setThreshold, wireThreshold,
+} from "./threshold.js";
 import { $, clearProblem, formatNumber, guarded, showProblem } from "./ui.js";
 
 // ---- the model panel -----------------------------------------------------------------------
@@ -264,12 +266,16 @@ function downloadProbabilities() {
 
 // ---- after a change of the live threshold ----------------------------------------------------
 
-async function thresholdChanged(view, threshold) {
+async function thresholdChanged(view, threshold, moves) {
   live(view);
   await refreshModel(view);
   // A reset or restore moves the slider to the value in force; a manual set is already there.
-  setThreshold(activeThreshold(view)?.value ?? threshold.value);
+  // Unless the user moved it while the change was on its way: what they chose then stays.
+  if (view.moves === moves) setThreshold(activeThreshold(view)?.value ?? threshold.value);
+  else offerSetManual();
   drawMasks();
+  const panel = $("threshold-panel");
+  panel.dataset.changed = String(Number(panel.dataset.changed || 0) + 1); // the browser tests wait for this
   await Promise.all([loadRoc(view), loadHistory(view)]);
 }
 

@@ -22,6 +22,7 @@ export function newModelView(model) {
     // The slider's cut of every class (one class is on the slider at a time).
     cuts: Object.fromEntries(classes.map((c) => [c, model.class_thresholds?.[c]?.value ?? 0.5])),
     threshold: 0.5, // the exact cut (the slider snaps, this does not), set below
+    moves: 0, // the user's moves of the slider or the number box, counted
     report: null, // the calibration report whose ROC curve is drawn
     calibration: null, // the calibration job in the calibration panel
     history: null, // the threshold changes, newest first, once asked for

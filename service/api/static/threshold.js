@@ -86,9 +86,15 @@ export function setThreshold(value, { from = null } = {}) {
     $("threshold-number").value = formatNumber(value); // the full value: "Full precision"
     showError("");
   }
-  const active = activeThreshold(view)?.value;
-  $("set-manual").disabled = value === active || view.model.available === false;
+  offerSetManual();
   for (const listener of listeners) listener(value);
+}
+
+/** Offer "make active" while the slider's threshold is not the one in force. */
+export function offerSetManual() {
+  const view = state.view;
+  const active = activeThreshold(view)?.value;
+  $("set-manual").disabled = view.threshold === active || view.model.available === false;
 }
 
 function showError(message) {
@@ -102,9 +108,11 @@ function showError(message) {
 /** Wire the slider and the number box. */
 export function wireThreshold() {
   $("threshold-slider").addEventListener("input", (e) => {
+    if (state.view) state.view.moves += 1;
     setThreshold(thresholdAt(e.target.valueAsNumber), { from: "slider" });
   });
   $("threshold-number").addEventListener("input", (e) => {
+    if (state.view) state.view.moves += 1;
     const value = e.target.value.trim() === "" ? NaN : Number(e.target.value);
     const message = thresholdError(value);
     showError(message);

@@ -188,20 +188,11 @@ def test_the_explorer_on_the_service_calibrates_activates_and_sets_a_threshold(
     wait_until(
         page, "document.getElementById('model-source').textContent.startsWith('calibration')"
     )
-    # The page sets the slider to the activated threshold after it shows the source: wait for
-    # that too, or it overwrites the value typed next.
-    activated = httpx.get(api(base, "/threshold"), timeout=10).json()["value"]
-    # The box shows it rounded; "Full precision" has the exact value.
-    exact = f"Number(document.getElementById('threshold-exact').textContent) === {activated!r}"
-    wait_until(page, exact)
-    # The page may still be finishing the activation (it refetches the model, then puts the
-    # slider on the value in force): type again until the typed value holds.
-    for _ in range(5):
-        page.fill("#threshold-number", "0.375")
-        held = "document.getElementById('threshold-exact').textContent === '0.375'"
-        page.wait_for_timeout(500)
-        if page.evaluate(held) and page.is_enabled("#set-manual"):
-            break
+    # A value typed while the page finishes the activation is kept (not put back to the one in
+    # force), so it can be typed at once.
+    page.fill("#threshold-number", "0.375")
+    wait_until(page, "document.getElementById('threshold-exact').textContent === '0.375'")
+    wait_until(page, "!document.getElementById('set-manual').disabled")
     page.click("#set-manual")
     confirm(visit)
     wait_until(page, "document.getElementById('model-source').textContent.startsWith('manual')")

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import httpx
+from playwright.sync_api import Route
 
 from tests.service.web.browser import API_KEY, Visit, wait_until
-from tests.service.web.explorer_page import MODEL, api_threshold, set_exact_threshold
+from tests.service.web.explorer_page import (
+    MODEL,
+    api_threshold,
+    confirm,
+    current_threshold,
+    give_key,
+    set_exact_threshold,
+)
 
 
 def test_the_page_opens_on_the_sigmoid_model_and_changes_nothing_by_itself(visit: Visit) -> None:
@@ -100,3 +108,35 @@ def test_inputs_are_checked_against_the_heads_range_as_they_are_typed(visit: Vis
     assert "both be 0" in (page.text_content("#cost-error") or "")
     page.fill("#cost-fn", "4")
     assert page.is_enabled("#start-calibration")
+
+
+def test_a_value_typed_while_a_change_is_finishing_is_not_put_back(visit: Visit) -> None:
+    """After a change the page refetches the model, then puts the slider on the value in force;
+    a value typed meanwhile is the user's and stays."""
+    page = visit.page
+    visit.expect_status(401)
+    visit.open_explorer(MODEL)
+    chosen = 0.33 if api_threshold(visit.base)["value"] != 0.33 else 0.34  # not the one in force
+    set_exact_threshold(visit, chosen)
+    # Hold the page's refetch of the model (after the change) until the user has typed again.
+    held: list[Route] = []
+    page.route(f"**/v1/models/{MODEL}", lambda route: held.append(route))
+    page.click("#set-manual")
+    confirm(visit)
+    give_key(visit, API_KEY)
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page did not refetch the model after the change"
+    set_exact_threshold(visit, 0.42)
+    for route in held:
+        route.continue_()
+    page.unroute(f"**/v1/models/{MODEL}")
+    wait_until(page, "document.getElementById('model-source').textContent === 'manual'")
+    wait_until(page, "document.getElementById('threshold-panel').dataset.changed === '1'")
+    assert api_threshold(visit.base)["value"] == chosen
+    assert current_threshold(visit) == 0.42
+    assert page.input_value("#threshold-number") == "0.42"
+    # 0.42 is not the value in force: the page offers to make it so.
+    assert page.is_enabled("#set-manual")

@@ -94,3 +94,45 @@ def test_a_confirmed_change_is_for_the_chosen_class_only(visit: Visit) -> None:
     # A binary model has no class picker.
     visit.open_explorer(MODEL)
     assert page.is_hidden("#class-field") and page.is_hidden("#class-legend")
+
+
+def test_activating_a_multi_class_calibration_confirms_every_classs_threshold(
+    visit: Visit, tmp_path: Path
+) -> None:
+    from model.data.synth import generate_labelled, pair_rng
+    from tests.helpers import make_zip, png
+
+    page = visit.page
+    visit.expect_status(401)
+    files = {}
+    for i in range(4):
+        image, labels = generate_labelled(pair_rng(9301, i), 64)
+        files[f"images/{i:03d}.png"] = png(image)
+        files[f"masks/{i:03d}.png"] = png(labels)
+    dataset = tmp_path / "classes.zip"
+    dataset.write_bytes(make_zip(files))
+    visit.open_explorer(MULTI)
+    page.set_input_files("#dataset-input", str(dataset))
+    page.uncheck("#activate-on-success")
+    page.click("#start-calibration")
+    give_key(visit, API_KEY)
+    page.locator("#calibration-report").wait_for(state="visible", timeout=120_000)
+    calibration_id = page.evaluate(
+        "document.getElementById('calibration-status').textContent.split(' ')[1].replace(':', '')"
+    )
+    report = page.evaluate(
+        f"fetch('/v1/models/{MULTI}/calibrations/{calibration_id}').then(r => r.json())"
+    )["report"]
+    thresholds = report["summary"]["thresholds"]
+    page.click("#activate-calibration")
+    page.locator("#confirm-dialog").wait_for(state="visible")
+    # Every class's new threshold, named, not a single "-".
+    wanted = ", ".join(f"{name} {thresholds[name]:.4g}" for name in CLASSES)
+    assert page.text_content("#confirm-new") == f"{wanted} (calibration {calibration_id})"
+    page.click("#confirm-ok")
+    wait_until(
+        page, "document.getElementById('model-source').textContent.startsWith('calibration')"
+    )
+    info = page.evaluate(f"fetch('/v1/models/{MULTI}').then(r => r.json())")
+    for name in CLASSES:
+        assert info["class_thresholds"][name]["calibration_id"] == calibration_id
