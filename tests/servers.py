@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,10 +38,13 @@ class ServiceProcess:
             self.port, {"UNET_MODEL_DIR": str(model_dir), "UNET_STATE_DIR": str(state_dir)}
         )
         self.env.update(env or {})
+        # Asked for a pipe, the server writes to a file instead: a pipe nobody reads until the
+        # end fills up (64 KiB of log lines) and then blocks the server mid-request.
+        self._log = tempfile.TemporaryFile("w+") if stderr == subprocess.PIPE else None  # noqa: SIM115  (closed by stop)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service"],
             env=self.env,
-            stderr=stderr,
+            stderr=self._log or stderr,
             text=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
@@ -55,9 +59,11 @@ class ServiceProcess:
             raise
 
     def _said(self) -> str:
-        # Reading a live process's pipe would wait for it to end.
-        exited = self.process.poll() is not None
-        return self.process.stderr.read() if exited and self.process.stderr else ""
+        """What the server wrote to stderr so far, when it was asked for (stderr=PIPE)."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read()
 
     def memory_kib(self) -> dict[str, int]:
         """The process's VmRSS and VmHWM (peak RSS) in KiB, from /proc."""
@@ -70,8 +76,11 @@ class ServiceProcess:
     def stop(self) -> str:
         """Terminate the process, wait for it, and return what it wrote on a piped stderr."""
         self.process.terminate()
-        _, said = self.process.communicate(timeout=30)
-        return said or ""
+        self.process.wait(timeout=30)
+        said = self._said()
+        if self._log is not None:
+            self._log.close()
+        return said
 
 
 @contextmanager
