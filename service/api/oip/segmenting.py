@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from service.api.routes.class_answers import per_class_text
 from service.container import Services
 from service.inference.registry import ServedModel
 from service.state.errors import StoreUnavailable
@@ -53,8 +54,7 @@ class Segmented(NamedTuple):
         planes = self.planes
         if not planes.classes:
             return repr(planes.thresholds[0])
-        pairs = zip(planes.classes, planes.thresholds, strict=True)
-        return ";".join(f"{name}={value!r}" for name, value in pairs)
+        return per_class_text(planes.classes, planes.thresholds)
 
 
 async def segment_batch(
@@ -89,11 +89,7 @@ async def segment_batch(
     except StoreUnavailable:
         drift = "unknown"
     planes = results[0].body
-    source = (
-        ";".join(f"{n}={s}" for n, s in zip(planes.classes, planes.sources, strict=True))
-        if planes.classes
-        else planes.sources[0]
-    )
+    source = per_class_text(planes.classes, planes.sources) if planes.classes else planes.sources[0]
     provenance = Provenance(source, first.calibration_id, first.cut.stale, drift)
     return [Segmented(result.body, provenance) for result in results]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 import numpy as np
@@ -80,11 +81,18 @@ def check_class(served: ServedModel, name: str | None, format: str | None = None
         )
 
 
+def per_class_text(names: Sequence[str], values: Sequence[float | str]) -> str:
+    """One value per class as the X-Threshold* headers say them: `nucleus=0.41;debris=0.63`
+    (a float by its repr, the shortest text that reads back exactly; a string as it is)."""
+    return ";".join(
+        f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in zip(names, values, strict=True)
+    )
+
+
 def class_thresholds_text(result: Segmentation) -> str:
     """Each class's threshold as `nucleus=0.41;debris=0.63` (the X-Threshold header)."""
-    return ";".join(
-        f"{name}={cut.value!r}" for name, cut in zip(result.classes, result.cuts, strict=True)
-    )
+    return per_class_text(result.classes, [cut.value for cut in result.cuts])
 
 
 def class_encoder(format: MaskFormat, name: str | None) -> tuple[Encode[bytes], str]:

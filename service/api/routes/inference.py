@@ -21,6 +21,7 @@ from service.api.routes.class_answers import (
     class_maps_encoder,
     class_overlay_encoder,
     class_thresholds_text,
+    per_class_text,
 )
 from service.api.schemas import MaskJson
 from service.api.spool import SpoolingRoute
@@ -99,10 +100,7 @@ def threshold_headers(result: Segmentation) -> dict[str, str]:
     if result.multi_class:
         headers = {
             "X-Threshold": class_thresholds_text(result),
-            "X-Threshold-Source": ";".join(
-                f"{name}={cut.source}"
-                for name, cut in zip(result.classes, result.cuts, strict=True)
-            ),
+            "X-Threshold-Source": per_class_text(result.classes, [c.source for c in result.cuts]),
         }
         stale = any(cut.stale for cut in result.cuts)
     else:
