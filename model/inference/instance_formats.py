@@ -91,9 +91,12 @@ def polygons(labels: np.ndarray) -> dict[int, dict[str, Any]]:
 def _oriented(ring: Any, exterior: bool) -> list[list[int]]:
     """A ring as [x, y] integer lists, counterclockwise if `exterior`, else clockwise."""
     # Polygonize traces pixel corners of an identity transform: every coordinate is whole.
-    if _counterclockwise(ring) != exterior:
-        ring = ring[::-1]
-    return [[int(x), int(y)] for x, y in ring]
+    return [[int(x), int(y)] for x, y in _right_handed(ring, exterior)]
+
+
+def _right_handed(ring: Any, exterior: bool) -> Any:
+    """The ring counterclockwise if `exterior`, else clockwise (RFC 7946's right-hand rule)."""
+    return ring if _counterclockwise(ring) == exterior else ring[::-1]
 
 
 def _counterclockwise(ring: Sequence[tuple[float, float]]) -> bool:
@@ -141,10 +144,7 @@ def geometry_texts(labels: np.ndarray) -> dict[int, str]:
     labels = np.ascontiguousarray(labels, dtype=np.int32)
     parts: dict[int, list[str]] = {}
     for geometry, value in shapes(labels, mask=labels > 0, connectivity=4):
-        rings = [
-            ring if _counterclockwise(ring) == (k == 0) else ring[::-1]
-            for k, ring in enumerate(geometry["coordinates"])
-        ]
+        rings = [_right_handed(ring, k == 0) for k, ring in enumerate(geometry["coordinates"])]
         # Whole-number (x, y) tuples print as "[(3.0, 4.0), ...]": compact JSON integer pairs
         # after four string replacements, done in C rather than a Python loop per vertex.
         text = str(rings).replace(".0", "").replace(" ", "").replace("(", "[").replace(")", "]")

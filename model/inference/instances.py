@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from model.inference.watershed import band_rows, bands, connected_components, split_touching
+from model.inference.watershed import bands, connected_components, row_bands, split_touching
 
 Split = Literal["none", "watershed"]
 SPLITS: tuple[str, ...] = get_args(Split)
@@ -135,10 +135,9 @@ def _first_pixels(labels: np.ndarray) -> np.ndarray:
     """
     n = int(labels.max(initial=0))
     width = labels.shape[1]
-    rows = band_rows(labels.shape)
     first = np.full(n + 1, labels.size, dtype=np.int64)
-    for top in reversed(range(0, labels.shape[0], rows)):
-        band = labels[top : top + rows].ravel()  # whole rows: a view
+    for top, bottom in reversed(row_bands(labels.shape)):
+        band = labels[top:bottom].ravel()  # whole rows: a view
         at = np.flatnonzero(band)[::-1]
         first[band[at]] = at + top * width
     return first[1:]

@@ -46,10 +46,15 @@ def band_rows(shape: tuple[int, ...], threads: int = 1) -> int:
     return max(1, rows)
 
 
+def row_bands(shape: tuple[int, ...], threads: int = 1) -> list[tuple[int, int]]:
+    """(top, bottom) of each band of rows of an (H, W) plane, top to bottom."""
+    height, rows = shape[0], band_rows(shape, threads)
+    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+
 def bands(plane: np.ndarray) -> list[np.ndarray]:
     """Views of a band of rows each, top to bottom, for passes with small temporaries."""
-    rows = band_rows(plane.shape)
-    return [plane[top : top + rows] for top in range(0, plane.shape[0], rows)]
+    return [plane[top:bottom] for top, bottom in row_bands(plane.shape)]
 
 
 def connected_components(mask: np.ndarray, connectivity: int) -> np.ndarray:
@@ -89,12 +94,6 @@ def parallel_map(
         return list(pool.map(work, items))
 
 
-def _row_bands(shape: tuple[int, ...], threads: int) -> list[tuple[int, int]]:
-    """(top, bottom) of each band of rows."""
-    height, rows = shape[0], band_rows(shape, threads)
-    return [(top, min(height, top + rows)) for top in range(0, height, rows)]
-
-
 def _distance(mask: np.ndarray, threads: int = 1) -> np.ndarray:
     """The float32 distance of each pixel to the background, lightly blurred (a Gaussian of
     sigma BLUR), computed in bands of rows.
@@ -125,7 +124,7 @@ def _distance(mask: np.ndarray, threads: int = 1) -> np.ndarray:
         blurred = ndimage.gaussian_filter(exact.astype(np.float32), BLUR)
         out[top:bottom] = blurred[top - above : bottom - above]
 
-    parallel_map(band, _row_bands(mask.shape, threads), threads)
+    parallel_map(band, row_bands(mask.shape, threads), threads)
     return out
 
 
@@ -154,7 +153,7 @@ def _seeds(smooth: np.ndarray, threads: int = 1) -> np.ndarray:
         )
         return row + top, column, core[row, column]
 
-    found = parallel_map(band, _row_bands(smooth.shape, threads), threads)
+    found = parallel_map(band, row_bands(smooth.shape, threads), threads)
     candidates = np.stack(
         [np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])], axis=1
     )

@@ -55,6 +55,8 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
 
     `models` is how many models share the workers (it sets the per-model worker cap).
     """
+    # Worker processes on one machine split its cores between them.
+    cores = max(1, usable_cores() // settings.workers)
     if device.type == "cuda":
         # A GPU is fed best by big batches; two workers overlap host copies with compute.
         limits = BatchLimits(
@@ -65,7 +67,6 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
             model_workers=model_worker_cap(settings.model_max_workers, 2, models),
         )
         autocast = AUTOCAST.get(settings.autocast)
-        cores = max(1, usable_cores() // settings.workers)
         return EnginePlan(
             device,
             limits,
@@ -78,8 +79,6 @@ def plan_engine(settings: Settings, device: torch.device, models: int = 1) -> En
     # On a small CPU, one single-threaded pass per core beats intra-op parallelism and big
     # batches under load; a pass that runs alone uses every core, for latency at low load
     # (measured: docs/benchmarks.md, "Serving").
-    # Worker processes on one machine split its cores between them.
-    cores = max(1, usable_cores() // settings.workers)
     threads = settings.torch_threads or 1
     workers = max(1, cores // threads)
     limits = BatchLimits(
