@@ -59,15 +59,16 @@ def wait_ready(
     process: subprocess.Popen[bytes] | subprocess.Popen[str],
     within_s: float,
     said: Callable[[], str] = lambda: "",
+    path: str = "/readyz",
 ) -> None:
-    """Poll `url`/readyz until it answers 200; NotReady (with `said()`) if the process exits
+    """Poll `url` + `path` until it answers 200; NotReady (with `said()`) if the process exits
     first or `within_s` passes."""
     deadline = time.monotonic() + within_s
     while True:
         if process.poll() is not None:
             raise NotReady(f"the service exited ({process.returncode}) while starting: {said()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -42,7 +42,7 @@ import numpy as np
 import tritonclient.http as triton
 from PIL import Image
 
-from benchmarks.launch import free_port, log, memory_kib
+from benchmarks.launch import free_port, log, memory_kib, wait_ready
 from benchmarks.oip import Send, drive
 from model.data.synth import generate_pair, pair_rng
 from tests.helpers import png
@@ -107,18 +107,7 @@ def kserve_server(checkpoint: Path, workdir: Path) -> Iterator[tuple[str, int]]:
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"KServe's server exited: {log_path.read_text()[-2000:]}")
-                try:
-                    if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("KServe's server was not ready within 300 s")
-                time.sleep(0.2)
+            wait_ready(base, process, 300, lambda: log_path.read_text()[-2000:], "/v2/health/ready")
             yield base, process.pid
         finally:
             process.terminate()
