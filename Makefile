@@ -35,8 +35,8 @@ test: dev axe
 	$(BIN)/python -m pytest -q
 
 lint: dev
-	$(BIN)/ruff check model service tests benchmarks
-	$(BIN)/ruff format --check model service tests benchmarks
+	$(BIN)/ruff check model service tests benchmarks deploy
+	$(BIN)/ruff format --check model service tests benchmarks deploy
 	$(BIN)/mypy model service
 
 # Reproduces the shipped checkpoints in model/weights/ (CPU, about 15 minutes a model, three models).

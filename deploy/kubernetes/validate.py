@@ -34,8 +34,10 @@ def merge(base: Any, patch: Any) -> Any:
         for key, value in patch.items():
             merged[key] = merge(base[key], value) if key in base else value
         return merged
-    if isinstance(base, list) and isinstance(patch, list) and all(
-        isinstance(item, dict) and "name" in item for item in base + patch
+    if (
+        isinstance(base, list)
+        and isinstance(patch, list)
+        and all(isinstance(item, dict) and "name" in item for item in base + patch)
     ):
         by_name = {item["name"]: item for item in base}
         for item in patch:
@@ -63,8 +65,8 @@ def render(folder: Path) -> list[dict[str, Any]]:
             resource.update(merge(resource, load(folder / patch["path"])))
     for image in kustomization.get("images", []):
         for resource in resources:
-            for container in resource.get("spec", {}).get("template", {}).get("spec", {}).get(
-                "containers", []
+            for container in (
+                resource.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
             ):
                 if container["image"].split(":")[0] == image["name"]:
                     container["image"] = f"{image['newName']}:{image['newTag']}"
